@@ -1,0 +1,43 @@
+# mpidcr — developer targets.  `make test` and `make demo` set up the environment first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mpidcr-setup-done
+NP ?= 2
+
+.PHONY: setup test test-fast lint docs demo bench clean help
+
+help:
+	@echo "make setup   - system MPI + parallel HDF5, .venv, mpi4py wheel, parallel h5py, mpidcr"
+	@echo "make test    - set up if needed, then the whole test suite (MPI tests included)"
+	@echo "make demo    - set up if needed, simulate a field, build its DCR model on $(NP) ranks, quicklooks"
+	@echo "make lint    - ruff"
+	@echo "make docs    - regenerate docs/config.md from the code"
+	@echo "make bench   - benchmarks (not part of the tests)"
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not mpi and not slow" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mpidcr tests benchmarks
+	$(VENV)/bin/ruff format --check mpidcr || true
+
+docs: $(STAMP)
+	$(PY) scripts/make_config_doc.py
+
+demo: $(STAMP)
+	NP=$(NP) bash scripts/demo.sh
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info demo-output .pytest_cache

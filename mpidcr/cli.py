@@ -1,0 +1,181 @@
+"""The ``mpidcr`` command line: ``main(argv) -> int``, one subcommand per task.
+
+Every :class:`~mpidcr.errors.MpidcrError` becomes a one-line ``mpidcr: error: …``
+on stderr and exit code 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import MpidcrError
+
+log = logging.getLogger("mpidcr")
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from .config import defaults_table, load_config
+
+    if args.defaults:
+        sys.stdout.write(defaults_table(markdown=args.markdown))
+        return 0
+    cfg = load_config(args.file, args.set or [])
+    cfg.validate(require_band=False)
+    if args.json:
+        print(json.dumps(cfg.as_dict(), indent=2, sort_keys=True))
+    else:
+        for k, v in cfg.as_dict().items():
+            print(f"{k} = {v!r}")
+    return 0
+
+
+def _cmd_shifts(args: argparse.Namespace) -> int:
+    from .dcr import Observation, Site, Weather, dcr_shifts, elevation_from_airmass
+
+    site = Site(latitude=args.latitude, height=args.height)
+    if args.elevation is None and args.airmass is None:
+        raise MpidcrError("give --elevation or --airmass")
+    elevation = args.elevation if args.elevation is not None else elevation_from_airmass(args.airmass)
+    std = Weather.standard(site.height)
+    weather = Weather(
+        temperature=std.temperature if args.temperature is None else args.temperature,
+        pressure=std.pressure if args.pressure is None else args.pressure,
+        humidity=std.humidity if args.humidity is None else args.humidity,
+    )
+    obs = Observation(
+        elevation=elevation,
+        parallactic_angle=args.parallactic_angle,
+        rotation_angle=args.rotation_angle,
+        weather=weather,
+        site=site,
+    )
+    s = dcr_shifts(
+        obs,
+        args.wavelength,
+        args.bandwidth,
+        args.subfilters,
+        args.pixel_scale,
+        split_subfilters=args.split,
+        split_threshold=args.split_threshold,
+    )
+    edges = [
+        args.wavelength - args.bandwidth / 2 + i * args.bandwidth / args.subfilters for i in range(args.subfilters + 1)
+    ]
+    if args.split:
+        shifts = [[[float(v) for v in s.forward[k, j]] for j in range(2)] for k in range(args.subfilters)]
+    else:
+        shifts = [[float(v) for v in s.mean[k]] for k in range(args.subfilters)]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "shifts": shifts,
+                    "split": [bool(b) for b in s.split] if args.split else None,
+                    "subfilter_edges_nm": edges,
+                    "refraction_arcsec": [float(v) for v in s.refraction_arcsec],
+                    "elevation_deg": elevation,
+                    "weather": {
+                        "temperature_C": weather.temperature,
+                        "pressure_Pa": weather.pressure,
+                        "humidity_pct": weather.humidity,
+                    },
+                    "buffer_pixels": int(__import__("math").ceil(s.max_abs)) + 1,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(
+        f"elevation {elevation:.3f} deg, airmass {obs.airmass:.4f}, T {weather.temperature:.2f} C, "
+        f"P {weather.pressure:.0f} Pa, RH {weather.humidity:.0f} %"
+    )
+    print("ΔR at sub-filter edges (arcsec): " + ", ".join(f"{v:+.4f}" for v in s.refraction_arcsec))
+    for k in range(args.subfilters):
+        band = f"{edges[k]:7.2f}-{edges[k + 1]:7.2f} nm"
+        if args.split:
+            a, b = s.forward[k]
+            print(
+                f"sub-filter {k} {band}: ({a[0]:+.4f}, {a[1]:+.4f}) and ({b[0]:+.4f}, {b[1]:+.4f}) px"
+                + ("" if s.split[k] else "  [below splitThreshold: mean used]")
+            )
+        else:
+            m = s.mean[k]
+            print(f"sub-filter {k} {band}: dy {m[0]:+.4f} px, dx {m[1]:+.4f} px")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mpidcr", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--version", action="version", version=f"mpidcr {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.add_argument("--log-all-ranks", action="store_true", help="let every MPI rank log, prefixed with its rank")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    c = sub.add_parser(
+        "config",
+        help="show, check or document the configuration",
+        description="Print the configuration resolved from FILE and --set overrides, or every field's default.",
+    )
+    c.add_argument("file", nargs="?", help="TOML, YAML or LSST-style .py override file")
+    c.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a field (repeatable)")
+    c.add_argument("--defaults", action="store_true", help="list every field with type, default, status and doc")
+    c.add_argument("--markdown", action="store_true", help="with --defaults: a Markdown table (docs/config.md)")
+    c.add_argument("--json", action="store_true", help="print the resolved configuration as JSON")
+    c.set_defaults(func=_cmd_config)
+
+    s = sub.add_parser(
+        "shifts",
+        help="DCR shifts of the sub-filters for one visit",
+        description="Print the per-sub-filter DCR shift (dy, dx) in pixels of one visit.",
+    )
+    s.add_argument("--wavelength", type=float, required=True, help="effective wavelength of the band, nm")
+    s.add_argument("--bandwidth", type=float, required=True, help="bandwidth, nm")
+    s.add_argument("--subfilters", type=int, default=3, help="number of sub-filters K (default 3)")
+    s.add_argument("--elevation", type=float, help="elevation of the field, deg")
+    s.add_argument("--airmass", type=float, help="airmass (instead of --elevation)")
+    s.add_argument("--parallactic-angle", type=float, default=0.0, help="deg (default 0)")
+    s.add_argument("--rotation-angle", type=float, default=0.0, help="sky rotation angle of the image axes, deg")
+    s.add_argument("--pixel-scale", type=float, default=0.2, help="arcsec/pixel (default 0.2)")
+    s.add_argument("--latitude", type=float, default=-30.2446, help="site latitude, deg (default Rubin)")
+    s.add_argument("--height", type=float, default=2662.75, help="site height, m (default Rubin)")
+    s.add_argument("--temperature", type=float, help="air temperature, C (default: standard atmosphere)")
+    s.add_argument("--pressure", type=float, help="air pressure, Pa (default: standard atmosphere)")
+    s.add_argument("--humidity", type=float, help="relative humidity, %% (default 40)")
+    s.add_argument("--split", action="store_true", help="split each sub-filter into two shifts (splitSubfilters)")
+    s.add_argument("--split-threshold", type=float, default=0.1, help="splitThreshold, pixels (default 0.1)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=_cmd_shifts)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    from .logs import setup_logging
+
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    setup_logging(level=level, all_ranks=args.log_all_ranks)
+    try:
+        return int(args.func(args) or 0)
+    except MpidcrError as exc:
+        print(f"mpidcr: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_main() -> None:
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # output piped into head & co.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)

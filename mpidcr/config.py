@@ -1,0 +1,960 @@
+"""The configuration of a DCR coadd: every field of the seed task, typed and checked.
+
+One :class:`DcrConfig` holds the 68 configuration fields of Rubin's
+``DcrAssembleCoaddTask`` under their original (camelCase) names and defaults, so
+an LSST user can paste their values, plus one nested section per retargetable
+subtask (14) with fields of mpidcr's own design.  snake_case aliases
+(``dcr_num_subfilters``) are accepted everywhere a name is read.
+
+Each field carries a one-line doc, a status and a check:
+
+- ``used``       the field changes what mpidcr computes;
+- ``lsst-only``  the field only means something inside the LSST middleware
+                 (butler connections, Gen2 calibration names, metadata saving);
+                 accepted, documented, and ignored with a notice when set;
+- ``planned``    accepted and checked, but the feature behind it is not in this
+                 version yet; setting it to a non-default value logs a warning.
+
+Sources of values, later ones win: defaults < file (TOML, YAML with safe
+loading, or an LSST-style ``config.name = value`` override file parsed without
+executing it) < ``--set name=value`` overrides.  Every problem is a
+:class:`~mpidcr.errors.ConfigError` whose one-line message names the field and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import hashlib
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[Any], str | None]
+"""A check returns None when a value is allowed, else the allowed values as text."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """Description of one configuration field.
+
+    Attributes
+    ----------
+    name : camelCase name (the seed task's).
+    kind : one of ``bool int float str list dict pair``.
+    default : the default value (lists are tuples).
+    doc : one-line description (units stated).
+    optional : None is an allowed value.
+    check : extra range/choice check, see :data:`Check`.
+    status : ``used``, ``lsst-only`` or ``planned``.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    doc: str
+    optional: bool = False
+    check: Check | None = None
+    status: str = "used"
+
+    @property
+    def type_name(self) -> str:
+        base = {"list": "list[str]", "dict": "dict[str, float]", "pair": "list[int] (length 2)"}
+        text = base.get(self.kind, self.kind)
+        return f"{text} | None" if self.optional else text
+
+
+def _range(lo: float | None, hi: float | None, lo_open: bool = False, hi_open: bool = False) -> Check:
+    def check(v: Any) -> str | None:
+        ok = True
+        if lo is not None:
+            ok &= v > lo if lo_open else v >= lo
+        if hi is not None:
+            ok &= v < hi if hi_open else v <= hi
+        if ok:
+            return None
+        left = ("(" if lo_open else "[") + (str(lo) if lo is not None else "-inf")
+        right = (str(hi) if hi is not None else "inf") + (")" if hi_open else "]")
+        return f"a value in {left}, {right}"
+
+    return check
+
+
+def _choice(*choices: Any) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v in choices else "one of " + ", ".join(repr(c) for c in choices)
+
+    return check
+
+
+def _odd_positive(v: Any) -> str | None:
+    return None if v > 0 and v % 2 == 1 else "an odd positive integer"
+
+
+def _pair_positive(v: Any) -> str | None:
+    return None if all(x > 0 for x in v) else "two positive integers (width, height)"
+
+
+def _fractions(v: Any) -> str | None:
+    return None if all(0.0 <= x <= 1.0 for x in v.values()) else "fractions in [0, 1]"
+
+
+F, U, L, P = FieldSpec, "used", "lsst-only", "planned"
+
+#: The 68 fields of the seed task, alphabetical as in its listing.
+FIELDS: tuple[FieldSpec, ...] = (
+    F(
+        "accelerateModel",
+        "float",
+        3.0,
+        "Factor A (≥1) amplifying the differences between sub-filter planes in the forward model and the output.",
+        check=_range(1.0, None),
+    ),
+    F("badMaskPlanes", "list", ("NO_DATA",), "Mask planes whose pixels are excluded from the coadd and the fit."),
+    F(
+        "bandwidth",
+        "float",
+        None,
+        "Width of the band in nm (required).",
+        optional=True,
+        check=_range(0.0, None, lo_open=True),
+    ),
+    F(
+        "baseGain",
+        "float",
+        None,
+        "Weight of the new solution against the last one (1 = equal); None: 1/(K-1).",
+        optional=True,
+        check=_range(0.0, None, lo_open=True),
+    ),
+    F("brightObjectMaskName", "str", "BRIGHT_OBJECT", "Mask plane name for bright-object regions.", status=P),
+    F(
+        "calcErrorFromInputVariance",
+        "bool",
+        True,
+        "Coadd variance from the input variances (True) or from the scatter of the inputs (False).",
+    ),
+    F("clipIter", "int", 2, "Number of sigma-clipping passes of the MEANCLIP statistic.", check=_range(1, None)),
+    F("coaddName", "str", "deep", "Butler name of the coadd (deep, goodSeeing); only labels the output.", status=L),
+    F("coaddPsf", "dict", {}, "CoaddPsf configuration of the LSST stack.", status=L),
+    F("connections", "dict", {}, "Butler dataset connections of the LSST PipelineTask.", status=L),
+    F(
+        "convergenceMaskPlanes",
+        "list",
+        ("DETECTED",),
+        "Mask planes whose pixels enter the convergence metric and the model weights.",
+    ),
+    F(
+        "convergenceThreshold",
+        "float",
+        0.001,
+        "Stop when the relative improvement of the metric per iteration falls below this.",
+        check=_range(0.0, None),
+    ),
+    F("dcrNumSubfilters", "int", 3, "Number K of sub-filters the band is split into.", check=_range(2, None)),
+    F("doAirmassWeight", "bool", False, "Multiply each visit's weight by its airmass."),
+    F("doApplyExternalPhotoCalib", "bool", False, "Apply an external PhotoCalib from the butler.", status=L),
+    F("doApplyExternalSkyWcs", "bool", False, "Apply an external SkyWcs from the butler.", status=L),
+    F("doAttachTransmissionCurve", "bool", False, "Attach a transmission curve to the coadd.", status=L),
+    F("doCalculatePsf", "bool", False, "Measure the coadd PSF from stars detected on it.", status=P),
+    F("doFilterMorphological", "bool", False, "Mask streak-like artifact candidates (see maskStreaks).", status=P),
+    F("doInputMap", "bool", False, "Write a HealSparse map of the inputs.", status=L),
+    F("doInterp", "bool", True, "Interpolate over NaN pixels of the coadd.", status=P),
+    F("doMaskBrightObjects", "bool", False, "Set brightObjectMaskName over bright-object regions.", status=P),
+    F("doNImage", "bool", False, "Also keep the per-pixel count of contributing visits (mpidcr always writes nImage)."),
+    F(
+        "doOnlineForMean",
+        "bool",
+        False,
+        "Online accumulation for MEAN (mpidcr streams tiles, so memory is bounded anyway).",
+    ),
+    F(
+        "doPrefilterArtifacts",
+        "bool",
+        True,
+        "Drop artifact candidates mostly covered by prefilterArtifactsMaskPlanes.",
+        status=P,
+    ),
+    F(
+        "doPreserveContainedBySource",
+        "bool",
+        True,
+        "Keep artifact candidates lying wholly inside a source detected on the template.",
+        status=P,
+    ),
+    F("doPsfMatch", "bool", False, "Deprecated in the seed: coadd PSF-matched warps.", status=L),
+    F("doScaleWarpVariance", "bool", True, "Rescale each warp's variance to its measured background noise.", status=P),
+    F("doSelectVisits", "bool", False, "Coadd only visits chosen by an LSST SelectVisitsTask.", status=L),
+    F("doSigmaClip", "bool", False, "Deprecated in the seed: same as statistic = MEANCLIP."),
+    F(
+        "doUsePsfMatchedPolygons",
+        "bool",
+        False,
+        "Use valid polygons of PSF-matched calexps (CompareWarp only).",
+        status=L,
+    ),
+    F(
+        "doWrite",
+        "bool",
+        True,
+        "Persist the coadd through the butler (mpidcr always writes its output file).",
+        status=L,
+    ),
+    F(
+        "effectiveWavelength",
+        "float",
+        None,
+        "Effective wavelength of the band in nm (required), within 230.2–2058.6.",
+        optional=True,
+        check=_range(230.2, 2058.6, True, True),
+    ),
+    F(
+        "externalPhotoCalibName",
+        "str",
+        "jointcal",
+        "Gen2 name of the external PhotoCalib.",
+        optional=True,
+        check=_choice("jointcal", "fgcm", "fgcm_tract", None),
+        status=L,
+    ),
+    F(
+        "externalSkyWcsName",
+        "str",
+        "jointcal",
+        "Gen2 name of the external SkyWcs.",
+        optional=True,
+        check=_choice("jointcal", None),
+        status=L,
+    ),
+    F(
+        "growStreakFp",
+        "float",
+        5.0,
+        "Grow streak footprints by this many PSF widths.",
+        check=_range(0.0, None),
+        status=P,
+    ),
+    F("hasFakes", "bool", False, "Inputs carry injected fake sources (butler naming only).", status=L),
+    F(
+        "imageInterpOrder",
+        "int",
+        1,
+        "Spline order of the sub-pixel shifts (1 bilinear, 3 cubic; 1..5 accepted, 1 and 3 implemented).",
+        check=_range(1, 5),
+    ),
+    F("includeCalibVar", "bool", False, "Add the PhotoCalib variance to the warp variance.", status=L),
+    F(
+        "maskPropagationThresholds",
+        "dict",
+        {"SAT": 0.1},
+        "Per mask plane: set it on the coadd where rejected inputs carrying it exceed this weight fraction.",
+        check=_fractions,
+    ),
+    F(
+        "matchingKernelSize",
+        "int",
+        21,
+        "Size in pixels of the PSF-matching kernel (odd).",
+        check=_odd_positive,
+        status=P,
+    ),
+    F(
+        "maxFractionEpochsHigh",
+        "float",
+        0.03,
+        "Artifact rejection: fraction of N epochs added to maxNumEpochs at high N.",
+        check=_range(0.0, 1.0, hi_open=True),
+        status=P,
+    ),
+    F(
+        "maxFractionEpochsLow",
+        "float",
+        0.4,
+        "Artifact rejection: fraction of N epochs allowed at low N.",
+        check=_range(0.0, 1.0, hi_open=True),
+        status=P,
+    ),
+    F(
+        "maxNumEpochs",
+        "int",
+        2,
+        "Artifact rejection: epochs in which a transient may appear and still be masked.",
+        check=_range(0, None),
+        status=P,
+    ),
+    F(
+        "maxNumIter",
+        "int",
+        None,
+        "Maximum number of forward-model iterations; None: 3K.",
+        optional=True,
+        check=_range(1, None),
+    ),
+    F(
+        "minNumIter",
+        "int",
+        None,
+        "Minimum number of forward-model iterations; None: K.",
+        optional=True,
+        check=_range(1, None),
+    ),
+    F(
+        "modelWeightsWidth",
+        "float",
+        3.0,
+        "Gaussian sigma in pixels of the region around detected sources that the model may change.",
+        check=_range(0.0, None),
+    ),
+    F(
+        "prefilterArtifactsMaskPlanes",
+        "list",
+        ("NO_DATA", "BAD", "SAT", "SUSPECT"),
+        "Mask planes used by doPrefilterArtifacts.",
+        status=P,
+    ),
+    F(
+        "prefilterArtifactsRatio",
+        "float",
+        0.05,
+        "Minimum good-pixel fraction for an artifact candidate to be kept.",
+        check=_range(0.0, 1.0),
+        status=P,
+    ),
+    F(
+        "regularizationWidth",
+        "int",
+        2,
+        "Radius in pixels of the smallest region the regularizations act on.",
+        check=_range(1, None),
+    ),
+    F(
+        "regularizeModelFrequency",
+        "float",
+        4.0,
+        "Maximum relative change between sub-filters (0 disables).",
+        check=_range(0.0, None),
+    ),
+    F(
+        "regularizeModelIterations",
+        "float",
+        2.0,
+        "Maximum relative change of the model between iterations (0 disables).",
+        check=_range(0.0, None),
+    ),
+    F("removeMaskPlanes", "list", ("NOT_DEBLENDED",), "Mask planes cleared from the warps before coadding."),
+    F("saveLogOutput", "bool", True, "Save the task's log through the butler.", status=L),
+    F("saveMetadata", "bool", True, "Save the task's metadata through the butler.", status=L),
+    F("sigmaClip", "float", 3.0, "Clipping threshold in sigma of MEANCLIP.", check=_range(0.0, None, lo_open=True)),
+    F(
+        "spatialThreshold",
+        "float",
+        0.5,
+        "Artifact rejection: fraction of a candidate's pixels that must be transient outliers.",
+        check=_range(0.0, 1.0),
+        status=P,
+    ),
+    F("splitSubfilters", "bool", True, "Model each sub-filter's DCR by two shifts at 1/4 and 3/4 of its width."),
+    F(
+        "splitThreshold",
+        "float",
+        0.1,
+        "Split only where the two shifts differ by at least this many pixels.",
+        check=_range(0.0, None),
+    ),
+    F(
+        "statistic",
+        "str",
+        "MEANCLIP",
+        "Statistic of the static sky model.",
+        check=_choice("MEAN", "MEDIAN", "MEANCLIP"),
+    ),
+    F("streakMaskName", "str", "STREAK", "Mask plane name for streaks.", status=P),
+    F(
+        "subregionSize",
+        "pair",
+        (2000, 2000),
+        "Width, height of the LSST task's subregions (mpidcr tiles by rank instead).",
+        check=_pair_positive,
+    ),
+    F("useConvergence", "bool", True, "Stop on convergence; if False run exactly maxNumIter iterations."),
+    F("useGlobalExternalPhotoCalib", "bool", True, "Use global rather than per-tract external PhotoCalibs.", status=L),
+    F("useGlobalExternalSkyWcs", "bool", True, "Use global rather than per-tract external SkyWcs.", status=L),
+    F("useModelWeights", "bool", True, "Let the model change only near detected sources (convergenceMaskPlanes)."),
+    F("useProgressiveGain", "bool", True, "Raise the gain above baseGain as the metric converges as predicted."),
+    F(
+        "warpType",
+        "str",
+        "direct",
+        "Butler warp type to read (direct or psfMatched).",
+        check=_choice("direct", "psfMatched"),
+        status=L,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class SubtaskSpec:
+    """A retargetable subtask of the seed, with mpidcr's own fields for it."""
+
+    name: str
+    doc: str
+    fields: tuple[FieldSpec, ...]
+    status: str = "used"
+
+
+def _detect(threshold: float, grow: int) -> tuple[FieldSpec, ...]:
+    return (
+        F(
+            "thresholdSigma",
+            "float",
+            threshold,
+            "Detection threshold in sigma of the background noise.",
+            check=_range(0.0, None, lo_open=True),
+        ),
+        F("growRadius", "int", grow, "Grow detected footprints by this many pixels.", check=_range(0, None)),
+        F("minPixels", "int", 1, "Smallest footprint kept, in pixels.", check=_range(1, None)),
+    )
+
+
+#: The 14 retargetable subtasks of the seed, as nested sections.
+SUBTASKS: tuple[SubtaskSpec, ...] = (
+    SubtaskSpec(
+        "assembleStaticSkyModel",
+        "The static sky model T (first-iteration model).",
+        (
+            F(
+                "statistic",
+                "str",
+                None,
+                "Override of the top-level statistic for T; None: use it.",
+                optional=True,
+                check=_choice("MEAN", "MEDIAN", "MEANCLIP", None),
+            ),
+        ),
+    ),
+    SubtaskSpec("detect", "Detection of artifact candidates on warp − static model.", _detect(5.0, 2), status=P),
+    SubtaskSpec(
+        "detectPsfSources", "Detection of stars for the coadd PSF (doCalculatePsf).", _detect(50.0, 0), status=P
+    ),
+    SubtaskSpec(
+        "detectTemplate",
+        "Detection of sources on the static model (doPreserveContainedBySource).",
+        _detect(5.0, 2),
+        status=P,
+    ),
+    SubtaskSpec("inputMapper", "HealSparse input maps.", (), status=L),
+    SubtaskSpec("inputRecorder", "CoaddInputs catalogs of the LSST stack.", (), status=L),
+    SubtaskSpec(
+        "interpImage",
+        "Interpolation over NaN pixels (doInterp).",
+        (F("fallbackValue", "float", 0.0, "Value for pixels with no valid neighbour."),),
+        status=P,
+    ),
+    SubtaskSpec(
+        "maskStreaks",
+        "Streak masking (doFilterMorphological).",
+        (F("minLengthPixels", "int", 50, "Shortest streak masked, in pixels.", check=_range(1, None)),),
+        status=P,
+    ),
+    SubtaskSpec(
+        "measurePsf",
+        "PSF measurement on the coadd (doCalculatePsf).",
+        (F("stampSize", "int", 41, "PSF stamp size in pixels (odd).", check=_odd_positive),),
+        status=P,
+    ),
+    SubtaskSpec("measurePsfSources", "LSST source measurement for the PSF.", (), status=L),
+    SubtaskSpec(
+        "modelPsf",
+        "Model PSF when none can be measured.",
+        (
+            F(
+                "defaultFwhm",
+                "float",
+                0.7,
+                "FWHM of the fallback Gaussian PSF in arcsec.",
+                check=_range(0.0, None, lo_open=True),
+            ),
+        ),
+        status=P,
+    ),
+    SubtaskSpec(
+        "scaleWarpVariance",
+        "Empirical rescaling of warp variance (doScaleWarpVariance).",
+        (
+            F(
+                "maskPlanes",
+                "list",
+                ("DETECTED", "BAD", "SAT", "NO_DATA", "INTRP"),
+                "Pixels excluded from the noise measurement.",
+            ),
+            F("limit", "float", 10.0, "Largest accepted scale factor.", check=_range(1.0, None)),
+        ),
+        status=P,
+    ),
+    SubtaskSpec(
+        "scaleZeroPoint",
+        "Photometric zero-point scaling of the warps.",
+        (F("zeroPoint", "float", 27.0, "Target zero point of the coadd in AB mag.", check=_range(0.0, None)),),
+        status=P,
+    ),
+    SubtaskSpec(
+        "select",
+        "Visit selection.",
+        (
+            F(
+                "maxPsfFwhm",
+                "float",
+                None,
+                "Reject visits with a PSF FWHM above this, in arcsec; None: keep all.",
+                optional=True,
+                check=_range(0.0, None, lo_open=True),
+            ),
+        ),
+    ),
+)
+
+FIELD_BY_NAME: dict[str, FieldSpec] = {f.name: f for f in FIELDS}
+SUBTASK_BY_NAME: dict[str, SubtaskSpec] = {s.name: s for s in SUBTASKS}
+
+
+def snake_case(name: str) -> str:
+    """``dcrNumSubfilters`` → ``dcr_num_subfilters``."""
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+def _alias_table(names: Iterable[str]) -> dict[str, str]:
+    table = {}
+    for n in names:
+        table[n] = n
+        table[snake_case(n)] = n
+    return table
+
+
+_TOP_ALIASES = _alias_table([*FIELD_BY_NAME, *SUBTASK_BY_NAME])
+
+
+def canonical_name(name: str, table: Mapping[str, str] | None = None, where: str = "") -> str:
+    """The camelCase name of a field given either spelling; ConfigError if unknown."""
+    table = _TOP_ALIASES if table is None else table
+    if name in table:
+        return table[name]
+    known = sorted({v for v in table.values()})
+    close = [k for k in known if k.lower().startswith(name.lower()[:4])] if len(name) >= 4 else []
+    hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
+    raise ConfigError(f"unknown configuration field '{where}{name}'{hint}; see 'mpidcr config --defaults'")
+
+
+def coerce(spec: FieldSpec, value: Any, where: str = "") -> Any:
+    """Check ``value`` against ``spec`` and return it in canonical form.
+
+    Ints are accepted for floats; strings for lists are split on commas; lists
+    become tuples.  Raises ConfigError naming the field and the allowed values.
+    """
+    full = where + spec.name
+    if value is None:
+        if spec.optional:
+            return None
+        raise ConfigError(f"configuration field '{full}' may not be None; expected {spec.type_name}")
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"configuration field '{full}' = {value!r}: expected {expected}")
+
+    kind = spec.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("a boolean (true or false)")
+        out: Any = value
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise bad("an integer")
+        out = value
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        out = float(value)
+        if not math.isfinite(out):
+            raise bad("a finite number")
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise bad("a string")
+        out = value
+    elif kind == "list":
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+        out = tuple(value)
+    elif kind == "pair":
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise bad("a list of 2 integers")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise bad("a list of 2 integers")
+        out = tuple(value)
+    elif kind == "dict":
+        if not isinstance(value, Mapping):
+            raise bad("a table (mapping)")
+        if spec.default and not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items()
+        ):
+            raise bad("a table of mask-plane name = number")
+        out = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in value.items()}
+    else:  # pragma: no cover - programming error
+        raise AssertionError(kind)
+    if spec.check is not None:
+        allowed = spec.check(out)
+        if allowed is not None:
+            raise ConfigError(f"configuration field '{full}' = {value!r} is out of range; expected {allowed}")
+    return out
+
+
+class Section:
+    """Values of one subtask section, read as attributes (``cfg.detect.thresholdSigma``)."""
+
+    def __init__(self, spec: SubtaskSpec, values: Mapping[str, Any] | None = None):
+        object.__setattr__(self, "_spec", spec)
+        object.__setattr__(self, "_values", {f.name: copy.deepcopy(f.default) for f in spec.fields})
+        object.__setattr__(self, "_aliases", _alias_table(f.name for f in spec.fields))
+        for k, v in (values or {}).items():
+            self.set(k, v)
+
+    def set(self, name: str, value: Any) -> None:
+        spec: SubtaskSpec = self._spec
+        canon = canonical_name(name, self._aliases, where=spec.name + ".")
+        fspec = next(f for f in spec.fields if f.name == canon)
+        self._values[canon] = coerce(fspec, value, where=spec.name + ".")
+
+    def __getattr__(self, name: str) -> Any:
+        values = object.__getattribute__(self, "_values")
+        aliases = object.__getattribute__(self, "_aliases")
+        if name in aliases:
+            return values[aliases[name]]
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.set(name, value)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: _plain(v) for k, v in self._values.items()}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return list(v)
+    if isinstance(v, dict):
+        return dict(v)
+    return v
+
+
+class DcrConfig:
+    """Every setting of a DCR coadd; attribute access by camelCase or snake_case name.
+
+    Assignments are checked immediately (``cfg.dcrNumSubfilters = 1`` raises
+    ConfigError).  Derived quantities that depend on K (``min_iterations``,
+    ``max_iterations``, ``base_gain``) are properties.
+    """
+
+    def __init__(self, **values: Any):
+        object.__setattr__(self, "_values", {f.name: copy.deepcopy(f.default) for f in FIELDS})
+        object.__setattr__(self, "_sections", {s.name: Section(s) for s in SUBTASKS})
+        self.update(values)
+
+    # -- access ---------------------------------------------------------------
+    def set(self, name: str, value: Any) -> None:
+        """Set one field (``name`` or ``section.name``), checking type and range."""
+        head, _, tail = name.partition(".")
+        canon = canonical_name(head)
+        if canon in SUBTASK_BY_NAME:
+            if tail:
+                self._sections[canon].set(tail, value)
+            elif isinstance(value, Mapping):
+                for k, v in value.items():
+                    self._sections[canon].set(k, v)
+            else:
+                raise ConfigError(f"configuration section '{canon}' needs a table of its fields")
+            return
+        if tail:
+            raise ConfigError(f"configuration field '{canon}' has no sub-field '{tail}'")
+        self._values[canon] = coerce(FIELD_BY_NAME[canon], value)
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        for k, v in values.items():
+            self.set(k, v)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            canon = _TOP_ALIASES[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        if canon in SUBTASK_BY_NAME:
+            return object.__getattribute__(self, "_sections")[canon]
+        return object.__getattribute__(self, "_values")[canon]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.set(name, value)
+
+    def copy(self) -> DcrConfig:
+        return DcrConfig.from_dict(self.as_dict())
+
+    # -- derived --------------------------------------------------------------
+    @property
+    def num_subfilters(self) -> int:
+        return int(self._values["dcrNumSubfilters"])
+
+    @property
+    def min_iterations(self) -> int:
+        """minNumIter, or K when unset."""
+        v = self._values["minNumIter"]
+        return self.num_subfilters if v is None else int(v)
+
+    @property
+    def max_iterations(self) -> int:
+        """maxNumIter, or 3K when unset."""
+        v = self._values["maxNumIter"]
+        return 3 * self.num_subfilters if v is None else int(v)
+
+    @property
+    def base_gain(self) -> float:
+        """baseGain, or 1/(K−1) when unset."""
+        v = self._values["baseGain"]
+        return 1.0 / (self.num_subfilters - 1) if v is None else float(v)
+
+    @property
+    def static_statistic(self) -> str:
+        """Statistic of the static sky model: subtask override, doSigmaClip, then statistic."""
+        override = self._sections["assembleStaticSkyModel"].statistic
+        if override is not None:
+            return override
+        return "MEANCLIP" if self._values["doSigmaClip"] else self._values["statistic"]
+
+    def validate(self, require_band: bool = True) -> DcrConfig:
+        """Cross-field checks; with ``require_band`` the band must be given."""
+        v = self._values
+        if require_band:
+            for name in ("effectiveWavelength", "bandwidth"):
+                if v[name] is None:
+                    raise ConfigError(
+                        f"configuration field '{name}' is required (in nm); set it in the manifest or with --set {name}=..."
+                    )
+        if v["effectiveWavelength"] is not None and v["bandwidth"] is not None:
+            lo = v["effectiveWavelength"] - v["bandwidth"] / 2
+            hi = v["effectiveWavelength"] + v["bandwidth"] / 2
+            if lo <= 230.2 or hi >= 2058.6:
+                raise ConfigError(
+                    f"configuration fields 'effectiveWavelength'/'bandwidth' give a band {lo:.1f}–{hi:.1f} nm "
+                    "outside the refraction model's range (230.2, 2058.6) nm"
+                )
+        if self.min_iterations > self.max_iterations:
+            raise ConfigError(
+                f"configuration field 'minNumIter' = {self.min_iterations} exceeds 'maxNumIter' = {self.max_iterations}"
+            )
+        if v["imageInterpOrder"] not in (1, 3):
+            raise ConfigError(
+                f"configuration field 'imageInterpOrder' = {v['imageInterpOrder']}: mpidcr implements 1 and 3"
+            )
+        return self
+
+    def notices(self) -> list[str]:
+        """One message per field set away from its default that has no effect here."""
+        out = []
+        for f in FIELDS:
+            if f.status != "used" and self._values[f.name] != f.default:
+                out.append(_notice(f.name, f.status))
+        for s in SUBTASKS:
+            sec = self._sections[s.name]
+            for f in s.fields:
+                st = "planned" if s.status == "planned" or f.status == "planned" else s.status
+                if st != "used" and sec._values[f.name] != f.default:
+                    out.append(_notice(f"{s.name}.{f.name}", st))
+        return out
+
+    # -- conversion -----------------------------------------------------------
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {k: _plain(v) for k, v in self._values.items()}
+        for name, sec in self._sections.items():
+            d[name] = sec.as_dict()
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON, used to match checkpoints to runs."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DcrConfig:
+        return cls(**dict(d))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DcrConfig) and self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self._values.items() if v != FIELD_BY_NAME[k].default}
+        return f"DcrConfig({changed})"
+
+
+def _notice(name: str, status: str) -> str:
+    if status == "lsst-only":
+        return f"configuration field '{name}' only has a meaning inside the LSST middleware; ignored"
+    return f"configuration field '{name}' is accepted but its feature is not implemented in this version; ignored"
+
+
+# -- loading -------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """Parse the value of a ``--set name=value`` override.
+
+    Python/TOML literals (``3``, ``0.5``, ``[1, 2]``, ``'x'``), ``true``/``false``,
+    ``none``/``null``; anything else is a plain string.
+    """
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["a=1", "detect.thresholdSigma=4"]`` → ``{"a": 1, "detect.thresholdSigma": 4.0}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"override '{item}' is not of the form name=value")
+        out[name.strip()] = parse_value(value)
+    return out
+
+
+def _read_lsst_override_file(path: Path) -> dict[str, Any]:
+    """Read ``config.name = literal`` lines of an LSST config file without executing it."""
+    out: dict[str, Any] = {}
+    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip() if "'" not in raw and '"' not in raw else raw.strip()
+        if not line or line.startswith("#") or line.startswith(("import ", "from ")):
+            continue
+        m = re.fullmatch(r"config\.([A-Za-z_][\w.]*)\s*=\s*(.+)", line)
+        if not m:
+            raise ConfigError(f"{path}:{lineno}: only 'config.<field> = <literal>' lines are understood")
+        try:
+            out[m.group(1)] = ast.literal_eval(m.group(2))
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"{path}:{lineno}: value of '{m.group(1)}' is not a literal") from None
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (.toml), YAML (.yaml/.yml, safe loading) or LSST override (.py) file.
+
+    A top-level ``[config]`` table, if present, is what is read (so a manifest's
+    config section and a standalone config file look alike).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: configuration file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = _load_toml(path)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(path.read_text()) or {}
+        elif suffix == ".py":
+            data = _read_lsst_override_file(path)
+        else:
+            raise ConfigError(f"{path}: unknown configuration format '{suffix}' (use .toml, .yaml or .py)")
+    except ConfigError:
+        raise
+    except Exception as exc:  # parse errors of tomllib / yaml
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: cannot parse: {first}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a table of configuration fields")
+    if "config" in data and isinstance(data["config"], dict):
+        data = data["config"]
+    return data
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    with path.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    base: Mapping[str, Any] | None = None,
+) -> DcrConfig:
+    """Build a DcrConfig from ``base`` values, then a file, then overrides.
+
+    Notices for LSST-only and not-yet-implemented fields are logged once here.
+    """
+    cfg = DcrConfig()
+    if base:
+        cfg.update(base)
+    if path is not None:
+        cfg.update(read_config_file(path))
+    if isinstance(overrides, Mapping):
+        cfg.update(overrides)
+    else:
+        cfg.update(parse_overrides(overrides))
+    for msg in cfg.notices():
+        log.warning(msg)
+    return cfg
+
+
+# -- documentation ---------------------------------------------------------------
+def _fmt(v: Any) -> str:
+    if isinstance(v, tuple):
+        v = list(v)
+    return repr(v)
+
+
+def defaults_table(markdown: bool = False) -> str:
+    """Every field with type, default, status and doc (``mpidcr config --defaults``)."""
+    rows: list[tuple[str, str, str, str, str]] = [
+        (f.name, f.type_name, _fmt(f.default), f.status, f.doc) for f in FIELDS
+    ]
+    for s in SUBTASKS:
+        rows.append((f"[{s.name}]", "section", "", s.status, s.doc))
+        for f in s.fields:
+            rows.append(
+                (
+                    f"{s.name}.{f.name}",
+                    f.type_name,
+                    _fmt(f.default),
+                    f.status if s.status == "used" else s.status,
+                    f.doc,
+                )
+            )
+    if markdown:
+        lines = ["| field | type | default | status | description |", "|---|---|---|---|---|"]
+        lines += [
+            "| "
+            + " | ".join(c.replace("|", "\\|") for c in (f"`{r[0]}`", r[1], f"`{r[2]}`" if r[2] else "", r[3], r[4]))
+            + " |"
+            for r in rows
+        ]
+        return "\n".join(lines) + "\n"
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:<{w[3]}}  {r[4]}" for r in rows) + "\n"

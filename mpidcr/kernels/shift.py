@@ -1,0 +1,176 @@
+"""Sub-pixel image shifts by spline interpolation (orders 1 and 3), in numba.
+
+Convention (that of ``scipy.ndimage.shift(..., mode="constant", cval=0)``):
+``out[y, x] = image(y − dy, x − dx)`` where the image is interpolated by a
+spline of the given order; samples outside ``[0, n−1]`` along an axis are 0.
+Order 3 interpolates spline *coefficients* (see :func:`prefilter`) whose
+indices beyond the edges are mirrored, as scipy does.  Integer shifts are
+exact translations for both orders.
+
+A shift is separable: for a constant (dy, dx) every output row reads the same
+few input rows with the same weights, so each axis is described once by a
+*tap table* (source index and weight per output index and tap) and one
+private kernel applies any pair of tables.  Axis order is ``(y, x)``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+_EDGE_TOLERANCE = 1e-9  # samples this close outside an edge count as on it (float rounding of shifts)
+
+
+def tap_table(n: int, shift: float, order: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """Source indices and weights along one axis of length ``n`` for ``out[i] = in(i − shift)``.
+
+    Returns ``(index, weight)`` of shape ``(n, order + 1)``.  Outputs whose sample
+    lies outside ``[0, n−1]`` get zero weights.
+    """
+    if order not in (1, 3):
+        raise ValueError(f"spline order {order} is not implemented (1 or 3)")
+    taps = order + 1
+    coord = np.arange(n, dtype=np.float64) - shift
+    # snap samples within rounding of an integer, so integer shifts are exact translations
+    near = np.rint(coord)
+    coord = np.where(np.abs(coord - near) < _EDGE_TOLERANCE, near, coord)
+    valid = (coord >= 0.0) & (coord <= n - 1.0)
+    if order == 1:
+        i0 = np.floor(coord)
+        t = coord - i0
+        first = i0.astype(np.int64)
+        index = np.stack([first, first + 1], axis=1)
+        weight = np.stack([1.0 - t, t], axis=1)
+        index = np.clip(index, 0, n - 1)
+    else:
+        i0 = np.floor(coord)
+        t = coord - i0
+        first = i0.astype(np.int64) - 1
+        index = first[:, None] + np.arange(4)[None, :]
+        weight = np.stack(
+            [
+                (1.0 - t) ** 3 / 6.0,
+                (4.0 - 6.0 * t**2 + 3.0 * t**3) / 6.0,
+                (1.0 + 3.0 * t + 3.0 * t**2 - 3.0 * t**3) / 6.0,
+                t**3 / 6.0,
+            ],
+            axis=1,
+        )
+        index = _mirror(index, n)
+    weight = np.where(valid[:, None], weight, 0.0)
+    index = np.where(valid[:, None], index, 0)
+    assert index.shape == (n, taps)
+    return np.ascontiguousarray(index, dtype=np.int64), np.ascontiguousarray(weight)
+
+
+def _mirror(index: NDArray[np.int64], n: int) -> NDArray[np.int64]:
+    """Fold indices into [0, n−1] by mirror reflection about the edge samples (scipy 'mirror')."""
+    if n == 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    m = np.mod(index, period)
+    return np.where(m >= n, period - m, m)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=False)
+def _accumulate_shifted(src, iy, wy, ix, wx, scale, out):  # pragma: no cover - compiled
+    """out[y, x] += scale · Σ_a Σ_b wy[y, a] wx[x, b] src[iy[y, a], ix[x, b]]."""
+    ny, nx = out.shape
+    ty = iy.shape[1]
+    tx = ix.shape[1]
+    row = np.empty(nx, dtype=np.float64)
+    for y in range(ny):
+        any_weight = False
+        for a in range(ty):
+            if wy[y, a] != 0.0:
+                any_weight = True
+        if not any_weight:
+            continue
+        for x in range(nx):
+            row[x] = 0.0
+        for a in range(ty):
+            w_a = wy[y, a]
+            if w_a == 0.0:
+                continue
+            srow = src[iy[y, a]]
+            for x in range(nx):
+                acc = 0.0
+                for b in range(tx):
+                    acc += wx[x, b] * srow[ix[x, b]]
+                row[x] += w_a * acc
+        for x in range(nx):
+            out[y, x] += scale * row[x]
+
+
+def prefilter(image: NDArray, order: int) -> NDArray[np.float64]:
+    """Spline coefficients for interpolation of ``order`` (identity for order 1), float64.
+
+    Order 3 uses scipy's recursive B-spline prefilter with mirror boundaries.
+    """
+    if order == 1:
+        return np.ascontiguousarray(image, dtype=np.float64)
+    return ndimage.spline_filter(np.asarray(image, dtype=np.float64), order=order, mode="mirror", output=np.float64)
+
+
+def prefilter_planes(planes: NDArray, order: int) -> NDArray[np.float64]:
+    """:func:`prefilter` applied to each plane of a (K, ny, nx) stack."""
+    if order == 1:
+        return np.ascontiguousarray(planes, dtype=np.float64)
+    return np.stack([prefilter(p, order) for p in planes])
+
+
+def add_shifted(
+    out: NDArray, coeffs: NDArray, shift: tuple[float, float] | NDArray, order: int, scale: float = 1.0
+) -> None:
+    """``out += scale · shift(image)`` where ``coeffs = prefilter(image, order)``; in place.
+
+    out : (ny, nx) float array; coeffs : (ny, nx) float64; shift : (dy, dx) pixels.
+    """
+    ny, nx = out.shape
+    if coeffs.shape != out.shape:
+        raise ValueError(f"shape mismatch: coefficients {coeffs.shape} vs output {out.shape}")
+    iy, wy = tap_table(ny, float(shift[0]), order)
+    ix, wx = tap_table(nx, float(shift[1]), order)
+    _accumulate_shifted(coeffs, iy, wy, ix, wx, float(scale), out)
+
+
+def shift_image(image: NDArray, shift: tuple[float, float] | NDArray, order: int = 1) -> NDArray[np.float64]:
+    """Return ``image`` shifted by ``shift = (dy, dx)`` pixels (float64), zero outside."""
+    out = np.zeros(np.shape(image), dtype=np.float64)
+    add_shifted(out, prefilter(image, order), shift, order)
+    return out
+
+
+def build_template(
+    coeffs: NDArray, forward_shifts: NDArray, order: int, out: NDArray | None = None
+) -> NDArray[np.float64]:
+    """Forward model of one visit: Σ_k mean_j shift(plane_k, forward_shifts[k, j]).
+
+    coeffs : (K, ny, nx) prefiltered model planes; forward_shifts : (K, J, 2).
+    Sub-filters whose J shifts are identical are shifted once.
+    """
+    num, ny, nx = coeffs.shape
+    if out is None:
+        out = np.zeros((ny, nx), dtype=np.float64)
+    else:
+        out[...] = 0.0
+    for k in range(num):
+        shifts = np.asarray(forward_shifts[k], dtype=np.float64)
+        if np.all(shifts == shifts[0]):
+            add_shifted(out, coeffs[k], shifts[0], order)
+        else:
+            for j in range(shifts.shape[0]):
+                add_shifted(out, coeffs[k], shifts[j], order, scale=1.0 / shifts.shape[0])
+    return out
+
+
+def accumulate_reverse(residual: NDArray, mean_shifts: NDArray, order: int, accumulators: NDArray) -> None:
+    """accumulators[k] += shift(residual, −mean_shifts[k]) for every sub-filter k; in place.
+
+    residual : (ny, nx); mean_shifts : (K, 2); accumulators : (K, ny, nx) float64.
+    """
+    coeffs = prefilter(residual, order)
+    for k in range(mean_shifts.shape[0]):
+        add_shifted(accumulators[k], coeffs, -np.asarray(mean_shifts[k], dtype=np.float64), order)

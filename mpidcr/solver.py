@@ -1,0 +1,512 @@
+"""The forward-model iteration of a DCR sky model (SPEC §2), on one tile.
+
+Plain functions on numpy arrays.  Axis order: model planes ``(K, y, x)``,
+warp stacks ``(V, y, x)``.  The solver runs on a tile's *outer* box (see
+:mod:`mpidcr.tiling`); every patch-wide quantity goes through a
+:class:`~mpidcr.reduction.Reducer` over the *inner* box, and the model's
+ghost pixels are refreshed by a :class:`HaloExchanger` after each update.
+With the serial defaults (whole patch, :class:`SerialReducer`,
+:class:`NoExchange`) this is the complete single-process algorithm.
+
+Each iteration streams every warp once: the template of the current model
+gives at the same time the visit's convergence-metric sums and its residual,
+whose reverse shifts accumulate into the per-sub-filter update.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from . import kernels
+from .coadd import StaticModel, static_sky_model, visit_weights_from_sums
+from .config import DcrConfig
+from .dcr import VisitShifts, dcr_buffer
+from .errors import InputError, SolverError
+from .masks import plane_bits
+from .reduction import Reducer, SerialReducer, merged_std
+from .tiling import Tile
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass
+class WarpStack:
+    """The warps of one tile and what the solver needs to know of each visit.
+
+    images, variances : (V, ny, nx) float32 (image units, image units²).
+    masks : (V, ny, nx) int32 bit masks with ``mask_planes`` (name → bit).
+    shifts : per visit DCR shifts (pixels).
+    airmass : (V,).
+    """
+
+    images: NDArray
+    variances: NDArray
+    masks: NDArray
+    mask_planes: dict[str, int]
+    shifts: Sequence[VisitShifts]
+    airmass: NDArray
+    names: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        v = self.images.shape[0]
+        if self.variances.shape != self.images.shape or self.masks.shape != self.images.shape:
+            raise InputError("images, variances and masks must have the same (V, ny, nx) shape")
+        if len(self.shifts) != v or len(self.airmass) != v:
+            raise InputError(f"{v} warps but {len(self.shifts)} shift sets and {len(self.airmass)} airmasses")
+        if not self.names:
+            self.names = [f"visit{i}" for i in range(v)]
+
+    @property
+    def num_visits(self) -> int:
+        return int(self.images.shape[0])
+
+
+class HaloExchanger(Protocol):
+    """Refreshes the ghost pixels of outer-box arrays ``(..., ny, nx)`` from their owners."""
+
+    def exchange(self, array: NDArray) -> None: ...
+
+
+class NoExchange:
+    """The halo exchange of a single tile covering the patch: nothing to do."""
+
+    def exchange(self, array: NDArray) -> None:
+        return None
+
+
+# ----------------------------------------------------------------------------- pieces
+def opening_structure(width: int) -> NDArray[np.bool_]:
+    """Cross-shaped element grown ``width`` times (a diamond of radius ``width``)."""
+    cross = ndimage.generate_binary_structure(2, 1)
+    return ndimage.iterate_structure(cross, width) if width > 1 else cross
+
+
+def _opened(selection: NDArray[np.bool_], width: int) -> NDArray[np.bool_]:
+    """Pixel groups of ``selection`` that survive a binary opening; isolated pixels drop out."""
+    if width <= 0:
+        return selection
+    return ndimage.binary_opening(selection, structure=opening_structure(width))
+
+
+def apply_thresholds(image: NDArray, high: NDArray | None, low: NDArray | None, width: int) -> None:
+    """Clamp ``image`` in place to ``[low, high]`` on pixel groups that survive the opening."""
+    if high is not None:
+        sel = _opened(image > high, width)
+        image[sel] = high[sel]
+    if low is not None:
+        sel = _opened(image < low, width)
+        image[sel] = low[sel]
+
+
+def clamp_to_previous(new: NDArray, old: NDArray, factor: float, width: int) -> None:
+    """Step 4: limit ``new`` to [old/f, |old|·f] (in place) where coherent groups exceed it."""
+    apply_thresholds(new, np.abs(old) * factor, old / factor, width)
+
+
+def regularize_frequency(planes: NDArray, factor: float, width: int, noise: float) -> None:
+    """Step 5 (in place on ``planes`` (K, ny, nx)): limit the sub-filters' departure from their mean.
+
+    ``noise`` is the background std of plane 0 (before the 1/(2·width) reduction,
+    applied here).
+    """
+    ref = planes.mean(axis=0)
+    ref = np.where(np.isfinite(ref) & (ref > 0), ref, 0.0)
+    noise = noise / (2.0 * width)
+    smooth = ndimage.gaussian_filter(ref, width) + 3.0 * noise
+    max_diff = math.sqrt(factor)
+    high = smooth * max_diff
+    low = smooth / max_diff
+    for k in range(planes.shape[0]):
+        apply_thresholds(planes[k], high, low, width)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k in range(planes.shape[0]):
+            ratio = (ndimage.gaussian_filter(planes[k], width) + 3.0 * noise) / smooth
+            ratio = np.where(np.isfinite(ratio), ratio, 1.0)
+            ratio += 3.0 * (ratio - ndimage.gaussian_filter(ratio, width / 3.0))
+            planes[k] = ratio * ref
+
+
+def condition(new: NDArray, old: NDArray, gain: float) -> NDArray:
+    """Step 6: the gain-weighted mean (g·new + old)/(1 + g)."""
+    return (gain * new + old) / (1.0 + gain)
+
+
+def apply_model_weights(new: NDArray, static: NDArray, weights: NDArray) -> NDArray:
+    """Step 7: new·M + T·(1 − M)/K for planes ``new`` (K, ny, nx)."""
+    num = new.shape[0]
+    return new * weights + (static * (1.0 - weights) / num)[None]
+
+
+def next_gain(metrics: Sequence[float], gains: Sequence[float], base_gain: float, progressive: bool) -> float:
+    """Gain of the next iteration from the metric and gain histories (SPEC §2 'Gain').
+
+    ``metrics`` must have exactly one element more than ``gains``.
+    """
+    n = len(metrics)
+    if n != len(gains) + 1:
+        raise SolverError(f"the metric history ({n}) must be one element longer than the gain history ({len(gains)})")
+    if not progressive or n < 3:
+        return base_gain
+    est = np.array([((1 + gains[i]) * metrics[i + 1] - metrics[i]) / gains[i] for i in range(n - 1)])
+    est[est < 0] = 0.0
+    final = float(np.median(est[-5:]))
+    g_last, c_prev, c_new = gains[-1], metrics[-2], metrics[-1]
+    predicted = (final * g_last + c_prev) / (1.0 + g_last)
+    denom = (c_prev - final) / (1.0 + g_last)
+    if denom == 0:
+        return base_gain
+    delta = (predicted - c_new) / denom
+    return max(base_gain, ((1.0 - abs(delta)) + g_last) / 2.0)
+
+
+def amplified(planes: NDArray, accelerate: float) -> NDArray:
+    """(y_k − ȳ)·A + ȳ: the planes as the forward model and the output use them."""
+    if accelerate == 1.0:
+        return planes
+    mean = planes.mean(axis=0)
+    return (planes - mean[None]) * accelerate + mean[None]
+
+
+# ----------------------------------------------------------------------------- outputs
+@dataclass
+class IterationRecord:
+    """One entry of the convergence history (iteration 0 is the initial model)."""
+
+    iteration: int
+    metric: float
+    gain: float
+    seconds: float
+    visit_metrics: NDArray
+
+
+@dataclass
+class DcrResult:
+    """A solved DCR model on a tile's outer box (slice with ``tile.inner_local`` for owned pixels).
+
+    planes : (K, ny, nx) sub-filter planes as written, (y_k − ȳ)·A + ȳ.
+    coadd : (ny, nx) their sum; variance : coadd variance; plane_variance : per plane.
+    mask : base mask (static model's, NO_DATA where the model is undetermined).
+    nimage : (K, ny, nx) inputs per sub-filter; nimage_total : their sum.
+    """
+
+    planes: NDArray
+    coadd: NDArray
+    variance: NDArray
+    plane_variance: NDArray
+    mask: NDArray
+    nimage: NDArray
+    nimage_total: NDArray
+    static: StaticModel
+    raw_model: NDArray
+    history: list[IterationRecord]
+    visit_weights: NDArray
+    shifts: Sequence[VisitShifts]
+    mask_planes: dict[str, int]
+    stop_reason: str
+    iterations: int
+    buffer: int
+    tile: Tile
+    visit_metrics: NDArray = field(default_factory=lambda: np.zeros(0))
+
+
+# ----------------------------------------------------------------------------- solver
+class DcrSolver:
+    """Holds one tile's state through the iteration; :meth:`run` does everything.
+
+    Parameters
+    ----------
+    warps : the tile's warps (outer box).
+    config : a validated :class:`DcrConfig`.
+    tile : geometry; default the whole patch.
+    reducer, exchanger : patch-wide reductions and halo refresh; serial defaults.
+    buffer : DCR buffer in pixels; default from the largest shift of all visits.
+    progress : called as ``progress(iteration, metric, gain)`` after each iteration.
+    """
+
+    def __init__(
+        self,
+        warps: WarpStack,
+        config: DcrConfig,
+        tile: Tile | None = None,
+        reducer: Reducer | None = None,
+        exchanger: HaloExchanger | None = None,
+        buffer: int | None = None,
+        progress: Callable[[int, float, float], None] | None = None,
+    ):
+        self.warps = warps
+        self.cfg = config
+        self.tile = tile or Tile.whole(warps.images.shape[1:])
+        if self.tile.outer.shape != tuple(warps.images.shape[1:]):
+            raise SolverError(
+                f"warps of shape {warps.images.shape[1:]} do not fill the tile's outer box {self.tile.outer.shape}"
+            )
+        self.reducer = reducer or SerialReducer()
+        self.exchanger = exchanger or NoExchange()
+        self.progress = progress
+        self.order = int(config.imageInterpOrder)
+        self.K = config.num_subfilters
+        max_shift = max((s.max_abs for s in warps.shifts), default=0.0)
+        self.buffer = dcr_buffer(max_shift) if buffer is None else int(buffer)
+        self.inner = self.tile.inner_local
+        planes = warps.mask_planes
+        self.bad_bits = plane_bits(planes, config.badMaskPlanes)
+        self.converge_bits = plane_bits(planes, config.convergenceMaskPlanes)
+        remove = plane_bits(planes, config.removeMaskPlanes)
+        if remove:
+            warps.masks &= ~np.int32(remove)
+        # Good-pixel indicators g_v; bad pixels' values are set to 0.
+        self.good = ((warps.masks & self.bad_bits) == 0) & np.isfinite(warps.images) & np.isfinite(warps.variances)
+        warps.images[~self.good] = 0.0
+
+    # -- helpers ----------------------------------------------------------------
+    def _inner(self, a: NDArray) -> NDArray:
+        return a[(..., *self.inner)]
+
+    def _edge_distance_ok(self) -> NDArray[np.bool_]:
+        """Outer-box pixels at least ``buffer`` from the patch edge."""
+        t = self.tile
+        ny, nx = t.patch.shape
+        yy = np.arange(t.outer.y0, t.outer.y1)
+        xx = np.arange(t.outer.x0, t.outer.x1)
+        oky = (yy >= self.buffer) & (yy < ny - self.buffer)
+        okx = (xx >= self.buffer) & (xx < nx - self.buffer)
+        return oky[:, None] & okx[None, :]
+
+    def background_noise(self, image: NDArray) -> float:
+        """Std of ``image`` over background pixels of the patch (merged over tiles)."""
+        sel = self._inner(self.background) & np.isfinite(self._inner(image))
+        return merged_std(self.reducer, self._inner(image)[sel])
+
+    # -- initialisation -----------------------------------------------------------
+    def initialise(self) -> None:
+        cfg, w = self.cfg, self.warps
+        V = w.num_visits
+        inner_good = self._inner(self.good)
+        var_sums = np.array([np.sum(self._inner(w.variances[v])[inner_good[v]], dtype=np.float64) for v in range(V)])
+        counts = inner_good.reshape(V, -1).sum(axis=1).astype(np.float64)
+        tot = self.reducer.sum(np.concatenate([var_sums, counts]))
+        self.visit_weights = visit_weights_from_sums(tot[:V], tot[V:], w.airmass if cfg.doAirmassWeight else None)
+        usable = int(np.sum(self.visit_weights > 0))
+        if usable < 2:
+            raise InputError(f"only {usable} visit(s) have usable pixels; at least 2 are needed")
+
+        self.static = static_sky_model(
+            w.images,
+            w.variances,
+            w.masks,
+            self.good,
+            self.visit_weights,
+            cfg.static_statistic,
+            w.mask_planes,
+            cfg.sigmaClip,
+            cfg.clipIter,
+            cfg.maskPropagationThresholds,
+            cfg.calcErrorFromInputVariance,
+        )
+        K = self.K
+        self.model = np.repeat((self.static.image / K)[None], K, axis=0)
+        self.base_mask = self.static.mask.copy()
+        self.background = ((self.base_mask & (self.bad_bits | self.converge_bits)) == 0) & self._edge_distance_ok()
+
+        # dcrWeights and nImage from the reverse-shifted good-pixel indicators.
+        shape = self.model.shape
+        coverage = np.zeros(shape, dtype=np.float64)
+        nimage = np.zeros(shape, dtype=np.int32)
+        for v in range(V):
+            if self.visit_weights[v] <= 0:
+                continue
+            coeffs = kernels.prefilter(self.good[v].astype(np.float64), self.order)
+            for k in range(K):
+                shifted = np.zeros(shape[1:], dtype=np.float64)
+                kernels.add_shifted(shifted, coeffs, -w.shifts[v].mean[k], self.order)
+                coverage[k] += shifted
+                nimage[k] += np.rint(shifted).astype(np.int32)
+        self.dcr_good = np.all(coverage > 1.0, axis=0)
+        with np.errstate(divide="ignore"):
+            self.inverse_weights = np.where(self.dcr_good[None], 1.0 / coverage, 0.0)
+        self.nimage = np.where(self.dcr_good[None], nimage, 0)
+        nodata = plane_bits(w.mask_planes, ["NO_DATA"])
+        self.base_mask |= np.where(self.dcr_good, 0, nodata).astype(np.int32)
+
+        if cfg.useModelWeights:
+            if cfg.modelWeightsWidth < 0:
+                raise SolverError("modelWeightsWidth must not be negative")
+            m = ((self.base_mask & self.converge_bits) != 0).astype(np.float64)
+            if cfg.modelWeightsWidth > 0:
+                m = ndimage.gaussian_filter(m, cfg.modelWeightsWidth)
+            peak = float(self.reducer.max([np.max(self._inner(m), initial=0.0)])[0])
+            if peak > 0:
+                self.model_weights: NDArray | None = m / peak
+            else:
+                log.warning(
+                    "no pixel of the static model carries %s; model weights are not applied",
+                    "/".join(cfg.convergenceMaskPlanes),
+                )
+                self.model_weights = None
+        else:
+            self.model_weights = None
+
+    # -- one pass over the warps --------------------------------------------------
+    def sweep(self, model: NDArray) -> tuple[float, NDArray, NDArray]:
+        """Templates of ``model`` for every visit → (metric, per-visit metrics, update accumulators).
+
+        The accumulators are Σ_v reverse-shift_{v,k}(residual_v), (K, ny, nx).
+        """
+        w, _K, order = self.warps, self.K, self.order
+        V = w.num_visits
+        forward = kernels.prefilter_planes(amplified(model, self.cfg.accelerateModel), order)
+        mean_model = model.mean(axis=0)
+        noise = self.background_noise(model[1])
+        significance = np.abs(mean_model) + 3.0 * noise
+        if float(self.reducer.max([np.max(self._inner(significance), initial=0.0)])[0]) == 0.0:
+            significance = np.ones_like(significance)
+        sig_inner = self._inner(significance)
+        acc = np.zeros(model.shape, dtype=np.float64)
+        template = np.zeros(model.shape[1:], dtype=np.float64)
+        sums = np.zeros(2 * V)
+        for v in range(V):
+            if self.visit_weights[v] <= 0:
+                continue
+            kernels.build_template(forward, w.shifts[v].forward, order, out=template)
+            image = w.images[v]
+            good = self.good[v]
+            ti, si, gi = self._inner(template), self._inner(image), self._inner(good)
+            use = gi & ((self._inner(w.masks[v]) & self.converge_bits) != 0) & np.isfinite(ti)
+            sums[v] = np.sum(np.abs(si - ti)[use] * sig_inner[use])
+            sums[V + v] = np.sum(np.abs(si + ti)[use] * sig_inner[use]) / 2.0
+            residual = np.where(good, image - template, 0.0)
+            kernels.accumulate_reverse(residual, w.shifts[v].mean, order, acc)
+        total = self.reducer.sum(sums)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_visit = np.where(total[V:] > 0, total[:V] / total[V:], 0.0)
+        active = self.visit_weights > 0
+        metric = float(per_visit[active].mean()) if np.any(active) else 0.0
+        return metric, per_visit, acc
+
+    def update(self, model: NDArray, acc: NDArray, gain: float) -> NDArray:
+        """Steps 3–7 of one iteration, then the halo refresh; returns the new model."""
+        cfg = self.cfg
+        new = model + self.inverse_weights * acc
+        bad = ~np.isfinite(new)
+        new[bad] = model[bad]
+        width = int(cfg.regularizationWidth)
+        if cfg.regularizeModelIterations > 0:
+            for k in range(self.K):
+                clamp_to_previous(new[k], model[k], cfg.regularizeModelIterations, width)
+        if cfg.regularizeModelFrequency > 0:
+            noise = self.background_noise(new[0])
+            regularize_frequency(new, cfg.regularizeModelFrequency, width, noise)
+        new = condition(new, model, gain)
+        if self.model_weights is not None:
+            new = apply_model_weights(new, self.static.image, self.model_weights)
+        self.exchanger.exchange(new)
+        return new
+
+    # -- the loop -----------------------------------------------------------------
+    def run(self) -> DcrResult:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.initialise()
+        metric, per_visit, acc = self.sweep(self.model)
+        history = [IterationRecord(0, metric, float("nan"), time.perf_counter() - t0, per_visit)]
+        metrics, gains = [metric], []
+        model = self.model
+        min_it, max_it = cfg.min_iterations, cfg.max_iterations
+        n = 0
+        stop = "max_iterations"
+        if cfg.useConvergence and metric == 0.0:
+            stop = "zero_metric"
+            log.warning(
+                "convergence metric is 0 before the first iteration: no pixels carry %s",
+                "/".join(cfg.convergenceMaskPlanes),
+            )
+        else:
+            while n < max_it:
+                if cfg.useConvergence and n >= min_it and n > 0:
+                    improvement = (metrics[-2] - metrics[-1]) / metrics[-1]
+                    if improvement <= cfg.convergenceThreshold:
+                        stop = "converged"
+                        break
+                t_it = time.perf_counter()
+                gain = next_gain(metrics, gains, cfg.base_gain, cfg.useProgressiveGain)
+                new = self.update(model, acc, gain)
+                new_metric, new_per_visit, new_acc = self.sweep(new)
+                n += 1
+                record = IterationRecord(n, new_metric, gain, time.perf_counter() - t_it, new_per_visit)
+                if cfg.useConvergence:
+                    if new_metric == 0.0:
+                        log.warning("convergence metric became 0 at iteration %d (no valid data); stopping", n)
+                        model, acc, metric, per_visit = new, new_acc, new_metric, new_per_visit
+                        history.append(record)
+                        stop = "zero_metric"
+                        break
+                    if new_metric > metrics[-1] and n > min_it:
+                        log.warning(
+                            "iteration %d diverged (metric %.6g > %.6g); keeping the model of iteration %d",
+                            n,
+                            new_metric,
+                            metrics[-1],
+                            n - 1,
+                        )
+                        history.append(record)
+                        n -= 1
+                        stop = "diverged"
+                        break
+                gains.append(gain)
+                metrics.append(new_metric)
+                model, acc, metric, per_visit = new, new_acc, new_metric, new_per_visit
+                history.append(record)
+                if self.progress is not None:
+                    self.progress(n, new_metric, gain)
+            else:
+                if cfg.useConvergence:
+                    log.warning(
+                        "reached maxNumIter = %d before the convergence threshold %g", max_it, cfg.convergenceThreshold
+                    )
+        return self._result(model, history, stop, n, per_visit)
+
+    def _result(
+        self, model: NDArray, history: list[IterationRecord], stop: str, n: int, per_visit: NDArray
+    ) -> DcrResult:
+        planes = amplified(model, self.cfg.accelerateModel)
+        plane_var = np.repeat((self.static.variance / self.K)[None], self.K, axis=0)
+        return DcrResult(
+            planes=planes,
+            coadd=planes.sum(axis=0),
+            variance=self.static.variance,
+            plane_variance=plane_var,
+            mask=self.base_mask,
+            nimage=self.nimage,
+            nimage_total=self.nimage.sum(axis=0),
+            static=self.static,
+            raw_model=model,
+            history=history,
+            visit_weights=self.visit_weights,
+            shifts=self.warps.shifts,
+            mask_planes=dict(self.warps.mask_planes),
+            stop_reason=stop,
+            iterations=n,
+            buffer=self.buffer,
+            tile=self.tile,
+            visit_metrics=per_visit,
+        )
+
+
+def solve(warps: WarpStack, config: DcrConfig, **kwargs: object) -> DcrResult:
+    """Build the DCR model of ``warps`` with ``config`` (see :class:`DcrSolver`)."""
+    return DcrSolver(warps, config, **kwargs).run()  # type: ignore[arg-type]
+
+
+def matched_template(planes: NDArray, shifts: VisitShifts, order: int) -> NDArray[np.float64]:
+    """DCR-matched template of a visit from output ``planes`` (already amplified), (ny, nx)."""
+    return kernels.build_template(kernels.prefilter_planes(planes, order), shifts.forward, order)

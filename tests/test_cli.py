@@ -1,0 +1,99 @@
+"""The command line, called as a function of argv and as a subprocess."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mpidcr import __version__, dcr
+from mpidcr.cli import main
+
+
+def test_version():
+    proc = subprocess.run([sys.executable, "-m", "mpidcr", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"mpidcr {__version__}"
+
+
+@pytest.mark.parametrize("command", ["config", "shifts"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: mpidcr " + command in capsys.readouterr().out
+
+
+def test_shifts_json_matches_library(capsys):
+    argv = [
+        "shifts",
+        "--wavelength",
+        "476.31",
+        "--bandwidth",
+        "147",
+        "--subfilters",
+        "3",
+        "--elevation",
+        "65",
+        "--parallactic-angle",
+        "-154",
+        "--rotation-angle",
+        "0",
+        "--pixel-scale",
+        "0.2",
+        "--json",
+    ]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    obs = dcr.Observation(elevation=65.0, parallactic_angle=-154.0)
+    expected = dcr.dcr_shifts(obs, 476.31, 147.0, 3, 0.2, split_subfilters=False)
+    assert np.allclose(out["shifts"], expected.mean)
+    assert np.allclose(out["refraction_arcsec"], expected.refraction_arcsec)
+    assert len(out["shifts"]) == 3 and len(out["shifts"][0]) == 2
+    # blue sub-filter points to the zenith at θ = −154°: dy < 0 (cos), dx < 0 (sin)
+    assert out["shifts"][0][0] < 0 and out["shifts"][0][1] < 0
+
+
+def test_shifts_split_json(capsys):
+    argv = [
+        "shifts",
+        "--wavelength",
+        "476.31",
+        "--bandwidth",
+        "147",
+        "--airmass",
+        "1.8",
+        "--parallactic-angle",
+        "30",
+        "--split",
+        "--split-threshold",
+        "0",
+        "--json",
+        "--temperature",
+        "5",
+        "--pressure",
+        "70000",
+        "--humidity",
+        "20",
+    ]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert np.array(out["shifts"]).shape == (3, 2, 2)
+    assert out["weather"] == {"temperature_C": 5.0, "pressure_Pa": 70000.0, "humidity_pct": 20.0}
+
+
+def test_shifts_bad_wavelength_is_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "mpidcr", "shifts", "--wavelength", "2100", "--bandwidth", "100", "--elevation", "50"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "outside the refraction model's range" in lines[0]
+
+
+def test_shifts_text_output(capsys):
+    assert main(["shifts", "--wavelength", "620", "--bandwidth", "140", "--elevation", "40"]) == 0
+    out = capsys.readouterr().out
+    assert sum(line.startswith("sub-filter ") for line in out.splitlines()) == 3

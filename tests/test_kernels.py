@@ -1,0 +1,71 @@
+"""Numba shift kernels against their scipy.ndimage twins."""
+
+import numpy as np
+import pytest
+from reference import reverse_reference, shift_reference, template_reference
+
+from mpidcr import kernels
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_shift_matches_scipy(order, rng):
+    worst = 0.0
+    for trial in range(60):
+        shape = (int(rng.integers(20, 70)), int(rng.integers(20, 70)))
+        img = rng.normal(size=shape) * rng.uniform(0.1, 100)
+        s = rng.uniform(-6, 6, 2)
+        if trial % 10 == 0:
+            s[0] = 0.0  # pure x shifts, and below pure y shifts
+        if trial % 10 == 1:
+            s[1] = 0.0
+        fast = kernels.shift_image(img, s, order)
+        ref = shift_reference(img, s, order)
+        worst = max(worst, np.max(np.abs(fast - ref)) / np.max(np.abs(ref)))
+    assert worst < 1e-5
+
+
+@pytest.mark.parametrize("order", [1, 3])
+@pytest.mark.parametrize("shift", [(2, -3), (0, 5), (-6, 0), (1, 1)])
+def test_integer_shift_is_translation(order, shift, rng):
+    img = rng.normal(size=(40, 50))
+    out = kernels.shift_image(img, shift, order)
+    dy, dx = shift
+    expected = np.zeros_like(img)
+    expected[max(dy, 0) : img.shape[0] + min(dy, 0), max(dx, 0) : img.shape[1] + min(dx, 0)] = img[
+        max(-dy, 0) : img.shape[0] - max(dy, 0), max(-dx, 0) : img.shape[1] - max(dx, 0)
+    ]
+    if order == 1:
+        assert np.array_equal(out, expected)
+    else:  # cubic: B-spline interpolation reproduces samples to rounding
+        assert np.max(np.abs(out - expected)) < 1e-12 * np.max(np.abs(img))
+
+
+def test_zero_shift_is_identity(rng):
+    img = rng.normal(size=(33, 31))
+    for order in (1, 3):
+        assert np.allclose(kernels.shift_image(img, (0.0, 0.0), order), img, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_template_builder_matches_reference(order, rng):
+    planes = rng.normal(size=(3, 48, 52))
+    shifts = rng.uniform(-6, 6, size=(3, 2, 2))
+    shifts[1, 1] = shifts[1, 0]  # an unsplit sub-filter
+    fast = kernels.build_template(kernels.prefilter_planes(planes, order), shifts, order)
+    ref = template_reference(planes, shifts, order)
+    assert np.max(np.abs(fast - ref)) < 1e-5 * np.max(np.abs(ref))
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_reverse_accumulator_matches_reference(order, rng):
+    residual = rng.normal(size=(45, 41))
+    mean = rng.uniform(-6, 6, size=(4, 2))
+    acc = np.ones((4, 45, 41))
+    kernels.accumulate_reverse(residual, mean, order, acc)
+    ref = 1.0 + reverse_reference(residual, mean, order)
+    assert np.max(np.abs(acc - ref)) < 1e-5 * np.max(np.abs(ref))
+
+
+def test_tap_table_rejects_unknown_order():
+    with pytest.raises(ValueError, match="order 2"):
+        kernels.tap_table(10, 0.5, 2)

@@ -1,0 +1,265 @@
+"""Pieces of the forward-model iteration, and the whole solver on simulated data."""
+
+import numpy as np
+import pytest
+
+from mpidcr import solver as S
+from mpidcr.config import DcrConfig
+from mpidcr.dcr import dcr_shifts
+from mpidcr.errors import InputError, SolverError
+from mpidcr.synthetic import make_field
+
+
+# -- conditioning ------------------------------------------------------------------
+@pytest.mark.parametrize("gain", [0.1, 0.5, 1.0, 3.7])
+def test_conditioning_fixed_point(gain, rng):
+    old = rng.normal(size=(3, 10, 10))
+    assert np.allclose(S.condition(old.copy(), old, gain), old, rtol=0, atol=1e-14)
+
+
+def test_conditioning_weighted_mean():
+    old = np.full((2, 4, 4), 1.0)
+    new = np.full((2, 4, 4), 3.0)
+    assert np.allclose(S.condition(new, old, 1.0), 2.0)
+    assert np.allclose(S.condition(new, old, 0.5), (0.5 * 3 + 1) / 1.5)
+    assert np.allclose(S.condition(new, old, 3.0), (3 * 3 + 1) / 4)
+
+
+# -- gain --------------------------------------------------------------------------
+def test_gain_is_base_for_first_two_steps():
+    assert S.next_gain([1.0], [], 0.5, True) == 0.5
+    assert S.next_gain([1.0, 0.6], [0.5], 0.5, True) == 0.5
+    assert S.next_gain([1.0, 0.6, 0.1], [0.5, 0.5], 0.5, False) == 0.5
+
+
+def test_gain_follows_perfectly_converging_sequence():
+    final, base = 0.2, 0.5
+    metrics, gains = [1.0], []
+    for _ in range(8):
+        g = S.next_gain(metrics, gains, base, True)
+        if len(metrics) >= 3:
+            # the prediction was exact (δ = 0): the gain moves half-way to 1
+            assert g == pytest.approx(max(base, (1.0 + gains[-1]) / 2.0))
+        gains.append(g)
+        metrics.append((final * g + metrics[-1]) / (1 + g))
+    assert gains[-1] > 0.95 and all(np.diff(gains[2:]) > 0)
+
+
+def test_gain_drops_when_convergence_is_faster_than_predicted():
+    final, base = 0.2, 0.3
+    metrics, gains = [1.0], []
+    for _ in range(4):
+        g = S.next_gain(metrics, gains, base, True)
+        gains.append(g)
+        metrics.append((final * g + metrics[-1]) / (1 + g))
+    perfect = S.next_gain(metrics, gains, base, True)
+    faster = [*metrics[:-1], metrics[-1] - 0.5 * (metrics[-2] - metrics[-1])]
+    dropped = S.next_gain(faster, gains, base, True)
+    assert dropped < perfect
+    assert dropped >= base
+
+
+def test_gain_unbalanced_lists():
+    with pytest.raises(SolverError, match="one element longer"):
+        S.next_gain([1.0, 0.5], [0.5, 0.5], 0.5, True)
+    with pytest.raises(SolverError, match="one element longer"):
+        S.next_gain([1.0, 0.5, 0.4], [0.5], 0.5, True)
+
+
+# -- regularization ------------------------------------------------------------------
+def test_iteration_clamp_reduces_coherent_outliers_only():
+    old = np.full((40, 40), 10.0)
+    new = old.copy()
+    new[5:12, 5:12] = 100.0  # coherent high group
+    new[25:32, 25:32] = 1.0  # coherent low group
+    new[20, 5] = 100.0  # isolated noise-like pixels
+    new[5, 30] = 1.0
+    S.clamp_to_previous(new, old, 2.0, 2)
+    # the opening keeps the group's body (its corners fall outside the diamond element)
+    assert np.all(new[7:10, 7:10] == 20.0) and np.sum(new[5:12, 5:12] == 20.0) >= 33
+    assert np.all(new[27:30, 27:30] == 5.0) and np.sum(new[25:32, 25:32] == 5.0) >= 33
+    assert new[20, 5] == 100.0 and new[5, 30] == 1.0
+
+
+def test_frequency_regularization_reduces_outliers_and_keeps_isolated_pixels(rng):
+    yy, xx = np.mgrid[0:48, 0:48]
+    source = 50 * np.exp(-((yy - 24) ** 2 + (xx - 24) ** 2) / (2 * 4.0**2)) + 5.0
+    planes = np.stack([source, source, source]) + rng.normal(0, 0.01, (3, 48, 48))
+    planes[1, 20:29, 20:29] *= 12.0  # one sub-filter wildly off over a coherent region
+    before = np.max(planes[1] / planes[0])
+    S.regularize_frequency(planes, 4.0, 2, noise=0.01)
+    after = np.max(planes[1] / planes[0])
+    assert before > 11 and after < 4.5  # sub-filters now differ by at most ~F = 4
+    assert np.all(np.isfinite(planes))
+    # the limiting step leaves an isolated pixel alone
+    image = np.full((30, 30), 10.0)
+    image[15, 15] = 1000.0
+    smooth = np.full((30, 30), 10.0)
+    S.apply_thresholds(image, smooth * 2, smooth / 2, 2)
+    assert image[15, 15] == 1000.0
+
+
+def test_model_weights_step():
+    new = np.full((3, 5, 5), 4.0)
+    static = np.full((5, 5), 6.0)
+    m = np.zeros((5, 5))
+    m[2, 2] = 1.0
+    m[0, 0] = 0.5
+    out = S.apply_model_weights(new, static, m)
+    assert np.all(out[:, 2, 2] == 4.0) and np.all(out[:, 1, 1] == 2.0)
+    assert np.allclose(out[:, 0, 0], 0.5 * 4 + 0.5 * 2)
+
+
+def test_amplified_keeps_mean():
+    planes = np.stack([np.full((3, 3), v) for v in (1.0, 2.0, 6.0)])
+    out = S.amplified(planes, 3.0)
+    assert np.allclose(out.mean(axis=0), 3.0)
+    assert np.allclose(out[:, 0, 0], [3 - 6, 3 - 3, 3 + 9])
+
+
+# -- whole solver ----------------------------------------------------------------------
+def _setup(seed=2, visits=9, shape=(80, 80), **cfg):
+    f = make_field(shape=shape, num_visits=visits, num_stars=20, seed=seed)
+    config = DcrConfig(effectiveWavelength=f.effective_wavelength, bandwidth=f.bandwidth, **cfg).validate()
+    shifts = [
+        dcr_shifts(
+            o,
+            f.effective_wavelength,
+            f.bandwidth,
+            config.num_subfilters,
+            f.pixel_scale,
+            config.splitSubfilters,
+            config.splitThreshold,
+        )
+        for o in f.observations
+    ]
+    return f, config, shifts
+
+
+def _stack(f, shifts, idx):
+    return S.WarpStack(
+        f.images[idx].copy(),
+        f.variances[idx].copy(),
+        f.masks[idx].copy(),
+        f.mask_planes,
+        [shifts[i] for i in idx],
+        f.airmass[idx],
+    )
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_end_to_end_dcr_template_beats_coadd(order):
+    f, config, shifts = _setup(imageInterpOrder=order)
+    held_out = int(np.argmax(f.airmass))  # airmass 2.0
+    assert f.airmass[held_out] >= 1.9
+    result = S.solve(_stack(f, shifts, [i for i in range(9) if i != held_out]), config)
+    metrics = [h.metric for h in result.history]
+    # stops before maxNumIter: converged, or at the noise floor where the next step got worse
+    assert result.stop_reason in ("converged", "diverged")
+    assert result.iterations < config.max_iterations
+    assert metrics[result.iterations] < 0.35 * metrics[0]
+    template = S.matched_template(result.planes, shifts[held_out], order)
+    footprint = f.masks[held_out] != 0
+    rms_dcr = np.sqrt(np.mean((f.images[held_out] - template)[footprint] ** 2))
+    rms_coadd = np.sqrt(np.mean((f.images[held_out] - result.static.image)[footprint] ** 2))
+    assert rms_dcr < 0.4 * rms_coadd
+    # outputs are consistent
+    assert np.allclose(result.coadd, result.planes.sum(axis=0))
+    assert np.array_equal(result.nimage_total, result.nimage.sum(axis=0))
+    assert result.nimage.max() <= 8
+    assert len(result.history) >= result.iterations + 1
+
+
+def test_sub_filter_colours_follow_truth():
+    f, config, shifts = _setup(seed=4, visits=10)
+    result = S.solve(_stack(f, shifts, list(range(10))), config)
+    # flux ratio blue/red sub-filter inside 2 px of each bright star vs the truth
+    yy, xx = np.mgrid[0:80, 0:80]
+    measured, true = [], []
+    for y, x, flux in zip(f.star_y, f.star_x, f.star_flux, strict=True):
+        if flux.sum() < 800:
+            continue
+        near = (yy - y) ** 2 + (xx - x) ** 2 < 4.0
+        measured.append(np.log(result.planes[0][near].sum() / result.planes[2][near].sum()))
+        true.append(np.log(flux[0] / flux[2]))
+    slope = np.polyfit(true, measured, 1)[0]
+    assert np.corrcoef(true, measured)[0, 1] > 0.8
+    assert 0.3 < slope < 1.5
+
+
+def test_fixed_iterations_without_convergence():
+    f, config, shifts = _setup(useConvergence=False, maxNumIter=3)
+    result = S.solve(_stack(f, shifts, list(range(9))), config)
+    assert result.iterations == 3 and result.stop_reason == "max_iterations"
+
+
+def test_divergence_restores_last_better_model(monkeypatch):
+    f, config, shifts = _setup(minNumIter=1, maxNumIter=6)
+    metrics = iter([1.0, 0.5, 0.8])  # second iteration gets worse
+    real_sweep = S.DcrSolver.sweep
+
+    def fake_sweep(self, model):
+        _, per_visit, acc = real_sweep(self, model)
+        return next(metrics), per_visit, acc
+
+    seen = []
+    real_update = S.DcrSolver.update
+
+    def spy_update(self, model, acc, gain):
+        new = real_update(self, model, acc, gain)
+        seen.append(new.copy())
+        return new
+
+    monkeypatch.setattr(S.DcrSolver, "sweep", fake_sweep)
+    monkeypatch.setattr(S.DcrSolver, "update", spy_update)
+    result = S.solve(_stack(f, shifts, list(range(9))), config)
+    assert result.stop_reason == "diverged" and result.iterations == 1
+    assert np.array_equal(result.raw_model, seen[0])  # model of iteration 1, not 2
+    assert [h.metric for h in result.history] == [1.0, 0.5, 0.8]
+
+
+def test_zero_metric_without_detections():
+    f, config, shifts = _setup()
+    f.masks[:] = 0
+    result = S.solve(_stack(f, shifts, list(range(9))), config)
+    assert result.stop_reason == "zero_metric" and result.iterations == 0
+    assert np.allclose(result.raw_model, result.static.image / 3)
+
+
+def test_too_few_usable_visits():
+    f, config, shifts = _setup()
+    stack = _stack(f, shifts, [0, 1])
+    stack.masks[1] |= 1 << f.mask_planes["NO_DATA"]
+    with pytest.raises(InputError, match="only 1 visit"):
+        S.solve(stack, config)
+
+
+def test_static_statistics_agree_on_clean_data():
+    f, config, shifts = _setup()
+    idx = list(range(9))
+    means = {}
+    for stat in ("MEAN", "MEDIAN", "MEANCLIP"):
+        cfg = config.copy()
+        cfg.statistic = stat
+        solver = S.DcrSolver(_stack(f, shifts, idx), cfg)
+        solver.initialise()
+        means[stat] = solver.static.image
+    # sky background: the statistics agree to well within the noise / sqrt(N)
+    bg = f.masks.max(axis=0) == 0
+    assert np.std((means["MEAN"] - means["MEANCLIP"])[bg]) < 0.17
+    assert np.std((means["MEAN"] - means["MEDIAN"])[bg]) < 0.6
+
+
+def test_meanclip_rejects_a_cosmic_ray():
+    f, config, shifts = _setup()
+    stack = _stack(f, shifts, list(range(9)))
+    stack.images[3, 40, 10] += 500.0
+    solver = S.DcrSolver(stack, config)
+    solver.initialise()
+    assert abs(solver.static.image[40, 10]) < 3.0
+    cfg = config.copy()
+    cfg.statistic = "MEAN"
+    solver = S.DcrSolver(_stack(f, shifts, list(range(9))), cfg)
+    solver.warps.images[3, 40, 10] += 500.0
+    solver.initialise()
+    assert solver.static.image[40, 10] > 30.0

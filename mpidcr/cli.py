@@ -109,6 +109,73 @@ def _cmd_shifts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_config(args: argparse.Namespace, manifest_config: dict | None = None, band: dict | None = None):
+    """Defaults < manifest [config] < manifest [band] < --effective-wavelength/--bandwidth < --config < --set."""
+    from .config import load_config
+
+    base: dict = dict(manifest_config or {})
+    base.update(band or {})
+    if getattr(args, "effective_wavelength", None) is not None:
+        base["effectiveWavelength"] = args.effective_wavelength
+    if getattr(args, "bandwidth", None) is not None:
+        base["bandwidth"] = args.bandwidth
+    return load_config(args.config, args.set or [], base=base)
+
+
+def _cmd_run(args: argparse.Namespace, comm) -> int:
+    from .driver import inputs_from_manifest, on_root, prepare_inputs, run
+    from .io.manifest import Manifest, WarpEntry, read_manifest
+
+    if (args.manifest is None) == (not args.warps):
+        raise MpidcrError("give a manifest or --warps PATTERN (not both)")
+
+    def load():
+        if args.manifest:
+            manifest = read_manifest(args.manifest)
+        else:
+            import glob
+
+            paths = sorted(p for pattern in args.warps for p in (glob.glob(pattern) or [pattern]))
+            manifest = Manifest(warps=[WarpEntry(path=p) for p in paths])
+        cfg = _resolve_config(args, manifest.config, manifest.band)
+        return (
+            inputs_from_manifest(manifest, cfg, args.pixel_scale)
+            if args.manifest
+            else prepare_inputs(manifest.warps, cfg, None, args.pixel_scale)
+        )
+
+    inputs = on_root(comm, load)
+    summary = run(inputs, args.output, comm, tiles=args.tiles, output_mode=args.output_mode, overwrite=args.overwrite)
+    if comm.rank == 0:
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            print(
+                f"{summary['output']}: {summary['iterations']} iterations ({summary['stop_reason']}), "
+                f"final metric {summary['metric']:.5g}, {summary['ranks']} rank(s) as "
+                f"{summary['tiles'][0]}x{summary['tiles'][1]} tiles, {summary['seconds']['total']:.1f} s"
+            )
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import simulate
+
+    info = simulate(
+        args.outdir,
+        size=args.size,
+        num_visits=args.visits,
+        num_science=args.science,
+        num_stars=args.stars,
+        airmass_range=(args.airmass_min, args.airmass_max),
+        seed=args.seed,
+        seeing_fwhm_arcsec=args.seeing,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {info['num_visits']} warps, {info['num_science']} science visits, manifest {info['manifest']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mpidcr", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--version", action="version", version=f"mpidcr {__version__}")
@@ -152,6 +219,48 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split-threshold", type=float, default=0.1, help="splitThreshold, pixels (default 0.1)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_cmd_shifts)
+
+    r = sub.add_parser(
+        "run",
+        help="build the DCR model of a patch (under mpiexec/srun for several ranks)",
+        description="Build the DCR sky model of the warps named by MANIFEST (or --warps) and "
+        "write one HDF5 model file.  Run under mpiexec/srun for several ranks.",
+    )
+    r.add_argument("manifest", nargs="?", help="TOML manifest (band, site, warps, config)")
+    r.add_argument("-o", "--output", required=True, help="output HDF5 model file")
+    r.add_argument("--warps", action="append", metavar="PATTERN", help="warp files (glob), instead of a manifest")
+    r.add_argument("--effective-wavelength", type=float, help="effectiveWavelength, nm")
+    r.add_argument("--bandwidth", type=float, help="bandwidth, nm")
+    r.add_argument("--pixel-scale", type=float, help="arcsec/pixel, if the warps carry no celestial WCS")
+    r.add_argument("--config", help="configuration file (TOML, YAML or LSST .py overrides)")
+    r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a configuration field")
+    r.add_argument("--tiles", metavar="PYxPX", help="tile grid (default: chosen from the patch shape)")
+    r.add_argument(
+        "--output-mode",
+        choices=["auto", "mpio", "gather"],
+        default="auto",
+        help="parallel HDF5 (mpio) or through rank 0 (gather); auto picks mpio when h5py has MPI",
+    )
+    r.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    r.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    r.set_defaults(func=_cmd_run, needs_comm=True)
+
+    m = sub.add_parser(
+        "simulate",
+        help="simulate warps of a star field with DCR (known truth)",
+        description="Write simulated warps (LSST layout), a manifest and a truth file to OUTDIR.",
+    )
+    m.add_argument("outdir")
+    m.add_argument("--size", type=int, default=256, help="patch side, pixels (default 256)")
+    m.add_argument("--visits", type=int, default=12, help="visits in the manifest (default 12)")
+    m.add_argument("--science", type=int, default=3, help="extra held-out science visits (default 3)")
+    m.add_argument("--stars", type=int, default=None, help="number of stars (default: scales with area)")
+    m.add_argument("--airmass-min", type=float, default=1.0)
+    m.add_argument("--airmass-max", type=float, default=2.0)
+    m.add_argument("--seeing", type=float, default=0.7, help="PSF FWHM, arcsec (default 0.7)")
+    m.add_argument("--seed", type=int, default=1)
+    m.add_argument("--overwrite", action="store_true")
+    m.set_defaults(func=_cmd_simulate)
     return p
 
 
@@ -161,11 +270,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    setup_logging(level=level, all_ranks=args.log_all_ranks)
+    comm = None
+    if getattr(args, "needs_comm", False):
+        from .parallel.comm import get_comm, install_abort_hook
+
+        comm = get_comm()
+        install_abort_hook(comm)
+    rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
+    setup_logging(rank=rank, size=size, level=level, all_ranks=args.log_all_ranks)
     try:
-        return int(args.func(args) or 0)
+        return int((args.func(args, comm) if comm is not None else args.func(args)) or 0)
     except MpidcrError as exc:
-        print(f"mpidcr: error: {exc}", file=sys.stderr)
+        if getattr(exc, "collective", False) or size == 1:
+            if rank == 0:
+                print(f"mpidcr: error: {exc}", file=sys.stderr)
+            return 2
+        # raised on this rank only: report it and take the others down rather than leave them waiting
+        print(f"mpidcr: error: [rank {rank}] {exc}", file=sys.stderr)
+        comm.abort(2)
         return 2
 
 

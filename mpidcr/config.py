@@ -708,6 +708,10 @@ class DcrConfig:
     def copy(self) -> DcrConfig:
         return DcrConfig.from_dict(self.as_dict())
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled as plain values (the field specs hold check closures); used by MPI broadcasts
+        return (DcrConfig.from_dict, (self.as_dict(),))
+
     # -- derived --------------------------------------------------------------
     @property
     def num_subfilters(self) -> int:

@@ -9,6 +9,7 @@ benchmarks and ``mpidcr simulate --engine numpy``.  Axis order ``(y, x)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,8 +71,13 @@ def make_field(
     samples_per_subfilter: int = 5,
     seed: int = 1,
     edge: int = 8,
+    rotation_for: Callable[[float], float] | None = None,
 ) -> SyntheticField:
-    """Simulate ``num_visits`` warps of a star field with DCR, Gaussian noise and DETECTED masks."""
+    """Simulate ``num_visits`` warps of a star field with DCR, Gaussian noise and DETECTED masks.
+
+    ``rotation_for(q)`` gives the image rotation angle for parallactic angle q
+    (e.g. derived from a WCS); default a random angle in ±10°.
+    """
     rng = np.random.default_rng(seed)
     ny, nx = shape
     ys = rng.uniform(edge, ny - edge, num_stars)
@@ -98,11 +104,9 @@ def make_field(
     det = plane_bits(planes, ["DETECTED"])
     images, variances, masks, obs_list = [], [], [], []
     for v in range(num_visits):
-        obs = Observation(
-            elevation=elevation_from_airmass(float(airmass[v])),
-            parallactic_angle=float(rng.uniform(-180, 180)),
-            rotation_angle=float(rng.uniform(-10, 10)),
-        )
+        q = float(rng.uniform(-180, 180))
+        rot = float(rng.uniform(-10, 10)) if rotation_for is None else float(rotation_for(q))
+        obs = Observation(elevation=elevation_from_airmass(float(airmass[v])), parallactic_angle=q, rotation_angle=rot)
         obs_list.append(obs)
         dr = differential_refraction(fine, effective_wavelength, obs.elevation, obs.resolved_weather, obs.site)
         uy, ux = zenith_direction(obs.parallactic_angle, obs.rotation_angle)

@@ -1,0 +1,309 @@
+"""The data flow of a run: inputs → plan → windowed reads → solver → one output file.
+
+The only module that holds the communicator, the decomposition plan and the
+model together.  Serial runs use the same path with a one-tile plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from . import __version__
+from .config import DcrConfig
+from .dcr import Observation, Site, VisitShifts, dcr_buffer, dcr_shifts, subfilter_edges
+from .errors import InputError, MpidcrError
+from .io.manifest import Manifest, WarpEntry
+from .io.modelfile import ModelMeta, ModelTile, write_model
+from .io.warps import (
+    WarpInfo,
+    check_consistent,
+    observation_or_error,
+    pixel_scale_arcsec,
+    read_window,
+    resolve_geometry,
+    scan_warp,
+    union_mask_planes,
+)
+from .parallel.comm import SerialComm, choose_dims
+from .solver import DcrResult, DcrSolver, WarpStack, halo_width
+from .tiling import Plan, parse_tiles
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class RunInputs:
+    """Validated inputs of a run, identical on every rank."""
+
+    infos: list[WarpInfo]
+    observations: list[Observation]
+    shifts: list[VisitShifts]
+    mask_planes: dict[str, int]
+    shape: tuple[int, int]
+    pixel_scale: float
+    config: DcrConfig
+
+
+def on_root(comm: Any, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 and broadcast its result; an MpidcrError there is raised on every rank."""
+    outcome: tuple[str, Any] = ("ok", None)
+    if comm.rank == 0:
+        try:
+            outcome = ("ok", fn())
+        except MpidcrError as exc:
+            outcome = ("error", (type(exc), str(exc)))
+    outcome = comm.bcast(outcome, root=0)
+    if outcome[0] == "error":
+        exc_type, message = outcome[1]
+        error = exc_type(message)
+        error.collective = True  # every rank raises it: no abort needed, rank 0 reports
+        raise error
+    return outcome[1]
+
+
+def prepare_inputs(
+    entries: list[WarpEntry],
+    config: DcrConfig,
+    site: Site | None = None,
+    pixel_scale: float | None = None,
+) -> RunInputs:
+    """Read every warp's headers, resolve metadata and DCR shifts, and validate (before any pixels)."""
+    config.validate()
+    if len(entries) < 2:
+        raise InputError(f"{len(entries)} warp(s) given; at least 2 visits are needed")
+    site = site or Site()
+    infos = [resolve_geometry(scan_warp(e.path, e.overrides, e.plain), site) for e in entries]
+    check_consistent(infos)
+    scale = pixel_scale if pixel_scale is not None else pixel_scale_arcsec(infos[0].wcs_header)
+    if scale is None:
+        raise InputError(f"{infos[0].path}: no celestial WCS to give the pixel scale; pass --pixel-scale")
+    notices: set[str] = set()
+    observations = [observation_or_error(i, site, notices) for i in infos]
+    K = config.num_subfilters
+    shifts = []
+    for info, obs in zip(infos, observations, strict=True):
+        try:
+            shifts.append(
+                dcr_shifts(
+                    obs,
+                    config.effectiveWavelength,
+                    config.bandwidth,
+                    K,
+                    scale,
+                    config.splitSubfilters,
+                    config.splitThreshold,
+                )
+            )
+        except MpidcrError as exc:
+            raise InputError(f"{info.path}: {exc}") from None
+    return RunInputs(infos, observations, shifts, union_mask_planes(infos), infos[0].shape, scale, config)
+
+
+def inputs_from_manifest(manifest: Manifest, config: DcrConfig, pixel_scale: float | None = None) -> RunInputs:
+    return prepare_inputs(manifest.warps, config, manifest.site, pixel_scale)
+
+
+def _visits_table(inputs: RunInputs, result: DcrResult) -> np.ndarray:
+    K = inputs.config.num_subfilters
+    dtype = np.dtype(
+        [
+            ("visit", "S32"),
+            ("file", "S256"),
+            ("airmass", "f8"),
+            ("elevation", "f8"),
+            ("parallactic_angle", "f8"),
+            ("rotation_angle", "f8"),
+            ("weight", "f8"),
+            ("psf_fwhm", "f8"),
+            ("max_shift", "f8"),
+            ("metric", "f8"),
+            ("shift", "f8", (K, 2)),
+        ]
+    )
+    rows = np.zeros(len(inputs.infos), dtype=dtype)
+    for v, (info, obs, sh) in enumerate(zip(inputs.infos, inputs.observations, inputs.shifts, strict=True)):
+        psf = info.meta.get("psfFwhm")
+        rows[v] = (
+            info.visit.encode()[:32],
+            info.path.encode()[:256],
+            obs.airmass,
+            obs.elevation,
+            obs.parallactic_angle,
+            obs.rotation_angle,
+            result.visit_weights[v],
+            np.nan if psf is None else psf,
+            sh.max_abs,
+            result.visit_metrics[v] if v < len(result.visit_metrics) else np.nan,
+            sh.mean,
+        )
+    return rows
+
+
+def _convergence_table(result: DcrResult) -> np.ndarray:
+    dtype = np.dtype([("iteration", "i4"), ("metric", "f8"), ("gain", "f8"), ("seconds", "f8")])
+    return np.array([(h.iteration, h.metric, h.gain, h.seconds) for h in result.history], dtype=dtype)
+
+
+def run(
+    inputs: RunInputs,
+    output: str,
+    comm: Any | None = None,
+    tiles: str | None = None,
+    output_mode: str = "auto",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Build the DCR model of ``inputs`` on all ranks of ``comm`` and write ``output``; returns a summary."""
+    comm = comm or SerialComm()
+    cfg = inputs.config
+    t0 = time.perf_counter()
+
+    def check_output() -> None:
+        if os.path.exists(output) and not overwrite:
+            raise InputError(f"{output}: output file exists (use --overwrite)")
+        parent = os.path.dirname(os.path.abspath(output))
+        if not os.path.isdir(parent):
+            raise InputError(f"{output}: directory {parent} does not exist")
+
+    on_root(comm, check_output)
+    max_shift = max(s.max_abs for s in inputs.shifts)
+    buffer = dcr_buffer(max_shift)
+    halo = halo_width(cfg, buffer)
+    try:  # the same on every rank: a collective error, reported once
+        dims = parse_tiles(tiles) if tiles else choose_dims(comm.size, inputs.shape)
+        if dims[0] * dims[1] != comm.size:
+            raise InputError(f"--tiles {dims[0]}x{dims[1]} needs {dims[0] * dims[1]} ranks, not {comm.size}")
+        plan = Plan(inputs.shape, dims, halo if comm.size > 1 else 0).validate()
+    except MpidcrError as exc:
+        exc.collective = True  # type: ignore[attr-defined]
+        raise
+    if comm.rank == 0:
+        log.info(
+            "%d visits, patch %dx%d, K=%d, max DCR shift %.2f px (buffer %d), halo %d px, tiles %dx%d on %d rank(s)",
+            len(inputs.infos),
+            *inputs.shape,
+            cfg.num_subfilters,
+            max_shift,
+            buffer,
+            halo,
+            *dims,
+            comm.size,
+        )
+    tile = plan.tile(comm.rank)
+
+    t_read = time.perf_counter()
+    images, variances, masks = [], [], []
+    for info in inputs.infos:
+        im, var, msk = read_window(info, tile.outer, inputs.mask_planes)
+        images.append(im)
+        variances.append(var)
+        masks.append(msk)
+    warps = WarpStack(
+        np.stack(images),
+        np.stack(variances),
+        np.stack(masks),
+        inputs.mask_planes,
+        inputs.shifts,
+        np.array([o.airmass for o in inputs.observations]),
+        [i.visit for i in inputs.infos],
+    )
+    read_seconds = time.perf_counter() - t_read
+
+    if comm.size > 1:
+        from .parallel.halo import MpiHaloExchanger
+        from .parallel.reduce import MpiReducer
+
+        cart = comm.mpi.Create_cart(list(dims), periods=[False, False], reorder=False)
+        reducer: Any = MpiReducer(cart)
+        exchanger: Any = MpiHaloExchanger(cart, plan, comm.rank)
+    else:
+        reducer = exchanger = None
+
+    def progress(n: int, metric: float, gain: float) -> None:
+        log.info("iteration %d/%d: metric %.6g, gain %.3f", n, cfg.max_iterations, metric, gain)
+
+    solver = DcrSolver(warps, cfg, tile=tile, reducer=reducer, exchanger=exchanger, buffer=buffer, progress=progress)
+    result = solver.run()
+    solve_seconds = time.perf_counter() - t0 - read_seconds
+
+    inner = tile.inner_local
+    arrays = {
+        "model": result.planes[(..., *inner)].astype(np.float32),
+        "coadd/image": result.coadd[inner].astype(np.float32),
+        "coadd/variance": result.variance[inner].astype(np.float32),
+        "coadd/mask": result.mask[inner].astype(np.int32),
+        "nimage": result.nimage[(..., *inner)].astype(np.int32),
+        "nimage_total": result.nimage_total[inner].astype(np.int32),
+    }
+
+    def build_meta() -> ModelMeta:
+        attrs = {
+            "effective_wavelength": float(cfg.effectiveWavelength),
+            "bandwidth": float(cfg.bandwidth),
+            "subfilter_edges": subfilter_edges(cfg.effectiveWavelength, cfg.bandwidth, cfg.num_subfilters),
+            "num_subfilters": cfg.num_subfilters,
+            "config": cfg.to_json(),
+            "wcs_header": inputs.infos[0].wcs_header,
+            "pixel_scale": inputs.pixel_scale,
+            "software_version": __version__,
+            "num_ranks": comm.size,
+            "tile_grid": np.array(dims),
+            "halo": halo,
+            "buffer": buffer,
+            "stop_reason": result.stop_reason,
+            "iterations": result.iterations,
+            "image_interp_order": int(cfg.imageInterpOrder),
+            "accelerate_model": float(cfg.accelerateModel),
+        }
+        chunk = (
+            min(256, max(1, math.ceil(inputs.shape[0] / dims[0]))),
+            min(256, max(1, math.ceil(inputs.shape[1] / dims[1]))),
+        )
+        return ModelMeta(
+            inputs.shape,
+            cfg.num_subfilters,
+            chunk,
+            _visits_table(inputs, result),
+            _convergence_table(result),
+            attrs,
+            inputs.mask_planes,
+        )
+
+    meta = comm.bcast(build_meta() if comm.rank == 0 else None, root=0)
+    t_write = time.perf_counter()
+    mode = write_model(output, ModelTile(tile.inner, arrays), meta, comm, output_mode)
+    write_seconds = time.perf_counter() - t_write
+    summary = {
+        "output": output,
+        "iterations": result.iterations,
+        "stop_reason": result.stop_reason,
+        "metric": result.history[min(result.iterations, len(result.history) - 1)].metric,
+        "ranks": comm.size,
+        "tiles": dims,
+        "halo": halo,
+        "output_mode": mode,
+        "seconds": {
+            "read": read_seconds,
+            "solve": solve_seconds,
+            "write": write_seconds,
+            "total": time.perf_counter() - t0,
+        },
+    }
+    if comm.rank == 0:
+        log.info(
+            "wrote %s (%s): %d iterations, stop: %s, %.1f s",
+            output,
+            mode,
+            result.iterations,
+            result.stop_reason,
+            summary["seconds"]["total"],
+        )
+    return summary

@@ -1,0 +1,152 @@
+"""Communicators: mpi4py's COMM_WORLD (duplicated once) or a serial stand-in.
+
+Everything above this layer receives a :class:`Comm` and never touches
+``MPI.COMM_WORLD``.  :class:`SerialComm` has the same small interface for
+one-process runs and for machines without mpi4py.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, Protocol
+
+from ..tiling import block_range
+
+log = logging.getLogger(__name__)
+
+
+class Comm(Protocol):
+    rank: int
+    size: int
+
+    def bcast(self, obj: Any, root: int = 0) -> Any: ...
+    def barrier(self) -> None: ...
+    def abort(self, code: int) -> None: ...
+    def allreduce_flag(self, ok: bool) -> bool: ...
+
+
+class SerialComm:
+    """A communicator of one process."""
+
+    rank = 0
+    size = 1
+    mpi = None  # no underlying mpi4py communicator
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return obj
+
+    def barrier(self) -> None:
+        return None
+
+    def abort(self, code: int) -> None:
+        sys.exit(code)
+
+    def allreduce_flag(self, ok: bool) -> bool:
+        return ok
+
+    def gather(self, obj: Any, root: int = 0) -> list[Any]:
+        return [obj]
+
+
+class MpiComm:
+    """A thin wrapper of an mpi4py communicator (duplicated, so mpidcr's messages never mix with the caller's)."""
+
+    def __init__(self, mpi_comm: Any):
+        self.mpi = mpi_comm.Dup()
+        self.rank = self.mpi.Get_rank()
+        self.size = self.mpi.Get_size()
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return self.mpi.bcast(obj, root=root)
+
+    def barrier(self) -> None:
+        self.mpi.Barrier()
+
+    def abort(self, code: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.mpi.Abort(code)
+
+    def allreduce_flag(self, ok: bool) -> bool:
+        """True only if ``ok`` on every rank."""
+        from mpi4py import MPI
+
+        return bool(self.mpi.allreduce(bool(ok), op=MPI.LAND))
+
+    def gather(self, obj: Any, root: int = 0) -> list[Any] | None:
+        return self.mpi.gather(obj, root=root)
+
+    def send_tile_chunks(self, box: Any, arrays: dict[str, Any], dest: int, max_bytes: int) -> None:
+        """Send a tile's arrays to ``dest`` as row bands of at most ~``max_bytes``, then an end marker."""
+        from ..tiling import Box
+
+        ny = box.y1 - box.y0
+        row_bytes = sum(a.nbytes for a in arrays.values()) / max(ny, 1)
+        rows = max(1, int(max_bytes // max(row_bytes, 1)))
+        for y in range(0, ny, rows):
+            band = Box(box.y0 + y, min(box.y0 + y + rows, box.y1), box.x0, box.x1)
+            part = {k: a[..., y : y + rows, :] for k, a in arrays.items()}
+            self.mpi.send((band, part), dest=dest, tag=7201)
+        self.mpi.send(None, dest=dest, tag=7201)
+
+    def recv_tile_chunks(self, source: int) -> Any:
+        """Yield (box, arrays) bands sent by :meth:`send_tile_chunks` from ``source``."""
+        while True:
+            item = self.mpi.recv(source=source, tag=7201)
+            if item is None:
+                return
+            yield item
+
+
+def get_comm(serial: bool = False) -> SerialComm | MpiComm:
+    """The world communicator: MpiComm under mpiexec/srun, SerialComm for one process or without mpi4py."""
+    if serial:
+        return SerialComm()
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return SerialComm()
+    world = MPI.COMM_WORLD
+    if world.Get_size() == 1:
+        return SerialComm()
+    return MpiComm(world)
+
+
+def install_abort_hook(comm: Any) -> None:
+    """On an uncaught exception in a multi-rank run, print it and abort every rank (no hang)."""
+    if comm.size == 1:
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type: Any, exc: BaseException, tb: Any) -> None:
+        sys.stderr.write(f"[rank {comm.rank}] uncaught {exc_type.__name__}; aborting all ranks\n")
+        previous(exc_type, exc, tb)
+        comm.abort(1)
+
+    sys.excepthook = hook
+
+
+def choose_dims(size: int, shape: tuple[int, int]) -> tuple[int, int]:
+    """Tile grid (py, px) for ``size`` ranks on a patch of ``shape``: the factorisation whose
+    smallest tile side is largest (so the halo fits), ties broken towards square tiles.
+
+    Unlike ``MPI.Compute_dims`` this looks at the patch's aspect ratio.
+    """
+    best: tuple[float, float, tuple[int, int]] | None = None
+    for py in range(1, size + 1):
+        if size % py:
+            continue
+        px = size // py
+        if py > shape[0] or px > shape[1]:
+            continue
+        ty = min(b - a for a, b in (block_range(shape[0], py, i) for i in range(py)))
+        tx = min(b - a for a, b in (block_range(shape[1], px, i) for i in range(px)))
+        key = (min(ty, tx), -abs(ty - tx))
+        if best is None or key > best[:2]:
+            best = (*key, (py, px))
+    if best is None:
+        from ..errors import DecompositionError
+
+        raise DecompositionError(f"cannot split a {shape[0]}x{shape[1]} patch over {size} ranks")
+    return best[2]

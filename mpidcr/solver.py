@@ -518,7 +518,7 @@ def gaussian_radius(sigma: float) -> int:
 
 
 #: Pixels the order-3 spline prefilter needs for its edge effect to decay below 1e-7 (|z|^n, z = √3 − 2).
-PREFILTER_MARGIN = int(math.ceil(math.log(1e-7) / math.log(2.0 - math.sqrt(3.0))))
+PREFILTER_MARGIN = math.ceil(math.log(1e-7) / math.log(2.0 - math.sqrt(3.0)))
 
 
 def halo_width(config: DcrConfig, buffer: int) -> int:

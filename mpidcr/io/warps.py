@@ -344,7 +344,7 @@ def union_mask_planes(infos: list[WarpInfo]) -> dict[str, int]:
 
 def _section(path: str, hdu: str | int, box: Box) -> NDArray:
     with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
-        h = hdul[hdu] if not isinstance(hdu, int) else hdul[hdu]
+        h = hdul[hdu]
         data = np.array(h.section[box.y0 : box.y1, box.x0 : box.x1])
     READ_STATS.windows.append((path, box))
     READ_STATS.bytes += data.nbytes

@@ -1,0 +1,132 @@
+"""Real mpiexec runs of 1–4 ranks: same answer for any rank count and tile grid, windowed reads,
+both output paths, and clean failure."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mpidcr.simulate import simulate
+from mpidcr.tiling import Plan
+
+MPIEXEC = shutil.which("mpiexec")
+pytestmark = [pytest.mark.mpi, pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec on PATH")]
+SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
+NO_FREQ = ["--set", "regularizeModelFrequency=0"]
+
+
+def mpirun(n, args, timeout=240, script=None):
+    cmd = [MPIEXEC, "-n", str(n), sys.executable]
+    cmd += [str(script)] if script else ["-m", "mpidcr", "-q"]
+    proc = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return proc
+
+
+@pytest.fixture(scope="module")
+def field128(tmp_path_factory):
+    out = tmp_path_factory.mktemp("field128")
+    simulate(out, size=128, num_visits=8, num_science=0, seed=5)
+    return out
+
+
+def _read(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][...] for k in ("model", "coadd/image", "coadd/variance", "coadd/mask", "nimage",
+                                       "nimage_total", "visits", "convergence")}, dict(f.attrs)
+
+
+def _same(a, b, rtol=1e-5):
+    scale = np.max(np.abs(a["model"]))
+    assert np.max(np.abs(a["model"] - b["model"])) <= rtol * scale
+    assert np.max(np.abs(a["coadd/image"] - b["coadd/image"])) <= rtol * np.max(np.abs(a["coadd/image"]))
+    assert np.array_equal(a["nimage"], b["nimage"]) and np.array_equal(a["coadd/mask"], b["coadd/mask"])
+    assert np.array_equal(a["convergence"]["iteration"], b["convergence"]["iteration"])
+
+
+def test_rank_counts_and_tile_grids_agree(field128):
+    runs = {}
+    for label, n, extra in [("1", 1, []), ("2", 2, []), ("3", 3, []), ("4", 4, []),
+                            ("1x4", 4, ["--tiles", "1x4"]), ("4x1", 4, ["--tiles", "4x1"]),
+                            ("2x2", 4, ["--tiles", "2x2"])]:
+        out = field128 / f"m{label}.h5"
+        proc = mpirun(n, ["run", field128 / "manifest.toml", "-o", out, *NO_FREQ, *extra])
+        assert proc.returncode == 0, proc.stderr
+        runs[label] = _read(out)
+    ref, ref_attrs = runs["1"]
+    assert ref_attrs["iterations"] >= 2
+    for label, (data, attrs) in runs.items():
+        assert attrs["iterations"] == ref_attrs["iterations"], label
+        assert attrs["stop_reason"] == ref_attrs["stop_reason"], label
+        _same(ref, data)
+    assert list(runs["4x1"][1]["tile_grid"]) == [4, 1] and runs["4"][1]["num_ranks"] == 4
+
+
+def test_default_config_two_ranks(tmp_path):
+    simulate(tmp_path, size=160, num_visits=6, num_science=0, seed=7)
+    outs = []
+    for n in (1, 2):
+        out = tmp_path / f"m{n}.h5"
+        proc = mpirun(n, ["run", tmp_path / "manifest.toml", "-o", out])
+        assert proc.returncode == 0, proc.stderr
+        outs.append(_read(out))
+    assert outs[0][1]["iterations"] == outs[1][1]["iterations"]
+    assert outs[1][1]["halo"] > 30  # frequency regularization and model weights widen the halo
+    _same(outs[0][0], outs[1][0])
+
+
+def test_output_paths_identical(field128):
+    files = {}
+    for mode in ("mpio", "gather"):
+        out = field128 / f"mode_{mode}.h5"
+        proc = mpirun(2, ["run", field128 / "manifest.toml", "-o", out, "--output-mode", mode, *NO_FREQ])
+        assert proc.returncode == 0, proc.stderr
+        files[mode] = _read(out)
+    a, b = files["mpio"][0], files["gather"][0]
+    for key in a:
+        if key == "convergence":  # wall-clock seconds differ between runs
+            for col in ("iteration", "metric", "gain"):
+                assert np.array_equal(a[key][col], b[key][col], equal_nan=True)
+        else:
+            assert np.array_equal(a[key], b[key]), key
+    with h5py.File(field128 / "mode_mpio.h5") as f:
+        assert f.attrs["complete"] and f["model"].chunks[0] == 1
+    assert not list(field128.glob("*.tmp"))
+
+
+def test_ranks_read_only_their_windows(field128, tmp_path):
+    report = tmp_path / "report"
+    proc = mpirun(4, [field128 / "manifest.toml", tmp_path / "w.h5", report], script=SCRIPTS / "read_windows.py")
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "w.h5") as f:
+        halo, dims = int(f.attrs["halo"]), tuple(int(d) for d in f.attrs["tile_grid"])
+    plan = Plan((128, 128), dims, halo)
+    full_bytes = 8 * 128 * 128 * (4 + 4 + 4)
+    for rank in range(4):
+        rep = json.loads(Path(f"{report}.{rank}").read_text())
+        outer = plan.tile(rank).outer
+        boxes = {tuple(b) for _, b in rep["windows"]}
+        assert boxes == {(outer.y0, outer.y1, outer.x0, outer.x1)}
+        assert len(rep["windows"]) == 8 * 3  # image, mask, variance of each warp, once
+        assert rep["bytes"] == 8 * outer.size * 12 < full_bytes
+
+
+def test_failure_on_one_rank_aborts_all(field128):
+    proc = mpirun(3, ["1", "run", field128 / "manifest.toml", "-o", field128 / "fail.h5", *NO_FREQ],
+                  script=SCRIPTS / "fail_on_rank.py", timeout=120)
+    assert proc.returncode != 0
+    assert "mpidcr: error: [rank 1]" in proc.stderr and "simulated failure" in proc.stderr
+    assert not (field128 / "fail.h5").exists()
+
+
+def test_collective_error_reported_once(field128):
+    proc = mpirun(3, ["run", field128 / "manifest.toml", "-o", field128 / "x.h5"], timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpidcr: error:")]
+    assert len(lines) == 1 and "less than 2 x the halo" in lines[0] and "fewer ranks" in lines[0]

@@ -176,6 +176,47 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .io.products import export_fits
+
+    for path in export_fits(args.model, args.fits, overwrite=args.overwrite):
+        print(path)
+    return 0
+
+
+def _visit_overrides(args: argparse.Namespace) -> dict:
+    fields = {
+        "airmass": args.airmass,
+        "elevation": args.elevation,
+        "parallacticAngle": args.parallactic_angle,
+        "rotationAngle": args.rotation_angle,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _cmd_template(args: argparse.Namespace) -> int:
+    from .io.products import write_template
+
+    info = write_template(args.model, args.warp, args.output, _visit_overrides(args), overwrite=args.overwrite)
+    print(
+        f"wrote {info['output']} (elevation {info['elevation']:.2f} deg, parallactic angle "
+        f"{info['parallactic_angle']:.2f} deg)"
+    )
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .io.modelfile import read_model
+    from .quicklook import format_summary, quicklooks, summary
+
+    s = summary(read_model(args.model))
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    if args.png:
+        for path in quicklooks(args.model, args.png):
+            print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mpidcr", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--version", action="version", version=f"mpidcr {__version__}")
@@ -261,6 +302,43 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=1)
     m.add_argument("--overwrite", action="store_true")
     m.set_defaults(func=_cmd_simulate)
+
+    e = sub.add_parser(
+        "export",
+        help="write the model's sub-filter planes and coadd as FITS",
+        description="Write one FITS file per sub-filter plane and one for the coadd "
+        "(IMAGE/MASK/VARIANCE with the WCS).",
+    )
+    e.add_argument("model", help="HDF5 model file")
+    e.add_argument("--fits", required=True, metavar="OUTDIR", help="output directory")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=_cmd_export)
+
+    t = sub.add_parser(
+        "template",
+        help="DCR-matched template for a visit",
+        description="Forward-model the template of the model for WARP's observing conditions "
+        "(or for the conditions given as options), in the warp layout.",
+    )
+    t.add_argument("model", help="HDF5 model file")
+    t.add_argument("warp", nargs="?", help="the science warp (FITS) whose conditions to match")
+    t.add_argument("-o", "--output", required=True, help="output FITS file")
+    t.add_argument("--airmass", type=float)
+    t.add_argument("--elevation", type=float, help="deg")
+    t.add_argument("--parallactic-angle", type=float, help="deg")
+    t.add_argument("--rotation-angle", type=float, help="deg (default: from the warp's WCS)")
+    t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(func=_cmd_template)
+
+    i = sub.add_parser(
+        "inspect",
+        help="summary and quicklook PNGs of a model file",
+        description="Print visits, convergence and flux per sub-filter; --png writes quicklooks.",
+    )
+    i.add_argument("model", help="HDF5 model file")
+    i.add_argument("--png", metavar="DIR", help="write RGB, convergence and nImage PNGs to DIR")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_cmd_inspect)
     return p
 
 

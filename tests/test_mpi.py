@@ -24,8 +24,13 @@ NO_FREQ = ["--set", "regularizeModelFrequency=0"]
 def mpirun(n, args, timeout=240, script=None):
     cmd = [MPIEXEC, "-n", str(n), sys.executable]
     cmd += [str(script)] if script else ["-m", "mpidcr", "-q"]
-    proc = subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        cmd + [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     return proc
 
 
@@ -38,8 +43,19 @@ def field128(tmp_path_factory):
 
 def _read(path):
     with h5py.File(path, "r") as f:
-        return {k: f[k][...] for k in ("model", "coadd/image", "coadd/variance", "coadd/mask", "nimage",
-                                       "nimage_total", "visits", "convergence")}, dict(f.attrs)
+        return {
+            k: f[k][...]
+            for k in (
+                "model",
+                "coadd/image",
+                "coadd/variance",
+                "coadd/mask",
+                "nimage",
+                "nimage_total",
+                "visits",
+                "convergence",
+            )
+        }, dict(f.attrs)
 
 
 def _same(a, b, rtol=1e-5):
@@ -52,9 +68,15 @@ def _same(a, b, rtol=1e-5):
 
 def test_rank_counts_and_tile_grids_agree(field128):
     runs = {}
-    for label, n, extra in [("1", 1, []), ("2", 2, []), ("3", 3, []), ("4", 4, []),
-                            ("1x4", 4, ["--tiles", "1x4"]), ("4x1", 4, ["--tiles", "4x1"]),
-                            ("2x2", 4, ["--tiles", "2x2"])]:
+    for label, n, extra in [
+        ("1", 1, []),
+        ("2", 2, []),
+        ("3", 3, []),
+        ("4", 4, []),
+        ("1x4", 4, ["--tiles", "1x4"]),
+        ("4x1", 4, ["--tiles", "4x1"]),
+        ("2x2", 4, ["--tiles", "2x2"]),
+    ]:
         out = field128 / f"m{label}.h5"
         proc = mpirun(n, ["run", field128 / "manifest.toml", "-o", out, *NO_FREQ, *extra])
         assert proc.returncode == 0, proc.stderr
@@ -118,8 +140,12 @@ def test_ranks_read_only_their_windows(field128, tmp_path):
 
 
 def test_failure_on_one_rank_aborts_all(field128):
-    proc = mpirun(3, ["1", "run", field128 / "manifest.toml", "-o", field128 / "fail.h5", *NO_FREQ],
-                  script=SCRIPTS / "fail_on_rank.py", timeout=120)
+    proc = mpirun(
+        3,
+        ["1", "run", field128 / "manifest.toml", "-o", field128 / "fail.h5", *NO_FREQ],
+        script=SCRIPTS / "fail_on_rank.py",
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "mpidcr: error: [rank 1]" in proc.stderr and "simulated failure" in proc.stderr
     assert not (field128 / "fail.h5").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,10 @@ def _file_problem(path: str) -> str | None:
         return "file not found"
     try:
         size = os.path.getsize(path)
-        with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # we report the problem ourselves, in one line
+            hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
+        with hdul:
             for i, hdu in enumerate(hdul):
                 info = hdu.fileinfo()
                 if info is not None and info["datLoc"] + info["datSpan"] > size:

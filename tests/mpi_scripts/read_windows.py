@@ -3,8 +3,8 @@
 import json
 import sys
 
-from mpidcr.driver import inputs_from_manifest, on_root, run
 from mpidcr.config import load_config
+from mpidcr.driver import inputs_from_manifest, on_root, run
 from mpidcr.io.manifest import read_manifest
 from mpidcr.io.warps import READ_STATS
 from mpidcr.parallel.comm import get_comm
@@ -23,5 +23,12 @@ inputs = on_root(comm, load)
 READ_STATS.reset()
 run(inputs, output, comm, overwrite=True)
 with open(f"{report}.{comm.rank}", "w") as fh:
-    json.dump({"rank": comm.rank, "size": comm.size, "bytes": READ_STATS.bytes,
-               "windows": [[p, [b.y0, b.y1, b.x0, b.x1]] for p, b in READ_STATS.windows]}, fh)
+    json.dump(
+        {
+            "rank": comm.rank,
+            "size": comm.size,
+            "bytes": READ_STATS.bytes,
+            "windows": [[p, [b.y0, b.y1, b.x0, b.x1]] for p, b in READ_STATS.windows],
+        },
+        fh,
+    )

@@ -1,0 +1,154 @@
+"""Products made from a model file: FITS export and DCR-matched templates.
+
+FITS products use the warp layout (primary header + IMAGE with the WCS, MASK
+with ``MP_<NAME>`` keywords, VARIANCE), so DS9, astropy and the LSST tools
+open them as they open warps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from numpy.typing import NDArray
+
+from ..config import DcrConfig
+from ..dcr import Observation, Site, VisitShifts, dcr_shifts
+from ..errors import InputError
+from ..solver import matched_template
+from .modelfile import ModelFile, read_model
+from .warps import WarpInfo, observation_or_error, resolve_geometry, scan_warp, write_lsst_warp
+
+
+def model_config(model: ModelFile) -> DcrConfig:
+    return DcrConfig.from_dict(json.loads(model.attrs["config"]))
+
+
+def _wcs(model: ModelFile) -> fits.Header:
+    return fits.Header.fromstring(model.attrs["wcs_header"])
+
+
+def export_fits(model_path: str, outdir: str, overwrite: bool = False) -> list[str]:
+    """One FITS file per sub-filter plane and one for the full-band coadd; returns the paths."""
+    model = read_model(model_path)
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    K = model.model.shape[0]
+    edges = np.asarray(model.attrs["subfilter_edges"])
+    wcs = _wcs(model)
+    written = []
+    stem = Path(model_path).stem
+    for k in range(K):
+        path = out / f"{stem}_subfilter{k}.fits"
+        _refuse_existing(path, overwrite)
+        meta = {"WAVE-LO": float(edges[k]), "WAVE-HI": float(edges[k + 1]), "SUBFILT": k, "NSUBFILT": K}
+        _write_product(path, model.model[k], model.variance / K, model.mask, model.mask_planes, wcs, meta)
+        written.append(str(path))
+    path = out / f"{stem}_coadd.fits"
+    _refuse_existing(path, overwrite)
+    _write_product(
+        path,
+        model.coadd,
+        model.variance,
+        model.mask,
+        model.mask_planes,
+        wcs,
+        {"WAVE-LO": float(edges[0]), "WAVE-HI": float(edges[-1]), "NSUBFILT": K},
+    )
+    written.append(str(path))
+    return written
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: exists (use --overwrite)")
+
+
+def _write_product(
+    path: Path,
+    image: NDArray,
+    variance: NDArray,
+    mask: NDArray,
+    planes: dict[str, int],
+    wcs: fits.Header,
+    extra: dict[str, Any],
+) -> None:
+    write_lsst_warp(path, image, variance, mask, planes, {}, wcs)
+    with fits.open(path, mode="update") as hdul:
+        for key, value in extra.items():
+            hdul[0].header[key] = value
+        hdul[0].header["ORIGIN"] = "mpidcr"
+
+
+def visit_shifts_for(model: ModelFile, obs: Observation) -> VisitShifts:
+    cfg = model_config(model)
+    return dcr_shifts(
+        obs,
+        cfg.effectiveWavelength,
+        cfg.bandwidth,
+        cfg.num_subfilters,
+        float(model.attrs["pixel_scale"]),
+        cfg.splitSubfilters,
+        cfg.splitThreshold,
+    )
+
+
+def observation_for_warp(
+    path: str, overrides: dict[str, Any] | None = None, site: Site | None = None
+) -> tuple[WarpInfo, Observation]:
+    info = resolve_geometry(scan_warp(path, overrides or {}), site or Site())
+    return info, observation_or_error(info, site or Site(), set())
+
+
+def template_for(model: ModelFile, obs: Observation) -> NDArray[np.float64]:
+    """The DCR-matched template of the model for a visit observed as ``obs``, (ny, nx)."""
+    order = int(model.attrs["image_interp_order"])
+    return matched_template(model.model.astype(np.float64), visit_shifts_for(model, obs), order)
+
+
+def write_template(
+    model_path: str,
+    warp_path: str | None,
+    output: str,
+    overrides: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the DCR-matched template for ``warp_path``'s conditions (or for ``overrides`` alone)."""
+    model = read_model(model_path)
+    if os.path.exists(output) and not overwrite:
+        raise InputError(f"{output}: exists (use --overwrite)")
+    if warp_path is not None:
+        info, obs = observation_for_warp(warp_path, overrides)
+        if info.shape != tuple(model.model.shape[1:]):
+            raise InputError(f"{warp_path}: shape {info.shape} differs from the model's {model.model.shape[1:]}")
+        meta = {k: v for k, v in info.meta.items() if not k.startswith("_")}
+    else:
+        o = dict(overrides or {})
+        if "elevation" not in o and "airmass" not in o:
+            raise InputError("give a warp or --elevation/--airmass and --parallactic-angle")
+        if "parallacticAngle" not in o:
+            raise InputError("give --parallactic-angle (deg)")
+        from ..dcr import elevation_from_airmass
+
+        elevation = o.get("elevation") or elevation_from_airmass(o["airmass"])
+        obs = Observation(
+            elevation=elevation, parallactic_angle=o["parallacticAngle"], rotation_angle=o.get("rotationAngle", 0.0)
+        )
+        meta = {
+            "elevation": elevation,
+            "airmass": obs.airmass,
+            "parallacticAngle": obs.parallactic_angle,
+            "rotationAngle": obs.rotation_angle,
+        }
+    template = template_for(model, obs)
+    write_lsst_warp(output, template, model.variance, model.mask, model.mask_planes, meta, _wcs(model))
+    return {
+        "output": output,
+        "elevation": obs.elevation,
+        "parallactic_angle": obs.parallactic_angle,
+        "rotation_angle": obs.rotation_angle,
+    }

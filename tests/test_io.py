@@ -1,0 +1,327 @@
+"""FITS warps in, HDF5 model out, FITS products; every bad input is a one-line error and no output."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from mpidcr.cli import main
+from mpidcr.config import DcrConfig
+from mpidcr.driver import prepare_inputs
+from mpidcr.io.manifest import WarpEntry, read_manifest
+from mpidcr.io.modelfile import read_model
+from mpidcr.io.warps import READ_STATS, image_rotation_angle, read_window, resolve_geometry, scan_warp
+from mpidcr.simulate import simulate, tan_wcs_header
+from mpidcr.solver import DcrSolver, WarpStack
+from mpidcr.tiling import Box
+
+
+@pytest.fixture(scope="module")
+def field(tmp_path_factory):
+    out = tmp_path_factory.mktemp("field")
+    info = simulate(out, size=96, num_visits=6, num_science=1, seed=11)
+    return out, info
+
+
+def _cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "mpidcr", "-q", *map(str, args)], capture_output=True, text=True)
+    return proc.returncode, proc.stdout, proc.stderr.strip().splitlines()
+
+
+def test_metadata_roundtrip(field):
+    out, info = field
+    warp = scan_warp(info["warps"][0])
+    assert warp.layout == "lsst" and warp.shape == (96, 96)
+    assert {"DETECTED", "NO_DATA"} <= set(warp.mask_planes)
+    hdr = fits.getheader(info["warps"][0], 0)
+    assert warp.meta["airmass"] == pytest.approx(hdr["BORE-AIRMASS"])
+    assert warp.meta["parallacticAngle"] == pytest.approx(hdr["PARANGLE"])
+    resolved = resolve_geometry(warp, read_manifest(out / "manifest.toml").site)
+    assert resolved.meta["elevation"] == pytest.approx(hdr["BORE-ALT"])
+
+
+def test_rotation_from_wcs_matches_simulation():
+    # north up, east left: the zenith at parallactic angle q lies at (cos q, −sin q) in (dy, dx)
+    wcs = tan_wcs_header((64, 64), 0.2).tostring()
+    from mpidcr.dcr import zenith_direction
+
+    for q in (-150.0, -30.0, 0.0, 45.0, 120.0):
+        rot = image_rotation_angle(wcs, q)
+        assert np.allclose(zenith_direction(q, rot), (np.cos(np.radians(q)), -np.sin(np.radians(q))), atol=1e-6)
+
+
+def test_window_read(field):
+    _, info = field
+    warp = scan_warp(info["warps"][1])
+    READ_STATS.reset()
+    image, variance, mask = read_window(warp, Box(10, 30, 40, 90), warp.mask_planes)
+    full = fits.getdata(info["warps"][1], "IMAGE")
+    assert np.array_equal(image, full[10:30, 40:90]) and variance.shape == mask.shape == (20, 50)
+    assert READ_STATS.bytes == 20 * 50 * 12
+
+
+def test_full_roundtrip_model_export_template(field, tmp_path):
+    out, info = field
+    model_path = tmp_path / "model.h5"
+    assert main(["-q", "run", str(out / "manifest.toml"), "-o", str(model_path)]) == 0
+    model = read_model(str(model_path))
+    assert model.model.shape == (3, 96, 96) and model.model.dtype == np.float32
+    assert np.allclose(model.coadd, model.model.sum(axis=0), rtol=1e-5, atol=1e-4)
+    assert len(model.visits) == 6 and model.attrs["complete"]
+    assert model.visits["shift"].shape == (6, 3, 2)
+
+    # export → astropy
+    assert main(["-q", "export", str(model_path), "--fits", str(tmp_path / "fits")]) == 0
+    for k in range(3):
+        with fits.open(tmp_path / "fits" / f"model_subfilter{k}.fits") as hdul:
+            assert np.array_equal(hdul["IMAGE"].data, model.model[k])
+            assert hdul["IMAGE"].header["CTYPE1"] == "RA---TAN"
+            assert hdul["MASK"].header["MP_DETECTED"] == model.mask_planes["DETECTED"]
+    coadd = fits.getdata(tmp_path / "fits" / "model_coadd.fits", "IMAGE")
+    assert np.array_equal(coadd, model.coadd)
+
+    # the template of a modelled visit equals the solver's own forward model for that visit
+    entries = [WarpEntry(path=p) for p in info["warps"]]
+    cfg = DcrConfig(effectiveWavelength=476.31, bandwidth=147.0)
+    inputs = prepare_inputs(entries, cfg, read_manifest(out / "manifest.toml").site)
+    warps = [read_window(i, Box(0, 96, 0, 96), inputs.mask_planes) for i in inputs.infos]
+    stack = WarpStack(
+        *(np.stack([w[j] for w in warps]) for j in range(3)),
+        inputs.mask_planes,
+        inputs.shifts,
+        np.array([o.airmass for o in inputs.observations]),
+    )
+    solver = DcrSolver(stack, cfg)
+    result = solver.run()
+    from mpidcr import kernels
+    from mpidcr.solver import amplified
+
+    v = 2
+    forward = kernels.build_template(
+        kernels.prefilter_planes(amplified(result.raw_model, cfg.accelerateModel), 1), inputs.shifts[v].forward, 1
+    )
+    assert main(["-q", "template", str(model_path), info["warps"][v], "-o", str(tmp_path / "t.fits")]) == 0
+    template = fits.getdata(tmp_path / "t.fits", "IMAGE")
+    assert np.max(np.abs(template - forward)) < 1e-5 * np.max(np.abs(forward))
+    # and on the held-out science visit it beats the plain coadd
+    sci = info["science"][0]
+    assert main(["-q", "template", str(model_path), sci, "-o", str(tmp_path / "s.fits")]) == 0
+    s = fits.getdata(sci, "IMAGE")
+    fp = fits.getdata(sci, "MASK") != 0
+    t = fits.getdata(tmp_path / "s.fits", "IMAGE")
+    assert np.sqrt(np.mean((s - t)[fp] ** 2)) < 0.5 * np.sqrt(np.mean((s - model.coadd)[fp] ** 2))
+
+
+def test_inspect_and_quicklooks(field, tmp_path, capsys):
+    out, _ = field
+    model_path = tmp_path / "m.h5"
+    assert main(["-q", "run", str(out / "manifest.toml"), "-o", str(model_path)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(model_path), "--png", str(tmp_path / "png")]) == 0
+    text = capsys.readouterr().out
+    assert "K=3 sub-filters" in text and "flux per sub-filter" in text
+    for name in ("rgb", "convergence", "nimage"):
+        png = tmp_path / "png" / f"m_{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_without_manifest(field, tmp_path):
+    out, info = field
+    code, stdout, err = _cli(
+        "run",
+        "--warps",
+        str(out / "warps" / "*.fits"),
+        "--effective-wavelength",
+        476.31,
+        "--bandwidth",
+        147,
+        "-o",
+        tmp_path / "w.h5",
+    )
+    assert code == 0, err
+    assert read_model(str(tmp_path / "w.h5")).visits.shape == (6,)
+
+
+# -- bad input -----------------------------------------------------------------------
+def _copy_warp(src, dst, edit=None, data_edit=None):
+    with fits.open(src) as hdul:
+        if edit:
+            edit(hdul[0].header)
+        if data_edit:
+            data_edit(hdul)
+        hdul.writeto(dst, overwrite=True)
+
+
+def _manifest(tmp_path, warps, extra=""):
+    lines = ["[band]", "effectiveWavelength = 476.31", "bandwidth = 147.0", ""]
+    for w in warps:
+        lines += ["[[warps]]", f'path = "{w}"', ""]
+    (tmp_path / "m.toml").write_text("\n".join(lines) + extra)
+    return tmp_path / "m.toml"
+
+
+def _bad(tmp_path, warps, pattern, extra="", args=()):
+    out = tmp_path / "out.h5"
+    code, _, err = _cli("run", _manifest(tmp_path, warps, extra), "-o", out, *args)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("mpidcr: error: "), err
+    assert pattern in err[0], err[0]
+    assert not out.exists() and not Path(f"{out}.tmp").exists()
+    return err[0]
+
+
+def test_bad_missing_metadata(field, tmp_path):
+    _, info = field
+    bad = tmp_path / "bad.fits"
+
+    def strip(h):
+        for key in ("BORE-AIRMASS", "BORE-ALT"):
+            del h[key]
+
+    _copy_warp(info["warps"][0], bad, strip)
+    msg = _bad(tmp_path, [bad, *info["warps"][1:]], "no elevation (BORE-ALT) and no airmass (BORE-AIRMASS)")
+    assert str(bad) in msg
+
+
+def test_bad_parallactic_angle_missing(field, tmp_path):
+    _, info = field
+    bad = tmp_path / "bad.fits"
+    _copy_warp(info["warps"][0], bad, lambda h: h.remove("PARANGLE"))
+    _bad(tmp_path, [bad, *info["warps"][1:]], "no parallactic angle (PARANGLE) and no azimuth (BORE-AZ)")
+
+
+def test_parallactic_angle_from_azimuth(field, tmp_path):
+    _, info = field
+    ok = tmp_path / "az.fits"
+
+    def edit(h):
+        h.remove("PARANGLE")
+        h["HIERARCH BORE-AZ"] = 120.0
+
+    _copy_warp(info["warps"][0], ok, edit)
+    warp = resolve_geometry(scan_warp(ok), read_manifest(field[0] / "manifest.toml").site)
+    from mpidcr.dcr import parallactic_angle_from_altaz
+
+    assert warp.meta["parallacticAngle"] == pytest.approx(
+        float(parallactic_angle_from_altaz(120.0, warp.meta["elevation"], -30.2446))
+    )
+
+
+def test_bad_elevation_and_airmass(field, tmp_path):
+    _, info = field
+    bad = tmp_path / "bad.fits"
+    _copy_warp(info["warps"][0], bad, lambda h: h.set("BORE-ALT", -3.0))
+    _bad(tmp_path, [bad, *info["warps"][1:]], "elevation (BORE-ALT) = -3.0 deg is not in (0, 90]")
+    bad2 = tmp_path / "bad2.fits"
+
+    def edit(h):
+        h.remove("BORE-ALT")
+        h.set("BORE-AIRMASS", 0.8)
+
+    _copy_warp(info["warps"][0], bad2, edit)
+    _bad(tmp_path, [bad2, *info["warps"][1:]], "airmass (BORE-AIRMASS) = 0.8 is below 1")
+
+
+def test_bad_nan_metadata(field, tmp_path):
+    _, info = field
+    warps = info["warps"]
+    lines = [
+        "[band]",
+        "effectiveWavelength = 476.31",
+        "bandwidth = 147.0",
+        "",
+        "[[warps]]",
+        f'path = "{warps[0]}"',
+        "airmass = nan",
+        "",
+    ] + sum([["[[warps]]", f'path = "{w}"', ""] for w in warps[1:]], [])
+    (tmp_path / "m.toml").write_text("\n".join(lines))
+    code, _, err = _cli("run", tmp_path / "m.toml", "-o", tmp_path / "o.h5")
+    assert code == 2 and len(err) == 1 and "override airmass is nan" in err[0] and warps[0] in err[0]
+
+
+def test_bad_shape_and_wcs(field, tmp_path):
+    _, info = field
+    small = tmp_path / "small.fits"
+
+    def crop(hdul):
+        for ext in ("IMAGE", "MASK", "VARIANCE"):
+            hdul[ext].data = hdul[ext].data[:80, :80]
+
+    _copy_warp(info["warps"][0], small, data_edit=crop)
+    _bad(tmp_path, [*info["warps"][1:], small], "shape 80x80 differs from")
+    moved = tmp_path / "moved.fits"
+
+    def shift_wcs(hdul):
+        hdul["IMAGE"].header["CRVAL1"] += 0.01
+
+    _copy_warp(info["warps"][0], moved, data_edit=shift_wcs)
+    _bad(tmp_path, [*info["warps"][1:], moved], "WCS differs from")
+
+
+def test_bad_truncated_and_unreadable(field, tmp_path):
+    _, info = field
+    trunc = tmp_path / "trunc.fits"
+    data = Path(info["warps"][0]).read_bytes()
+    trunc.write_bytes(data[: len(data) - 20000])
+    _bad(tmp_path, [trunc, *info["warps"][1:]], "truncated")
+    junk = tmp_path / "junk.fits"
+    junk.write_text("not a fits file at all")
+    _bad(tmp_path, [junk, *info["warps"][1:]], "unreadable FITS")
+    _bad(tmp_path, [tmp_path / "missing.fits", *info["warps"][1:]], "file not found")
+
+
+def test_bad_too_few_visits(field, tmp_path):
+    _, info = field
+    _bad(tmp_path, info["warps"][:1], "at least 2 visits")
+    # two warps, one entirely NO_DATA
+    dead = tmp_path / "dead.fits"
+
+    def kill(hdul):
+        hdul["MASK"].data[:] = 1 << int(hdul["MASK"].header["MP_NO_DATA"])
+
+    _copy_warp(info["warps"][0], dead, data_edit=kill)
+    _bad(tmp_path, [dead, info["warps"][1]], "only 1 visit(s) have usable pixels")
+
+
+def test_bad_band(field, tmp_path):
+    _, info = field
+    code, _, err = _cli("run", "--warps", info["warps"][0], "--warps", info["warps"][1], "-o", tmp_path / "o.h5")
+    assert code == 2 and err == [
+        "mpidcr: error: configuration field 'effectiveWavelength' is required (in nm); "
+        "set it in the manifest or with --set effectiveWavelength=..."
+    ]
+    code, _, err = _cli(
+        "run",
+        "--warps",
+        info["warps"][0],
+        "--warps",
+        info["warps"][1],
+        "-o",
+        tmp_path / "o.h5",
+        "--effective-wavelength",
+        2000,
+        "--bandwidth",
+        300,
+    )
+    assert code == 2 and "outside the refraction model's range" in err[0]
+
+
+def test_existing_output_needs_overwrite(field, tmp_path):
+    out, _ = field
+    target = tmp_path / "exists.h5"
+    target.write_text("keep me")
+    code, _, err = _cli("run", out / "manifest.toml", "-o", target)
+    assert code == 2 and err == [f"mpidcr: error: {target}: output file exists (use --overwrite)"]
+    assert target.read_text() == "keep me"
+
+
+def test_incomplete_model_file_refused(tmp_path):
+    with h5py.File(tmp_path / "half.h5", "w") as f:
+        f["model"] = np.zeros((3, 4, 4))
+    code, _, err = _cli("inspect", tmp_path / "half.h5")
+    assert code == 2 and "incomplete model file" in err[0]

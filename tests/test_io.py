@@ -130,8 +130,8 @@ def test_inspect_and_quicklooks(field, tmp_path, capsys):
 
 
 def test_run_without_manifest(field, tmp_path):
-    out, info = field
-    code, stdout, err = _cli(
+    out, _ = field
+    code, _, err = _cli(
         "run",
         "--warps",
         str(out / "warps" / "*.fits"),
@@ -229,16 +229,10 @@ def test_bad_elevation_and_airmass(field, tmp_path):
 def test_bad_nan_metadata(field, tmp_path):
     _, info = field
     warps = info["warps"]
-    lines = [
-        "[band]",
-        "effectiveWavelength = 476.31",
-        "bandwidth = 147.0",
-        "",
-        "[[warps]]",
-        f'path = "{warps[0]}"',
-        "airmass = nan",
-        "",
-    ] + sum([["[[warps]]", f'path = "{w}"', ""] for w in warps[1:]], [])
+    lines = ["[band]", "effectiveWavelength = 476.31", "bandwidth = 147.0", ""]
+    lines += ["[[warps]]", f'path = "{warps[0]}"', "airmass = nan", ""]
+    for w in warps[1:]:
+        lines += ["[[warps]]", f'path = "{w}"', ""]
     (tmp_path / "m.toml").write_text("\n".join(lines))
     code, _, err = _cli("run", tmp_path / "m.toml", "-o", tmp_path / "o.h5")
     assert code == 2 and len(err) == 1 and "override airmass is nan" in err[0] and warps[0] in err[0]

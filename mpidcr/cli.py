@@ -217,6 +217,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_table, residual_plot
+
+    result = evaluate(args.model, args.warps, truth=args.truth)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    if args.png:
+        print(residual_plot(result, args.png))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mpidcr", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--version", action="version", version=f"mpidcr {__version__}")
@@ -339,6 +349,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--png", metavar="DIR", help="write RGB, convergence and nImage PNGs to DIR")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_cmd_inspect)
+
+    v = sub.add_parser(
+        "evaluate",
+        help="DCR-matched vs plain-coadd templates on held-out science warps",
+        description="For each science warp: residual RMS in source footprints and >=5 sigma "
+        "false detections of the DCR-matched and of the plain-coadd template.",
+    )
+    v.add_argument("model", help="HDF5 model file")
+    v.add_argument("warps", nargs="+", help="science warps (FITS)")
+    v.add_argument("--truth", help="truth file of 'mpidcr simulate' (truth.npz) for the colour check")
+    v.add_argument("--png", metavar="FILE", help="plot of residuals vs airmass")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=_cmd_evaluate)
     return p
 
 

@@ -240,6 +240,7 @@ def run(
         "coadd/image": result.coadd[inner].astype(np.float32),
         "coadd/variance": result.variance[inner].astype(np.float32),
         "coadd/mask": result.mask[inner].astype(np.int32),
+        "coadd/static": result.static.image[inner].astype(np.float32),
         "nimage": result.nimage[(..., *inner)].astype(np.int32),
         "nimage_total": result.nimage_total[inner].astype(np.int32),
     }

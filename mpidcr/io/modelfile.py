@@ -6,6 +6,7 @@ Schema (axis order ``(subfilter, y, x)``)::
     /coadd/image         (ny, nx)    float32  full-band coadd = Σ_k model
     /coadd/variance      (ny, nx)    float32
     /coadd/mask          (ny, nx)    int32    attrs: MP_<NAME> = bit
+    /coadd/static        (ny, nx)    float32  the static sky model T (plain weighted coadd)
     /nimage              (K, ny, nx) int32    inputs per sub-filter
     /nimage_total        (ny, nx)    int32
     /visits              table: visit, file, airmass, elevation, parallactic_angle,
@@ -43,6 +44,7 @@ IMAGE_DATASETS: dict[str, tuple[np.dtype, bool]] = {
     "coadd/image": (np.dtype(np.float32), False),
     "coadd/variance": (np.dtype(np.float32), False),
     "coadd/mask": (np.dtype(np.int32), False),
+    "coadd/static": (np.dtype(np.float32), False),
     "nimage": (np.dtype(np.int32), True),
     "nimage_total": (np.dtype(np.int32), False),
 }
@@ -164,6 +166,7 @@ class ModelFile:
     coadd: NDArray
     variance: NDArray
     mask: NDArray
+    static: NDArray
     nimage: NDArray
     nimage_total: NDArray
     visits: np.ndarray
@@ -188,6 +191,7 @@ def read_model(path: str) -> ModelFile:
                 coadd=f["coadd/image"][...],
                 variance=f["coadd/variance"][...],
                 mask=mask_ds[...],
+                static=f["coadd/static"][...],
                 nimage=f["nimage"][...],
                 nimage_total=f["nimage_total"][...],
                 visits=f["visits"][...],

@@ -145,7 +145,17 @@ def _cmd_run(args: argparse.Namespace, comm) -> int:
         )
 
     inputs = on_root(comm, load)
-    summary = run(inputs, args.output, comm, tiles=args.tiles, output_mode=args.output_mode, overwrite=args.overwrite)
+    summary = run(
+        inputs,
+        args.output,
+        comm,
+        tiles=args.tiles,
+        output_mode=args.output_mode,
+        overwrite=args.overwrite,
+        checkpoint=args.checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+    )
     if comm.rank == 0:
         if args.json:
             print(json.dumps(summary, indent=2))
@@ -293,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="parallel HDF5 (mpio) or through rank 0 (gather); auto picks mpio when h5py has MPI",
     )
     r.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    r.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="write a checkpoint every K iterations (also written on SIGTERM)",
+    )
+    r.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: OUTPUT.ckpt)")
+    r.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint of the same inputs and configuration")
     r.add_argument("--json", action="store_true", help="print the run summary as JSON")
     r.set_defaults(func=_cmd_run, needs_comm=True)
 
@@ -382,10 +401,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int((args.func(args, comm) if comm is not None else args.func(args)) or 0)
     except MpidcrError as exc:
+        code = getattr(exc, "exit_code", 2)
         if getattr(exc, "collective", False) or size == 1:
             if rank == 0:
-                print(f"mpidcr: error: {exc}", file=sys.stderr)
-            return 2
+                print(f"mpidcr: {'stopped' if code != 2 else 'error'}: {exc}", file=sys.stderr)
+            return code
         # raised on this rank only: report it and take the others down rather than leave them waiting
         print(f"mpidcr: error: [rank {rank}] {exc}", file=sys.stderr)
         comm.abort(2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ import numpy as np
 from . import __version__
 from .config import DcrConfig
 from .dcr import Observation, Site, VisitShifts, dcr_buffer, dcr_shifts, subfilter_edges
-from .errors import InputError, MpidcrError
+from .errors import InputError, MpidcrError, Preempted
+from .io.checkpoint import inputs_digest, read_checkpoint, write_checkpoint
 from .io.manifest import Manifest, WarpEntry
 from .io.modelfile import ModelMeta, ModelTile, write_model
 from .io.warps import (
@@ -33,7 +35,8 @@ from .io.warps import (
     union_mask_planes,
 )
 from .parallel.comm import SerialComm, choose_dims
-from .solver import DcrResult, DcrSolver, WarpStack, halo_width
+from .reduction import SerialReducer
+from .solver import DcrResult, DcrSolver, SolverState, WarpStack, halo_width
 from .tiling import Plan, parse_tiles
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,39 @@ class RunInputs:
     shape: tuple[int, int]
     pixel_scale: float
     config: DcrConfig
+
+
+class TermFlag:
+    """Records SIGTERM instead of dying at once, so the iteration can end with a checkpoint."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+
+    @classmethod
+    def install(cls) -> TermFlag:
+        flag = cls()
+        try:
+            flag._previous = signal.signal(signal.SIGTERM, flag._handle)
+        except ValueError:  # not the main thread (e.g. embedded use): no handler
+            flag._previous = None
+        return flag
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.raised = True
+        log.warning("SIGTERM received: will checkpoint and stop at the end of this iteration")
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def input_files(inputs: RunInputs) -> list[str]:
+    """Every file the run reads, in order (for the checkpoint's input digest)."""
+    files: list[str] = []
+    for info in inputs.infos:
+        files += [f for f in (info.path, info.variance_path, info.mask_path) if f]
+    return files
 
 
 def on_root(comm: Any, fn: Callable[[], T]) -> T:
@@ -160,9 +196,19 @@ def run(
     tiles: str | None = None,
     output_mode: str = "auto",
     overwrite: bool = False,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 0,
+    resume: str | None = None,
 ) -> dict[str, Any]:
-    """Build the DCR model of ``inputs`` on all ranks of ``comm`` and write ``output``; returns a summary."""
+    """Build the DCR model of ``inputs`` on all ranks of ``comm`` and write ``output``; returns a summary.
+
+    With ``checkpoint_every`` K > 0 a checkpoint is written every K iterations;
+    SIGTERM (what Slurm sends before a kill) makes the run checkpoint at the end
+    of the current iteration and stop with :class:`Preempted` (exit code 75).
+    ``resume`` continues from such a checkpoint.
+    """
     comm = comm or SerialComm()
+    checkpoint = checkpoint or f"{output}.ckpt"
     cfg = inputs.config
     t0 = time.perf_counter()
 
@@ -225,13 +271,51 @@ def run(
         reducer: Any = MpiReducer(cart)
         exchanger: Any = MpiHaloExchanger(cart, plan, comm.rank)
     else:
-        reducer = exchanger = None
+        reducer, exchanger = SerialReducer(), None
+
+    config_digest = cfg.digest()
+    input_digest = inputs_digest(input_files(inputs))
+    state = None
+    if resume:
+        try:
+            state = read_checkpoint(resume, tile.outer, config_digest, input_digest)
+        except MpidcrError as exc:  # every rank reads the same attributes: report once
+            exc.collective = True  # type: ignore[attr-defined]
+            raise
+        if comm.rank == 0:
+            log.info("resuming from %s at iteration %d", resume, state.iteration)
+    term = TermFlag.install()
+
+    def after_iteration(st: SolverState) -> None:
+        stop = float(reducer.max([1.0 if term.raised else 0.0])[0]) > 0  # all ranks decide together
+        if stop or (checkpoint_every > 0 and st.iteration % checkpoint_every == 0):
+            write_checkpoint(
+                checkpoint,
+                st,
+                tile.inner_local,
+                tile.inner,
+                inputs.shape,
+                config_digest,
+                input_digest,
+                comm,
+                output_mode,
+            )
+            if comm.rank == 0:
+                log.info("checkpoint of iteration %d written to %s", st.iteration, checkpoint)
+        if stop:
+            raise Preempted(
+                f"SIGTERM: stopped after iteration {st.iteration}; checkpoint {checkpoint}; "
+                f"continue with --resume {checkpoint}"
+            )
 
     def progress(n: int, metric: float, gain: float) -> None:
         log.info("iteration %d/%d: metric %.6g, gain %.3f", n, cfg.max_iterations, metric, gain)
 
     solver = DcrSolver(warps, cfg, tile=tile, reducer=reducer, exchanger=exchanger, buffer=buffer, progress=progress)
-    result = solver.run()
+    try:
+        result = solver.run(resume=state, after_iteration=after_iteration)
+    finally:
+        term.restore()
     solve_seconds = time.perf_counter() - t0 - read_seconds
 
     inner = tile.inner_local

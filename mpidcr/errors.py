@@ -40,3 +40,10 @@ class PhysicsError(MpidcrError, ValueError):
 
 class SolverError(MpidcrError, RuntimeError):
     """The forward-model iteration was given inconsistent state."""
+
+
+class Preempted(MpidcrError):
+    """The run stopped on SIGTERM after writing a checkpoint; exit code 75 (EX_TEMPFAIL)."""
+
+    exit_code = 75
+    collective = True

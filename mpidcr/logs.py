@@ -22,21 +22,3 @@ def setup_logging(rank: int = 0, size: int = 1, level: int = logging.INFO, all_r
     logger.addHandler(handler)
     logger.propagate = False
     logger.setLevel(level if (rank == 0 or all_ranks) else logging.ERROR)
-
-
-class Progress:
-    """Progress of a long loop, logged on rank 0: ``label i/n (eta)``; silent elsewhere."""
-
-    def __init__(self, total: int, label: str, logger: logging.Logger, every: int = 1):
-        import time
-
-        self.total, self.label, self.log, self.every = total, label, logger, max(every, 1)
-        self._t0 = time.perf_counter()
-        self._time = time.perf_counter
-
-    def step(self, i: int, detail: str = "") -> None:
-        if i % self.every and i != self.total:
-            return
-        elapsed = self._time() - self._t0
-        eta = elapsed / i * (self.total - i) if i else float("nan")
-        self.log.info("%s %d/%d  %s  (%.1f s, ≤%.0f s left)", self.label, i, self.total, detail, elapsed, eta)

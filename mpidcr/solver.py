@@ -219,6 +219,17 @@ class DcrResult:
     visit_metrics: NDArray = field(default_factory=lambda: np.zeros(0))
 
 
+@dataclass
+class SolverState:
+    """What is needed to continue an iteration exactly: the raw model (outer box) and the histories."""
+
+    iteration: int
+    model: NDArray
+    metrics: list[float]
+    gains: list[float]
+    history: list[IterationRecord]
+
+
 # ----------------------------------------------------------------------------- solver
 class DcrSolver:
     """Holds one tile's state through the iteration; :meth:`run` does everything.
@@ -413,16 +424,32 @@ class DcrSolver:
         return new
 
     # -- the loop -----------------------------------------------------------------
-    def run(self) -> DcrResult:
+    def run(
+        self,
+        resume: SolverState | None = None,
+        after_iteration: Callable[[SolverState], None] | None = None,
+    ) -> DcrResult:
+        """Iterate to the end condition; optionally from a checkpointed ``resume`` state.
+
+        ``after_iteration(state)`` is called after every accepted iteration (the
+        driver writes checkpoints and honours SIGTERM there; it may raise to stop).
+        """
         cfg = self.cfg
         t0 = time.perf_counter()
         self.initialise()
-        metric, per_visit, acc = self.sweep(self.model)
-        history = [IterationRecord(0, metric, float("nan"), time.perf_counter() - t0, per_visit)]
-        metrics, gains = [metric], []
-        model = self.model
+        model = self.model if resume is None else resume.model
+        metric, per_visit, acc = self.sweep(model)
+        if resume is None:
+            history = [IterationRecord(0, metric, float("nan"), time.perf_counter() - t0, per_visit)]
+            metrics, gains, n = [metric], [], 0
+        else:
+            history, metrics, gains, n = (
+                list(resume.history),
+                list(resume.metrics),
+                list(resume.gains),
+                resume.iteration,
+            )
         min_it, max_it = cfg.min_iterations, cfg.max_iterations
-        n = 0
         stop = "max_iterations"
         if cfg.useConvergence and metric == 0.0:
             stop = "zero_metric"
@@ -468,6 +495,8 @@ class DcrSolver:
                 history.append(record)
                 if self.progress is not None:
                     self.progress(n, new_metric, gain)
+                if after_iteration is not None:
+                    after_iteration(SolverState(n, model, metrics, gains, history))
             else:
                 if cfg.useConvergence:
                     log.warning(

@@ -319,3 +319,68 @@ def test_incomplete_model_file_refused(tmp_path):
         f["model"] = np.zeros((3, 4, 4))
     code, _, err = _cli("inspect", tmp_path / "half.h5")
     assert code == 2 and "incomplete model file" in err[0]
+
+
+def test_plain_layout_with_weight_files(field, tmp_path):
+    out, info = field
+    lines = ["[band]", "effectiveWavelength = 476.31", "bandwidth = 147.0", ""]
+    for i, path in enumerate(info["warps"]):
+        with fits.open(path) as hdul:
+            meta = hdul[0].header
+            wcs = hdul["IMAGE"].header
+            img = fits.PrimaryHDU(hdul["IMAGE"].data, header=wcs)
+            fits.PrimaryHDU(hdul["IMAGE"].data, header=wcs).writeto(tmp_path / f"img{i}.fits")
+            fits.PrimaryHDU(1.0 / hdul["VARIANCE"].data).writeto(tmp_path / f"wht{i}.fits")
+            msk = fits.PrimaryHDU(hdul["MASK"].data)
+            for k, v in hdul["MASK"].header.items():
+                if k.startswith("MP_"):
+                    msk.header[f"HIERARCH {k}"] = v
+            msk.writeto(tmp_path / f"msk{i}.fits")
+            del img
+        lines += [
+            "[[warps]]",
+            f'image = "img{i}.fits"',
+            f'weight = "wht{i}.fits"',
+            f'mask = "msk{i}.fits"',
+            f"airmass = {meta['BORE-AIRMASS']}",
+            f"parallacticAngle = {meta['PARANGLE']}",
+            "",
+        ]
+    (tmp_path / "plain.toml").write_text("\n".join(lines))
+    assert main(["-q", "run", str(tmp_path / "plain.toml"), "-o", str(tmp_path / "plain.h5")]) == 0
+    assert main(["-q", "run", str(out / "manifest.toml"), "-o", str(tmp_path / "lsst.h5")]) == 0
+    plain, lsst = read_model(str(tmp_path / "plain.h5")), read_model(str(tmp_path / "lsst.h5"))
+    # same pixels, same geometry; weather from the site default instead of the headers → tiny DCR change
+    assert plain.attrs["iterations"] == lsst.attrs["iterations"]
+    assert np.max(np.abs(plain.model - lsst.model)) < 2e-2 * np.max(lsst.model)
+
+
+def test_template_from_command_line_metadata(field, tmp_path):
+    out, info = field
+    model_path = tmp_path / "m.h5"
+    assert main(["-q", "run", str(out / "manifest.toml"), "-o", str(model_path)]) == 0
+    warp = resolve_geometry(scan_warp(info["warps"][3]), read_manifest(out / "manifest.toml").site)
+    m = warp.meta
+    assert (
+        main(
+            [
+                "-q",
+                "template",
+                str(model_path),
+                "-o",
+                str(tmp_path / "a.fits"),
+                "--elevation",
+                str(m["elevation"]),
+                "--parallactic-angle",
+                str(m["parallacticAngle"]),
+                "--rotation-angle",
+                str(m["rotationAngle"]),
+            ]
+        )
+        == 0
+    )
+    assert main(["-q", "template", str(model_path), info["warps"][3], "-o", str(tmp_path / "b.fits")]) == 0
+    a, b = fits.getdata(tmp_path / "a.fits", "IMAGE"), fits.getdata(tmp_path / "b.fits", "IMAGE")
+    assert np.max(np.abs(a - b)) < 2e-3 * np.max(np.abs(b))  # weather: standard atmosphere vs header values
+    code, _, err = _cli("template", model_path, "-o", tmp_path / "c.fits", "--airmass", 1.3)
+    assert code == 2 and err == ["mpidcr: error: give --parallactic-angle (deg)"]

@@ -156,3 +156,20 @@ def test_collective_error_reported_once(field128):
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpidcr: error:")]
     assert len(lines) == 1 and "less than 2 x the halo" in lines[0] and "fewer ranks" in lines[0]
+
+
+def test_rank_with_only_masked_pixels_takes_part(tmp_path):
+    simulate(tmp_path, size=128, num_visits=6, num_science=0, seed=9)
+    from astropy.io import fits
+
+    for path in sorted((tmp_path / "warps").glob("*.fits")):
+        with fits.open(path, mode="update") as hdul:
+            hdul["MASK"].data[:, 64:] = 1 << int(hdul["MASK"].header["MP_NO_DATA"])
+    outs = []
+    for n in (1, 2):
+        out = tmp_path / f"m{n}.h5"
+        proc = mpirun(n, ["run", tmp_path / "manifest.toml", "-o", out, "--tiles", f"1x{n}", *NO_FREQ])
+        assert proc.returncode == 0, proc.stderr
+        outs.append(_read(out))
+    _same(outs[0][0], outs[1][0])
+    assert np.all(outs[1][0]["nimage_total"][:, 70:] == 0)

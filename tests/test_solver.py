@@ -263,3 +263,62 @@ def test_meanclip_rejects_a_cosmic_ray():
     solver.warps.images[3, 40, 10] += 500.0
     solver.initialise()
     assert solver.static.image[40, 10] > 30.0
+
+
+# -- static sky model options ---------------------------------------------------------------
+def _static(images, variances, masks, weights, **kw):
+    from mpidcr.coadd import static_sky_model
+    from mpidcr.masks import DEFAULT_PLANES
+
+    good = (masks & (1 << DEFAULT_PLANES["NO_DATA"])) == 0
+    kw.setdefault("statistic", "MEAN")
+    return static_sky_model(
+        images, variances, masks, good, np.asarray(weights, float), mask_planes=DEFAULT_PLANES, **kw
+    )
+
+
+def test_static_variance_from_inputs_or_scatter(rng):
+    images = rng.normal(10.0, 2.0, size=(400, 4, 4))
+    variances = np.full(images.shape, 4.0)
+    masks = np.zeros(images.shape, np.int32)
+    w = np.ones(400)
+    from_inputs = _static(images, variances, masks, w, error_from_input_variance=True)
+    assert np.allclose(from_inputs.variance, 4.0 / 400)
+    from_scatter = _static(images, variances, masks, w, error_from_input_variance=False)
+    assert np.allclose(from_scatter.variance, 4.0 / 400, rtol=0.25)
+    # weighted mean with unequal weights
+    two = _static(
+        np.stack([np.full((2, 2), 1.0), np.full((2, 2), 4.0)]),
+        np.ones((2, 2, 2)),
+        np.zeros((2, 2, 2), np.int32),
+        [3.0, 1.0],
+    )
+    assert np.allclose(two.image, (3 * 1 + 4) / 4) and np.allclose(two.variance, (9 + 1) / 16)
+
+
+def test_mask_propagation_thresholds():
+    from mpidcr.masks import DEFAULT_PLANES
+
+    nodata, sat = 1 << DEFAULT_PLANES["NO_DATA"], 1 << DEFAULT_PLANES["SAT"]
+    images = np.ones((10, 1, 3))
+    masks = np.zeros((10, 1, 3), np.int32)
+    masks[0, 0, 0] = nodata | sat  # 1 of 10 rejected inputs carries SAT: 10 % of the weight
+    masks[:3, 0, 1] = nodata | sat  # 30 %
+    out = _static(images, np.ones_like(images), masks, np.ones(10), propagation_thresholds={"SAT": 0.2})
+    assert not out.mask[0, 0] & sat and out.mask[0, 1] & sat and not out.mask[0, 2] & sat
+    assert out.count[0, 1] == 7
+
+
+def test_airmass_weighting_and_remove_mask_planes():
+    f, config, shifts = _setup()
+    cfg = config.copy()
+    cfg.doAirmassWeight = True
+    solver = S.DcrSolver(_stack(f, shifts, list(range(9))), cfg)
+    solver.initialise()
+    base = 1.0 / f.sky_sigma**2
+    assert np.allclose(solver.visit_weights, base * f.airmass[:9])
+    # removeMaskPlanes clears a plane before coadding
+    stack = _stack(f, shifts, list(range(9)))
+    stack.masks |= 1 << f.mask_planes["NOT_DEBLENDED"]
+    solver = S.DcrSolver(stack, config)
+    assert not np.any(solver.warps.masks & (1 << f.mask_planes["NOT_DEBLENDED"]))

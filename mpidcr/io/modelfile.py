@@ -76,38 +76,42 @@ def h5py_has_mpi() -> bool:
     return bool(h5py.get_config().mpi)
 
 
-def _create_layout(f: h5py.File, meta: ModelMeta) -> None:
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A per-pixel dataset: global shape (…, ny, nx), dtype and chunk shape."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...]
+
+
+def model_layout(meta: ModelMeta) -> dict[str, DatasetSpec]:
     ny, nx = meta.shape
     K = meta.num_subfilters
     cy, cx = min(meta.chunk[0], ny), min(meta.chunk[1], nx)
+    out = {}
     for name, (dtype, lead) in IMAGE_DATASETS.items():
-        shape = (K, ny, nx) if lead else (ny, nx)
-        chunks = (1, cy, cx) if lead else (cy, cx)
-        f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=0)
-    f.create_dataset("visits", shape=meta.visits.shape, dtype=meta.visits.dtype)
-    f.create_dataset("convergence", shape=meta.convergence.shape, dtype=meta.convergence.dtype)
-    for name, bit in meta.mask_planes.items():
-        f["coadd/mask"].attrs[f"MP_{name}"] = bit
-    for key, value in meta.attrs.items():
-        f.attrs[key] = value
+        out[name] = DatasetSpec((K, ny, nx) if lead else (ny, nx), dtype, (1, cy, cx) if lead else (cy, cx))
+    return out
 
 
-def _write_tile(f: h5py.File, tile: ModelTile) -> None:
-    ys, xs = tile.box.slices()
-    for name, (_dtype, lead) in IMAGE_DATASETS.items():
-        data = tile.arrays[name]
-        if lead:
-            f[name][:, ys, xs] = data
-        else:
-            f[name][ys, xs] = data
+def write_collective(
+    path: str,
+    layout: dict[str, DatasetSpec],
+    box: Box,
+    arrays: dict[str, NDArray],
+    tables: dict[str, np.ndarray],
+    attrs: dict[str, Any],
+    comm: Any,
+    mode: str = "auto",
+    dataset_attrs: dict[str, dict[str, Any]] | None = None,
+) -> str:
+    """Write per-pixel ``layout`` datasets (each rank its ``box`` of ``arrays``), small ``tables`` and ``attrs``.
 
-
-def write_model(path: str, tile: ModelTile, meta: ModelMeta, comm: Any, mode: str = "auto") -> str:
-    """Write the model file from every rank's ``tile``; returns the mode used (serial, mpio, gather).
-
-    All ranks must call this.  ``mode``: auto (mpio when h5py has MPI and there
-    are several ranks), mpio, or gather (tiles travel to rank 0 in chunks of at
-    most 32 MiB; same file contents).
+    All ranks call this.  ``mode``: auto (mpio when h5py has MPI and there are
+    several ranks), mpio, or gather (tiles travel to rank 0 in chunks of at most
+    32 MiB; same file contents).  Written as ``path.tmp``, ``complete = True``
+    last, renamed by rank 0 after a final barrier.  Returns the mode used.
     """
     tmp = f"{path}.tmp"
     size, rank = comm.size, comm.rank
@@ -121,40 +125,69 @@ def write_model(path: str, tile: ModelTile, meta: ModelMeta, comm: Any, mode: st
         used = mode
     if used == "mpio" and not h5py_has_mpi():
         raise InputError("h5py was built without MPI; use --output-mode gather (or auto)")
+
+    def create(f: h5py.File) -> None:
+        for name, spec in layout.items():
+            f.create_dataset(name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks, fillvalue=0)
+        for name, table in tables.items():
+            f.create_dataset(name, shape=table.shape, dtype=table.dtype)
+        for name, extra in (dataset_attrs or {}).items():
+            for key, value in extra.items():
+                f[name].attrs[key] = value
+        for key, value in attrs.items():
+            f.attrs[key] = value
+
+    def write_box(f: h5py.File, b: Box, data: dict[str, NDArray], collective: bool = False) -> None:
+        ys, xs = b.slices()
+        for name in layout:
+            dset = f[name]
+            if collective:
+                with dset.collective:
+                    dset[(..., ys, xs)] = data[name]
+            else:
+                dset[(..., ys, xs)] = data[name]
+
     if used == "mpio":
         with h5py.File(tmp, "w", driver="mpio", comm=comm.mpi) as f:
-            _create_layout(f, meta)
-            ys, xs = tile.box.slices()
-            for name, (_dtype, lead) in IMAGE_DATASETS.items():
-                dset = f[name]
-                with dset.collective:
-                    if lead:
-                        dset[:, ys, xs] = tile.arrays[name]
-                    else:
-                        dset[ys, xs] = tile.arrays[name]
+            create(f)
+            write_box(f, box, arrays, collective=True)
             if rank == 0:
-                f["visits"][...] = meta.visits
-                f["convergence"][...] = meta.convergence
+                for name, table in tables.items():
+                    f[name][...] = table
             comm.barrier()
             f.attrs["complete"] = True
+    elif rank == 0:
+        with h5py.File(tmp, "w") as f:
+            create(f)
+            write_box(f, box, arrays)
+            for source in range(1, size):
+                for b, data in comm.recv_tile_chunks(source):
+                    write_box(f, b, data)
+            for name, table in tables.items():
+                f[name][...] = table
+            f.attrs["complete"] = True
     else:
-        if rank == 0:
-            with h5py.File(tmp, "w") as f:
-                _create_layout(f, meta)
-                _write_tile(f, tile)
-                for source in range(1, size):
-                    for box, arrays in comm.recv_tile_chunks(source):
-                        _write_tile(f, ModelTile(box, arrays))
-                f["visits"][...] = meta.visits
-                f["convergence"][...] = meta.convergence
-                f.attrs["complete"] = True
-        else:
-            comm.send_tile_chunks(tile.box, tile.arrays, dest=0, max_bytes=GATHER_CHUNK_BYTES)
+        comm.send_tile_chunks(box, arrays, dest=0, max_bytes=GATHER_CHUNK_BYTES)
     comm.barrier()
     if rank == 0:
         os.replace(tmp, path)
     comm.barrier()
     return used
+
+
+def write_model(path: str, tile: ModelTile, meta: ModelMeta, comm: Any, mode: str = "auto") -> str:
+    """Write the model file (schema above) from every rank's ``tile``; returns the mode used."""
+    return write_collective(
+        path,
+        model_layout(meta),
+        tile.box,
+        tile.arrays,
+        {"visits": meta.visits, "convergence": meta.convergence},
+        meta.attrs,
+        comm,
+        mode,
+        dataset_attrs={"coadd/mask": {f"MP_{k}": v for k, v in meta.mask_planes.items()}},
+    )
 
 
 @dataclass

@@ -4,12 +4,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mpidcr-setup-done
 NP ?= 2
 
-.PHONY: setup test test-fast lint docs demo bench clean help
+.PHONY: setup test test-fast test-slurm lint docs demo bench clean help
 
 help:
 	@echo "make setup   - system MPI + parallel HDF5, .venv, mpi4py wheel, parallel h5py, mpidcr"
 	@echo "make test    - set up if needed, then the whole test suite (MPI tests included)"
 	@echo "make demo    - set up if needed, simulate a field, build its DCR model on $(NP) ranks, quicklooks"
+	@echo "make test-slurm - start a local Slurm (root), submit the jobs/ templates, stop it"
 	@echo "make lint    - ruff"
 	@echo "make docs    - regenerate docs/config.md from the code"
 	@echo "make bench   - benchmarks (not part of the tests)"
@@ -22,6 +23,11 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# starts a local one-node Slurm (root, Debian), submits every jobs/ template, stops exactly those daemons
+test-slurm: $(STAMP)
+	bash scripts/local_slurm.sh start
+	$(PY) -m pytest -q -m slurm tests/test_slurm.py; rc=$$?; bash scripts/local_slurm.sh stop; exit $$rc
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not mpi and not slow" tests

@@ -66,12 +66,20 @@ def bench(size=1024, visits=12, K=3, orders=(1, 3), repeats=2):
         b = reference_iteration(planes, images, fwd, mean, order)
         t_ref = time.perf_counter() - t0
         err = float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-        rows.append({
-            "order": order, "size": size, "visits": visits, "subfilters": K,
-            "fused_s": t_fused, "reference_s": t_ref, "ratio": t_ref / t_fused,
-            "fused_ms_per_mpix_visit": 1e3 * t_fused / (mpix * visits),
-            "reference_ms_per_mpix_visit": 1e3 * t_ref / (mpix * visits), "max_rel_diff": err,
-        })
+        rows.append(
+            {
+                "order": order,
+                "size": size,
+                "visits": visits,
+                "subfilters": K,
+                "fused_s": t_fused,
+                "reference_s": t_ref,
+                "ratio": t_ref / t_fused,
+                "fused_ms_per_mpix_visit": 1e3 * t_fused / (mpix * visits),
+                "reference_ms_per_mpix_visit": 1e3 * t_ref / (mpix * visits),
+                "max_rel_diff": err,
+            }
+        )
     return rows
 
 

@@ -17,9 +17,25 @@ from pathlib import Path
 
 
 def run(n: int, manifest: Path, out: Path, iterations: int) -> dict:
-    cmd = [shutil.which("mpiexec") or "mpiexec", "-n", str(n), sys.executable, "-m", "mpidcr", "-q", "run",
-           str(manifest), "-o", str(out), "--overwrite", "--json",
-           "--set", "useConvergence=false", "--set", f"maxNumIter={iterations}"]
+    cmd = [
+        shutil.which("mpiexec") or "mpiexec",
+        "-n",
+        str(n),
+        sys.executable,
+        "-m",
+        "mpidcr",
+        "-q",
+        "run",
+        str(manifest),
+        "-o",
+        str(out),
+        "--overwrite",
+        "--json",
+        "--set",
+        "useConvergence=false",
+        "--set",
+        f"maxNumIter={iterations}",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     wall = time.perf_counter() - t0
@@ -44,9 +60,18 @@ def scaling(workdir: Path, size: int = 2048, visits: int = 12, iterations: int =
     table = []
     for n, r in results.items():
         s = r["seconds"]
-        table.append({"ranks": n, "tiles": r["tiles"], "read_s": s["read"], "solve_s": s["solve"],
-                      "write_s": s["write"], "total_s": s["total"], "wall_with_startup_s": r["wall_with_startup"],
-                      "efficiency": t1 / (n * s["total"]) * ranks[0]})
+        table.append(
+            {
+                "ranks": n,
+                "tiles": r["tiles"],
+                "read_s": s["read"],
+                "solve_s": s["solve"],
+                "write_s": s["write"],
+                "total_s": s["total"],
+                "wall_with_startup_s": r["wall_with_startup"],
+                "efficiency": t1 / (n * s["total"]) * ranks[0],
+            }
+        )
     return {"size": size, "visits": visits, "iterations": iterations, "runs": table}
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .kernels import stack_quantiles
 from .masks import plane_bits
 
 _IQR_TO_SIGMA = 0.7413  # 1 / (2 · Φ⁻¹(0.75)) for a Gaussian
@@ -66,15 +67,12 @@ def static_sky_model(
     w = np.asarray(weights, dtype=np.float64)[:, None, None] * good
     use = good & (w > 0)
     if statistic == "MEDIAN":
-        stack = np.where(use, images, np.nan)
-        with np.errstate(all="ignore"), _quiet_nan():
-            image = np.nanmedian(stack, axis=0)
+        image = stack_quantiles(images, use, [0.5])[0]
     elif statistic in ("MEAN", "MEANCLIP"):
         if statistic == "MEANCLIP" and images.shape[0] > 2:
-            stack = np.where(use, images, np.nan)
-            with np.errstate(all="ignore"), _quiet_nan():
-                q25, center, q75 = np.nanpercentile(stack, [25, 50, 75], axis=0)
-                sigma = _IQR_TO_SIGMA * (q75 - q25)
+            q25, center, q75 = stack_quantiles(images, use, [0.25, 0.5, 0.75])
+            sigma = _IQR_TO_SIGMA * (q75 - q25)
+            with np.errstate(all="ignore"):
                 for _ in range(clip_iter):
                     keep = use & ~(np.abs(images - center) > sigma_clip * sigma)
                     wk = np.where(keep, w, 0.0)
@@ -113,17 +111,3 @@ def static_sky_model(
     nodata = plane_bits(mask_planes, ["NO_DATA"])
     mask |= np.where(count == 0, nodata, 0).astype(np.int32)
     return StaticModel(image=image, variance=variance, mask=mask, count=count)
-
-
-class _quiet_nan:
-    """Silence numpy's 'All-NaN slice' warnings for pixels without inputs."""
-
-    def __enter__(self) -> None:
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._ctx.__exit__(*exc)

@@ -69,3 +69,19 @@ def test_reverse_accumulator_matches_reference(order, rng):
 def test_tap_table_rejects_unknown_order():
     with pytest.raises(ValueError, match="order 2"):
         kernels.tap_table(10, 0.5, 2)
+
+
+def test_stack_quantiles_match_numpy(rng):
+    stack = rng.normal(size=(9, 20, 30))
+    use = rng.uniform(size=stack.shape) > 0.3
+    use[:, 0, 0] = False  # a pixel without inputs
+    use[:, 1, 1] = False
+    use[4, 1, 1] = True  # a pixel with one input
+    fast = kernels.stack_quantiles(stack, use, [0.25, 0.5, 0.75])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = np.nanpercentile(np.where(use, stack, np.nan), [25, 50, 75], axis=0)
+    assert np.allclose(fast, ref, equal_nan=True, rtol=0, atol=1e-12)
+    assert np.all(np.isnan(fast[:, 0, 0])) and np.all(fast[:, 1, 1] == stack[4, 1, 1])

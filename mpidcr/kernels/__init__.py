@@ -9,6 +9,7 @@ from .shift import (
     shift_image,
     tap_table,
 )
+from .stack import stack_quantiles
 
 __all__ = [
     "accumulate_reverse",
@@ -17,5 +18,6 @@ __all__ = [
     "prefilter",
     "prefilter_planes",
     "shift_image",
+    "stack_quantiles",
     "tap_table",
 ]

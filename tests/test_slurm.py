@@ -1,0 +1,147 @@
+"""The jobs/ templates under a real Slurm (started by `make test-slurm`); skipped when none runs."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mpidcr.simulate import simulate
+
+ROOT = Path(__file__).resolve().parent.parent
+JOBS = ROOT / "jobs"
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sbatch") is None:
+        return False
+    proc = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    return proc.returncode == 0 and any(s.startswith(("idle", "mix", "alloc")) for s in proc.stdout.split())
+
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(not _slurm_up(), reason="no running Slurm (run `make test-slurm` as root)"),
+]
+MPIDCR = f"{sys.executable} -m mpidcr"
+SETTINGS = "useConvergence=false maxNumIter=5 regularizeModelFrequency=0"
+FIXED = [a for s in SETTINGS.split() for a in ("--set", s)]
+
+
+def sbatch(script, env, tmp, *extra):
+    env = {**os.environ, **env, "MPIDCR": MPIDCR, "SETTINGS": SETTINGS}
+    proc = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--wait",
+            "-O",
+            "--ntasks=2",
+            f"--chdir={tmp}",
+            f"--output={tmp}/slurm-%j.out",
+            *extra,
+            str(JOBS / script),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    logs = "\n".join(p.read_text() for p in Path(tmp).glob("slurm-*.out"))
+    assert proc.returncode == 0, proc.stderr + logs
+    return proc.stdout.strip(), logs
+
+
+def direct(manifest, out, *extra):
+    cmd = [
+        shutil.which("mpiexec"),
+        "-n",
+        "2",
+        sys.executable,
+        "-m",
+        "mpidcr",
+        "-q",
+        "run",
+        str(manifest),
+        "-o",
+        str(out),
+        *FIXED,
+        *extra,
+    ]
+    assert subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+    with h5py.File(out) as f:
+        return f["model"][...], int(f.attrs["iterations"])
+
+
+def same(path, ref):
+    with h5py.File(path) as f:
+        assert int(f.attrs["iterations"]) == ref[1]
+        assert f.attrs["num_ranks"] == 2
+        assert np.max(np.abs(f["model"][...] - ref[0])) <= 1e-6 * np.max(np.abs(ref[0]))
+
+
+@pytest.fixture(scope="module")
+def patches(tmp_path_factory):
+    base = tmp_path_factory.mktemp("slurm")
+    for name, seed in (("p1", 1), ("p2", 2)):
+        simulate(base / name, size=128, num_visits=6, num_science=0, seed=seed)
+    return base
+
+
+def test_patch_template(patches):
+    ref = direct(patches / "p1" / "manifest.toml", patches / "direct1.h5")
+    out = patches / "slurm1.h5"
+    _, logs = sbatch(
+        "dcr_patch.sbatch", {"MANIFEST": str(patches / "p1" / "manifest.toml"), "OUTPUT": str(out)}, patches
+    )
+    assert "2 ranks" in logs
+    same(out, ref)
+
+
+def test_patch_template_with_mpiexec_launcher(patches):
+    ref = direct(patches / "p1" / "manifest.toml", patches / "direct1m.h5")
+    out = patches / "slurm1m.h5"
+    sbatch(
+        "dcr_patch.sbatch",
+        {"MANIFEST": str(patches / "p1" / "manifest.toml"), "OUTPUT": str(out), "LAUNCHER": "mpiexec"},
+        patches,
+    )
+    same(out, ref)
+
+
+def test_array_template(patches):
+    refs = [direct(patches / p / "manifest.toml", patches / f"direct_{p}.h5") for p in ("p1", "p2")]
+    lst = patches / "patches.txt"
+    lst.write_text(
+        "# manifest output\n"
+        + "".join(f"{patches / p / 'manifest.toml'} {patches / f'array_{p}.h5'}\n" for p in ("p1", "p2"))
+    )
+    sbatch("dcr_patches_array.sbatch", {"PATCH_LIST": str(lst)}, patches, "--array=1-2")
+    for p, ref in zip(("p1", "p2"), refs, strict=True):
+        same(patches / f"array_{p}.h5", ref)
+
+
+def test_resume_template(patches):
+    manifest = patches / "p2" / "manifest.toml"
+    ref = direct(manifest, patches / "direct_full.h5")
+    out = patches / "resumed.h5"
+    # an interrupted run: SIGTERM after iteration 2 leaves OUTPUT.ckpt
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpidcr", "run", str(manifest), "-o", str(out), *FIXED],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stderr:
+        if "iteration 2/" in line:
+            proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 75 and Path(f"{out}.ckpt").exists() and not out.exists()
+    t0 = time.time()
+    sbatch("dcr_resume.sbatch", {"MANIFEST": str(manifest), "OUTPUT": str(out)}, patches)
+    assert time.time() - t0 < 600
+    same(out, ref)

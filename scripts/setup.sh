@@ -41,7 +41,7 @@ if [ "${SKIP_APT:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/n
   fi
 fi
 command -v mpicc >/dev/null || { echo "[setup] error: mpicc not found (apt-get install libmpich-dev, or 'module load' your MPI)" >&2; exit 1; }
-if mpiexec --version 2>&1 | grep -qi "open mpi\|open-rte"; then
+if mpiexec --version 2>&1 | grep -i "open mpi\|open-rte" >/dev/null; then
   echo "[setup] warning: mpiexec on PATH is Open MPI but parallel HDF5 here is built on MPICH;" \
        "fix with: update-alternatives --set mpirun /usr/bin/mpirun.mpich" >&2
 fi
@@ -59,12 +59,12 @@ if ! "$PY" -c "import mpi4py" 2>/dev/null; then
   say "installing mpi4py $MPI4PY_VER (binary wheel)"
   "$PY" -m pip install -q --only-binary mpi4py "mpi4py==$MPI4PY_VER"
 fi
-LIBMPICH=$(ldconfig -p | awk '/libmpich\.so\.12 /{print $NF; exit}')
+LIBMPICH=$(ldconfig -p | awk '/libmpich\.so\.12 / && !f {print $NF; f=1}')
 MPIDIR=$("$PY" -c "import mpi4py, os; print(os.path.dirname(mpi4py.__file__))")
 if [ -n "$LIBMPICH" ]; then
   for so in "$MPIDIR"/*.so "$MPIDIR"/*/*.so; do
     [ -e "$so" ] || continue
-    if patchelf --print-needed "$so" 2>/dev/null | grep -qx "libmpi.so.12"; then
+    if patchelf --print-needed "$so" 2>/dev/null | grep -x "libmpi.so.12" >/dev/null; then
       patchelf --replace-needed libmpi.so.12 libmpich.so.12 "$so"
     fi
   done
@@ -73,7 +73,7 @@ fi
 # 4. parallel h5py
 if ! "$PY" -c "import h5py, sys; sys.exit(0 if h5py.get_config().mpi else 1)" 2>/dev/null; then
   PYTAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-  MPI_ID=$(mpichversion 2>/dev/null | awk '/Version:/{print "mpich" $NF; exit}' || true)
+  MPI_ID=$(mpichversion 2>/dev/null | awk '/Version:/ && !f {print "mpich" $NF; f=1}' || true)
   [ -n "$MPI_ID" ] || MPI_ID=$(mpicc -show 2>/dev/null | md5sum | cut -c1-8)
   WH="$WHEELHOUSE/$PYTAG-$MPI_ID-$HDF5_PKG"
   mkdir -p "$WH"

@@ -180,7 +180,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         airmass_range=(args.airmass_min, args.airmass_max),
         seed=args.seed,
         seeing_fwhm_arcsec=args.seeing,
+        seeing_max_arcsec=args.seeing_max,
         overwrite=args.overwrite,
+        engine=args.engine,
+        angle_spread=args.angle_spread,
     )
     print(f"wrote {info['num_visits']} warps, {info['num_science']} science visits, manifest {info['manifest']}")
     return 0
@@ -328,6 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--airmass-min", type=float, default=1.0)
     m.add_argument("--airmass-max", type=float, default=2.0)
     m.add_argument("--seeing", type=float, default=0.7, help="PSF FWHM, arcsec (default 0.7)")
+    m.add_argument("--seeing-max", type=float, help="galsim engine: draw each visit's seeing in [seeing, seeing-max]")
+    m.add_argument(
+        "--angle-spread",
+        type=float,
+        default=180.0,
+        help="parallactic angles drawn in +-this many degrees (default 180)",
+    )
+    m.add_argument(
+        "--engine",
+        choices=["galsim", "numpy"],
+        default="galsim",
+        help="galsim: chromatic GalSim rendering through LSST g (default); numpy: fast power-law stars",
+    )
     m.add_argument("--seed", type=int, default=1)
     m.add_argument("--overwrite", action="store_true")
     m.set_defaults(func=_cmd_simulate)

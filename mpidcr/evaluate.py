@@ -59,8 +59,8 @@ def evaluate_visit(model: ModelFile, warp_path: str, edge: int) -> dict[str, Any
 def colour_check(model: ModelFile, truth_path: str) -> dict[str, Any] | None:
     """Slope and scatter of model vs true log(F_blue/F_red) for bright, isolated stars."""
     t = np.load(truth_path)
-    flux = t["star_flux"]
     K = model.model.shape[0]
+    flux = t[f"star_flux_k{K}"] if f"star_flux_k{K}" in t else t["star_flux"]
     if flux.shape[1] != K:
         return {"skipped": f"truth has {flux.shape[1]} sub-filters, model {K}"}
     ny, nx = model.model.shape[1:]

@@ -52,8 +52,17 @@ def simulate(
     pixel_scale: float = 0.2,
     overwrite: bool = False,
     config: dict[str, Any] | None = None,
+    engine: str = "numpy",
+    seeing_max_arcsec: float | None = None,
+    angle_spread: float = 180.0,
 ) -> dict[str, Any]:
-    """Simulate and write a field; returns paths and counts."""
+    """Simulate and write a field; returns paths and counts.
+
+    engine : ``galsim`` (chromatic GalSim rendering through LSST g, see
+        :mod:`mpidcr.galsim_field`) or ``numpy`` (power-law stars, fast; the tests' default).
+    seeing_max_arcsec : with the galsim engine, seeing is drawn in [seeing, seeing_max].
+    angle_spread : parallactic angles are drawn in ±angle_spread degrees.
+    """
     out = Path(outdir)
     manifest = out / "manifest.toml"
     if manifest.exists() and not overwrite:
@@ -65,19 +74,41 @@ def simulate(
     wcs_text = wcs.tostring()
     stars = num_stars if num_stars is not None else max(10, int(0.0027 * size * size))
     total = num_visits + num_science
-    field = make_field(
-        shape=shape,
-        num_visits=total,
-        num_stars=stars,
-        airmass_range=airmass_range,
-        effective_wavelength=EFFECTIVE_WAVELENGTH,
-        bandwidth=BANDWIDTH,
-        pixel_scale=pixel_scale,
-        psf_fwhm_pixels=seeing_fwhm_arcsec / pixel_scale,
-        seed=seed,
-        rotation_for=lambda q: image_rotation_angle(wcs_text, q),
-    )
-    # science visits: the highest-airmass ones are the interesting tests; take every (total/num_science)-th
+    if engine == "galsim":
+        try:
+            from .galsim_field import make_galsim_field
+        except ImportError:
+            raise InputError(
+                "the galsim engine needs GalSim: pip install 'mpidcr[sim]' (or use --engine numpy)"
+            ) from None
+        field = make_galsim_field(
+            shape=shape,
+            num_visits=total,
+            num_stars=stars,
+            airmass_range=airmass_range,
+            pixel_scale=pixel_scale,
+            seeing_range=(seeing_fwhm_arcsec, seeing_max_arcsec or seeing_fwhm_arcsec),
+            angle_spread=angle_spread,
+            seed=seed,
+            rotation_for=lambda q: image_rotation_angle(wcs_text, q),
+        )
+    elif engine == "numpy":
+        field = make_field(
+            shape=shape,
+            num_visits=total,
+            num_stars=stars,
+            airmass_range=airmass_range,
+            effective_wavelength=EFFECTIVE_WAVELENGTH,
+            bandwidth=BANDWIDTH,
+            pixel_scale=pixel_scale,
+            psf_fwhm_pixels=seeing_fwhm_arcsec / pixel_scale,
+            seed=seed,
+            angle_spread=angle_spread,
+            rotation_for=lambda q: image_rotation_angle(wcs_text, q),
+        )
+    else:
+        raise InputError(f"unknown simulation engine '{engine}' (galsim or numpy)")
+    # science visits: the highest-airmass ones, where DCR matters most
     order = np.argsort(field.airmass)
     science = set(order[::-1][:num_science].tolist()) if num_science else set()
     (out / "warps").mkdir(parents=True, exist_ok=True)
@@ -100,25 +131,30 @@ def simulate(
             "temperature": w.temperature,
             "pressure": w.pressure,
             "humidity": w.humidity,
-            "psfFwhm": seeing_fwhm_arcsec,
+            "psfFwhm": float(field.extra["seeing"][v]) if "seeing" in field.extra else seeing_fwhm_arcsec,
             "mjd": 60000.0 + 0.01 * v,
         }
         sub = "science" if v in science else "warps"
         path = out / sub / f"visit_{1000 + v:04d}.fits"
         write_lsst_warp(path, field.images[v], field.variances[v], field.masks[v], field.mask_planes, meta, wcs)
         (science_paths if v in science else warp_paths).append(str(path))
-    write_manifest(manifest, warp_paths, EFFECTIVE_WAVELENGTH, BANDWIDTH, site, config)
+    write_manifest(manifest, warp_paths, field.effective_wavelength, field.bandwidth, site, config)
+    extra_truth = {f"star_flux_k{k}": f for k, f in field.extra.get("truth_by_k", {}).items()}
+    if "sed" in field.extra:
+        extra_truth["star_sed"] = np.array(field.extra["sed"])
     np.savez_compressed(
         out / "truth.npz",
         star_y=field.star_y,
         star_x=field.star_x,
         star_flux=field.star_flux,
         subfilter_images=field.true_subfilter_images,
-        effective_wavelength=EFFECTIVE_WAVELENGTH,
-        bandwidth=BANDWIDTH,
+        effective_wavelength=field.effective_wavelength,
+        bandwidth=field.bandwidth,
         pixel_scale=pixel_scale,
         psf_sigma_pixels=field.psf_sigma,
         sky_sigma=field.sky_sigma,
+        engine=engine,
+        **extra_truth,
     )
     return {
         "manifest": str(manifest),
@@ -126,4 +162,6 @@ def simulate(
         "science": science_paths,
         "num_visits": len(warp_paths),
         "num_science": len(science_paths),
+        "effective_wavelength": field.effective_wavelength,
+        "bandwidth": field.bandwidth,
     }

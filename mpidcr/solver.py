@@ -31,6 +31,7 @@ from .coadd import StaticModel, static_sky_model, visit_weights_from_sums
 from .config import DcrConfig
 from .dcr import VisitShifts, dcr_buffer
 from .errors import InputError, SolverError
+from .kernels.fused import VisitPass
 from .masks import plane_bits
 from .reduction import Reducer, SerialReducer, merged_std
 from .tiling import Tile
@@ -242,6 +243,7 @@ class DcrSolver:
     reducer, exchanger : patch-wide reductions and halo refresh; serial defaults.
     buffer : DCR buffer in pixels; default from the largest shift of all visits.
     progress : called as ``progress(iteration, metric, gain)`` after each iteration.
+    fused : at order 1, use the one-pass-per-visit kernel (False: the per-shift kernels, for tests).
     """
 
     def __init__(
@@ -253,6 +255,7 @@ class DcrSolver:
         exchanger: HaloExchanger | None = None,
         buffer: int | None = None,
         progress: Callable[[int, float, float], None] | None = None,
+        fused: bool = True,
     ):
         self.warps = warps
         self.cfg = config
@@ -278,6 +281,12 @@ class DcrSolver:
         # Good-pixel indicators g_v; bad pixels' values are set to 0.
         self.good = ((warps.masks & self.bad_bits) == 0) & np.isfinite(warps.images) & np.isfinite(warps.variances)
         warps.images[~self.good] = 0.0
+        self.converge_pixels = (warps.masks & self.converge_bits) != 0
+        # order 1: one cache-blocked pass per visit (kernels.fused); order 3: per-shift kernels
+        self.fused = fused and self.order == 1
+        if self.fused:
+            shape = warps.images.shape[1:]
+            self.visit_passes = [VisitPass(shape, s.forward, s.mean) for s in warps.shifts]
 
     # -- helpers ----------------------------------------------------------------
     def _inner(self, a: NDArray) -> NDArray:
@@ -375,7 +384,7 @@ class DcrSolver:
         """
         w, _K, order = self.warps, self.K, self.order
         V = w.num_visits
-        forward = kernels.prefilter_planes(amplified(model, self.cfg.accelerateModel), order)
+        forward = None if self.fused else kernels.prefilter_planes(amplified(model, self.cfg.accelerateModel), order)
         mean_model = model.mean(axis=0)
         noise = self.background_noise(model[1])
         significance = np.abs(mean_model) + 3.0 * noise
@@ -385,7 +394,26 @@ class DcrSolver:
         acc = np.zeros(model.shape, dtype=np.float64)
         template = np.zeros(model.shape[1:], dtype=np.float64)
         sums = np.zeros(2 * V)
-        for v in range(V):
+        if self.fused:
+            planes = np.ascontiguousarray(amplified(model, self.cfg.accelerateModel))
+            residual = np.empty_like(template)
+            ys, xs = self.inner
+            bounds = (ys.start, ys.stop, xs.start, xs.stop)
+            significance = np.ascontiguousarray(significance, dtype=np.float64)
+            for v in range(V):
+                if self.visit_weights[v] > 0:
+                    sums[v], sums[V + v] = self.visit_passes[v].run(
+                        planes,
+                        w.images[v],
+                        self.good[v],
+                        self.converge_pixels[v],
+                        significance,
+                        bounds,
+                        template,
+                        residual,
+                        acc,
+                    )
+        for v in range(V if not self.fused else 0):
             if self.visit_weights[v] <= 0:
                 continue
             kernels.build_template(forward, w.shifts[v].forward, order, out=template)

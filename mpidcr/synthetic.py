@@ -10,7 +10,8 @@ benchmarks and ``mpidcr simulate --engine numpy``.  Axis order ``(y, x)``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,6 +39,7 @@ class SyntheticField:
     psf_sigma: float
     sky_sigma: float
     mask_planes: dict[str, int]
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _render(ny: int, nx: int, ys: NDArray, xs: NDArray, fluxes: NDArray, sigma: float) -> NDArray[np.float64]:
@@ -72,6 +74,7 @@ def make_field(
     seed: int = 1,
     edge: int = 8,
     rotation_for: Callable[[float], float] | None = None,
+    angle_spread: float = 180.0,
 ) -> SyntheticField:
     """Simulate ``num_visits`` warps of a star field with DCR, Gaussian noise and DETECTED masks.
 
@@ -104,7 +107,7 @@ def make_field(
     det = plane_bits(planes, ["DETECTED"])
     images, variances, masks, obs_list = [], [], [], []
     for v in range(num_visits):
-        q = float(rng.uniform(-180, 180))
+        q = float(rng.uniform(-angle_spread, angle_spread))
         rot = float(rng.uniform(-10, 10)) if rotation_for is None else float(rotation_for(q))
         obs = Observation(elevation=elevation_from_airmass(float(airmass[v])), parallactic_angle=q, rotation_angle=rot)
         obs_list.append(obs)

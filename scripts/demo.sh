@@ -8,8 +8,8 @@ PY=${PY:-.venv/bin/python}
 MPIEXEC=${MPIEXEC:-$(command -v mpiexec || echo .venv/bin/mpiexec)}
 t0=$SECONDS
 mkdir -p "$OUT"
-echo "== 1/4 simulate a 256x256 g-band field: 12 visits + 3 science visits, airmass 1.0-2.0"
-$PY -m mpidcr -q simulate "$OUT/sim" --size 256 --visits 12 --science 3 --seed 1 --overwrite
+echo "== 1/4 simulate with GalSim a 256x256 LSST-g field: 12 visits + 3 science visits, airmass 1.0-2.0"
+$PY -m mpidcr -q simulate "$OUT/sim" --size 256 --visits 12 --science 3 --seed 1 --overwrite --engine galsim
 echo "== 2/4 build the DCR model on $NP MPI ranks"
 "$MPIEXEC" -n "$NP" $PY -m mpidcr run "$OUT/sim/manifest.toml" -o "$OUT/model.h5" --overwrite
 echo "== 3/4 quicklooks"

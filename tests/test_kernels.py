@@ -85,3 +85,33 @@ def test_stack_quantiles_match_numpy(rng):
         ref = np.nanpercentile(np.where(use, stack, np.nan), [25, 50, 75], axis=0)
     assert np.allclose(fast, ref, equal_nan=True, rtol=0, atol=1e-12)
     assert np.all(np.isnan(fast[:, 0, 0])) and np.all(fast[:, 1, 1] == stack[4, 1, 1])
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_fused_visit_pass_matches_per_shift_path(split, rng):
+    from mpidcr.kernels.fused import VisitPass
+
+    ny, nx, K = 57, 73, 3
+    planes = rng.normal(size=(K, ny, nx)) + 2.0
+    image = rng.normal(size=(ny, nx)).astype(np.float32)
+    good = rng.uniform(size=(ny, nx)) > 0.1
+    converge = rng.uniform(size=(ny, nx)) > 0.5
+    significance = rng.uniform(0.5, 2.0, size=(ny, nx))
+    forward = rng.uniform(-4, 4, size=(K, 2, 2))
+    if not split:
+        forward[:, 1] = forward[:, 0]
+    mean = forward.mean(axis=1)
+    inner = (5, 50, 3, 70)
+    vp = VisitPass((ny, nx), forward, mean, block=8)
+    template, residual, acc = np.zeros((ny, nx)), np.zeros((ny, nx)), np.ones((K, ny, nx))
+    diff, ref = vp.run(planes, image, good, converge, significance, inner, template, residual, acc)
+
+    t_ref = template_reference(planes, forward, 1)
+    r_ref = np.where(good, image - t_ref, 0.0)
+    acc_ref = 1.0 + reverse_reference(r_ref, mean, 1)
+    assert np.max(np.abs(template - t_ref)) < 1e-10 * np.max(np.abs(t_ref))
+    assert np.max(np.abs(acc - acc_ref)) < 1e-10 * np.max(np.abs(acc_ref))
+    sl = (slice(5, 50), slice(3, 70))
+    use = (good & converge)[sl]
+    assert diff == pytest.approx(np.sum(np.abs(image - t_ref)[sl][use] * significance[sl][use]), rel=1e-10)
+    assert ref == pytest.approx(np.sum(np.abs(image + t_ref)[sl][use] * significance[sl][use]) / 2, rel=1e-10)

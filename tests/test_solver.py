@@ -322,3 +322,12 @@ def test_airmass_weighting_and_remove_mask_planes():
     stack.masks |= 1 << f.mask_planes["NOT_DEBLENDED"]
     solver = S.DcrSolver(stack, config)
     assert not np.any(solver.warps.masks & (1 << f.mask_planes["NOT_DEBLENDED"]))
+
+
+def test_fused_sweep_equals_per_shift_sweep():
+    f, config, shifts = _setup()
+    a = S.solve(_stack(f, shifts, list(range(9))), config, fused=True)
+    b = S.solve(_stack(f, shifts, list(range(9))), config, fused=False)
+    assert a.iterations == b.iterations and a.stop_reason == b.stop_reason
+    assert np.allclose([h.metric for h in a.history], [h.metric for h in b.history], rtol=1e-9)
+    assert np.max(np.abs(a.planes - b.planes)) < 1e-9 * np.max(np.abs(b.planes))

@@ -113,9 +113,12 @@ def _accumulate_shifted(src, iy, wy, ix, wx, xa, xb, offset, scale, out):  # pra
             if xb > xa:
                 c0, c1 = wx[xa, 0], wx[xa, 1]
                 a00, a01, a10, a11 = w0 * c0, w0 * c1, w1 * c0, w1 * c1
-                for x in range(xa, xb):
-                    i = x + offset
-                    orow[x] += a00 * r0[i] + a01 * r0[i + 1] + a10 * r1[i] + a11 * r1[i + 1]
+                # slices indexed from 0 let LLVM drop numba's negative-index checks and vectorise
+                o = orow[xa:xb]
+                p0 = r0[xa + offset : xb + offset + 1]
+                p1 = r1[xa + offset : xb + offset + 1]
+                for j in range(xb - xa):
+                    o[j] += a00 * p0[j] + a01 * p0[j + 1] + a10 * p1[j] + a11 * p1[j + 1]
             _edges(r0, ix, wx, w0, orow, xa, xb)
             _edges(r1, ix, wx, w1, orow, xa, xb)
         else:
@@ -125,13 +128,17 @@ def _accumulate_shifted(src, iy, wy, ix, wx, xa, xb, offset, scale, out):  # pra
             r0, r1, r2, r3 = src[iy[y, 0]], src[iy[y, 1]], src[iy[y, 2]], src[iy[y, 3]]
             if xb > xa and tx == 4:
                 c0, c1, c2, c3 = wx[xa, 0], wx[xa, 1], wx[xa, 2], wx[xa, 3]
-                for x in range(xa, xb):
-                    i = x + offset
-                    v0 = c0 * r0[i] + c1 * r0[i + 1] + c2 * r0[i + 2] + c3 * r0[i + 3]
-                    v1 = c0 * r1[i] + c1 * r1[i + 1] + c2 * r1[i + 2] + c3 * r1[i + 3]
-                    v2 = c0 * r2[i] + c1 * r2[i + 1] + c2 * r2[i + 2] + c3 * r2[i + 3]
-                    v3 = c0 * r3[i] + c1 * r3[i + 1] + c2 * r3[i + 2] + c3 * r3[i + 3]
-                    orow[x] += w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3
+                o = orow[xa:xb]
+                p0 = r0[xa + offset : xb + offset + 3]
+                p1 = r1[xa + offset : xb + offset + 3]
+                p2 = r2[xa + offset : xb + offset + 3]
+                p3 = r3[xa + offset : xb + offset + 3]
+                for j in range(xb - xa):
+                    v0 = c0 * p0[j] + c1 * p0[j + 1] + c2 * p0[j + 2] + c3 * p0[j + 3]
+                    v1 = c0 * p1[j] + c1 * p1[j + 1] + c2 * p1[j + 2] + c3 * p1[j + 3]
+                    v2 = c0 * p2[j] + c1 * p2[j + 1] + c2 * p2[j + 2] + c3 * p2[j + 3]
+                    v3 = c0 * p3[j] + c1 * p3[j + 1] + c2 * p3[j + 2] + c3 * p3[j + 3]
+                    o[j] += w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3
             _edges(r0, ix, wx, w0, orow, xa, xb)
             _edges(r1, ix, wx, w1, orow, xa, xb)
             _edges(r2, ix, wx, w2, orow, xa, xb)

@@ -1,0 +1,205 @@
+"""One pass per visit for an iteration at interpolation order 1: template, metric sums, residual
+and reverse shifts into every sub-filter accumulator, cache-blocked by rows.
+
+For a block of rows the kernel builds the template rows (K sub-filters × 2 split shifts, each
+a bilinear shift), the residual rows, the visit's metric sums over the inner box, and then the
+reverse shifts of every residual row whose neighbours are ready into the K accumulators.  Each
+warp row is read once and the block's rows stay in cache; the results equal the per-shift path
+(`shift.build_template` + `shift.accumulate_reverse`) to rounding.  Axis order (y, x).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numpy.typing import NDArray
+
+from .shift import _interior, tap_table
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _row_add(orow, r0, r1, w0, w1, ix, wx, xa, xb, offset):  # pragma: no cover - compiled
+    """orow += w0·shift_x(r0) + w1·shift_x(r1), bilinear along x."""
+    nx = orow.shape[0]
+    if xb > xa:
+        c0, c1 = wx[xa, 0], wx[xa, 1]
+        a00, a01, a10, a11 = w0 * c0, w0 * c1, w1 * c0, w1 * c1
+        # slices indexed from 0 let LLVM drop numba's negative-index checks and vectorise
+        m = xb - xa
+        o = orow[xa:xb]
+        p0 = r0[xa + offset : xb + offset + 1]
+        p1 = r1[xa + offset : xb + offset + 1]
+        for j in range(m):
+            o[j] += a00 * p0[j] + a01 * p0[j + 1] + a10 * p1[j] + a11 * p1[j + 1]
+    for x in range(0, min(xa, nx)):
+        orow[x] += w0 * (wx[x, 0] * r0[ix[x, 0]] + wx[x, 1] * r0[ix[x, 1]]) + w1 * (
+            wx[x, 0] * r1[ix[x, 0]] + wx[x, 1] * r1[ix[x, 1]]
+        )
+    for x in range(max(xb, 0), nx):
+        orow[x] += w0 * (wx[x, 0] * r0[ix[x, 0]] + wx[x, 1] * r0[ix[x, 1]]) + w1 * (
+            wx[x, 0] * r1[ix[x, 0]] + wx[x, 1] * r1[ix[x, 1]]
+        )
+
+
+@numba.njit(cache=True, nogil=True)
+def _visit_pass(
+    planes,
+    image,
+    good,
+    converge,
+    significance,
+    inner,
+    fiy,
+    fwy,
+    fix,
+    fwx,
+    fxa,
+    fxb,
+    foff,
+    fscale,
+    riy,
+    rwy,
+    rix,
+    rwx,
+    rxa,
+    rxb,
+    roff,
+    lag,
+    block,
+    template,
+    residual,
+    acc,
+):  # pragma: no cover
+    """See the module docstring.  Returns (Σ|s−t|·S, Σ|s+t|·S/2) over the inner box's usable pixels."""
+    nk, ny, nx = planes.shape
+    nf = fiy.shape[0]  # forward shifts (K·J), fscale their weights; shift f belongs to plane f // J
+    per = nf // nk
+    y0, y1, x0, x1 = inner[0], inner[1], inner[2], inner[3]
+    diff_sum = 0.0
+    ref_sum = 0.0
+    done = 0  # accumulator rows finished
+    for b0 in range(0, ny + lag + block, block):
+        b1 = min(b0 + block, ny)
+        for y in range(b0, b1):
+            trow = template[y]
+            trow[:] = 0.0
+            for f in range(nf):
+                w0 = fwy[f, y, 0] * fscale[f]
+                w1 = fwy[f, y, 1] * fscale[f]
+                if w0 == 0.0 and w1 == 0.0:
+                    continue
+                p = planes[f // per]
+                _row_add(trow, p[fiy[f, y, 0]], p[fiy[f, y, 1]], w0, w1, fix[f], fwx[f], fxa[f], fxb[f], foff[f])
+            srow = image[y]
+            rrow = residual[y]
+            for x in range(nx):
+                rrow[x] = (srow[x] - trow[x]) if good[y, x] else 0.0
+            if y0 <= y < y1:
+                for x in range(x0, x1):
+                    if good[y, x] and converge[y, x] and math.isfinite(trow[x]):
+                        s = significance[y, x]
+                        diff_sum += abs(srow[x] - trow[x]) * s
+                        ref_sum += abs(srow[x] + trow[x]) * s * 0.5
+        # accumulator rows whose residual rows (≤ y + lag) are all computed
+        ready = ny if b1 >= ny else max(b1 - lag, 0)
+        for y in range(done, ready):
+            for k in range(nk):
+                w0 = rwy[k, y, 0]
+                w1 = rwy[k, y, 1]
+                if w0 == 0.0 and w1 == 0.0:
+                    continue
+                _row_add(
+                    acc[k, y],
+                    residual[riy[k, y, 0]],
+                    residual[riy[k, y, 1]],
+                    w0,
+                    w1,
+                    rix[k],
+                    rwx[k],
+                    rxa[k],
+                    rxb[k],
+                    roff[k],
+                )
+        done = max(done, ready)
+        if done >= ny:
+            break
+    return diff_sum, ref_sum
+
+
+class VisitPass:
+    """Tables of one visit's shifts for :func:`_visit_pass`, built once per run (the shifts are fixed)."""
+
+    def __init__(self, shape: tuple[int, int], forward: NDArray, mean: NDArray, block: int = 16):
+        ny, nx = shape
+        K, J = forward.shape[:2]
+        tabs = [
+            (tap_table(ny, float(forward[k, j, 0]), 1), tap_table(nx, float(forward[k, j, 1]), 1))
+            for k in range(K)
+            for j in range(J)
+        ]
+        same = [bool(np.all(forward[k] == forward[k, 0])) for k in range(K)]
+        # every plane has J entries (shift f belongs to plane f // J); identical split shifts are
+        # applied once with weight 1 and their copy gets weight 0, as the per-shift path does
+        order = list(range(K * J))
+        scales = [0.0 if (same[i // J] and i % J) else (1.0 if same[i // J] else 1.0 / J) for i in order]
+        self.fiy = np.ascontiguousarray(np.stack([tabs[i][0][0] for i in order]))
+        self.fwy = np.ascontiguousarray(np.stack([tabs[i][0][1] for i in order]))
+        self.fix = np.ascontiguousarray(np.stack([tabs[i][1][0] for i in order]))
+        self.fwx = np.ascontiguousarray(np.stack([tabs[i][1][1] for i in order]))
+        interiors = [_interior(tabs[i][1][0], tabs[i][1][1]) for i in order]
+        self.fxa, self.fxb, self.foff = (np.array(v, dtype=np.int64) for v in zip(*interiors, strict=True))
+        self.fscale = np.array(scales)
+        rt = [(tap_table(ny, -float(mean[k, 0]), 1), tap_table(nx, -float(mean[k, 1]), 1)) for k in range(K)]
+        self.riy = np.ascontiguousarray(np.stack([t[0][0] for t in rt]))
+        self.rwy = np.ascontiguousarray(np.stack([t[0][1] for t in rt]))
+        self.rix = np.ascontiguousarray(np.stack([t[1][0] for t in rt]))
+        self.rwx = np.ascontiguousarray(np.stack([t[1][1] for t in rt]))
+        rints = [_interior(t[1][0], t[1][1]) for t in rt]
+        self.rxa, self.rxb, self.roff = (np.array(v, dtype=np.int64) for v in zip(*rints, strict=True))
+        # residual rows needed by accumulator row y: up to y + lag
+        self.lag = max(0, int(np.max(self.riy.max(axis=2) - np.arange(ny)[None, :])))
+        self.block = max(block, 1)
+
+    def run(
+        self,
+        planes: NDArray,
+        image: NDArray,
+        good: NDArray,
+        converge: NDArray,
+        significance: NDArray,
+        inner: tuple[int, int, int, int],
+        template: NDArray,
+        residual: NDArray,
+        acc: NDArray,
+    ) -> tuple[float, float]:
+        """One visit: fills ``template`` and ``residual``, adds to ``acc``; returns the metric sums."""
+        return _visit_pass(
+            planes,
+            image,
+            good,
+            converge,
+            significance,
+            np.asarray(inner, dtype=np.int64),
+            self.fiy,
+            self.fwy,
+            self.fix,
+            self.fwx,
+            self.fxa,
+            self.fxb,
+            self.foff,
+            self.fscale,
+            self.riy,
+            self.rwy,
+            self.rix,
+            self.rwx,
+            self.rxa,
+            self.rxb,
+            self.roff,
+            self.lag,
+            self.block,
+            template,
+            residual,
+            acc,
+        )

@@ -108,9 +108,10 @@ def simulate(
         )
     else:
         raise InputError(f"unknown simulation engine '{engine}' (galsim or numpy)")
-    # science visits: the highest-airmass ones, where DCR matters most
-    order = np.argsort(field.airmass)
-    science = set(order[::-1][:num_science].tolist()) if num_science else set()
+    # science visits: spread over the airmass range, starting from the highest (where DCR matters most)
+    order = np.argsort(field.airmass)[::-1]
+    step = max(1, total // max(num_science, 1))
+    science = set(order[::step][:num_science].tolist()) if num_science else set()
     (out / "warps").mkdir(parents=True, exist_ok=True)
     if science:
         (out / "science").mkdir(parents=True, exist_ok=True)

@@ -96,7 +96,7 @@ def _opened(selection: NDArray[np.bool_], width: int) -> NDArray[np.bool_]:
     """Pixel groups of ``selection`` that survive a binary opening; isolated pixels drop out."""
     if width <= 0:
         return selection
-    return ndimage.binary_opening(selection, structure=opening_structure(width))
+    return kernels.binary_opening_diamond(selection, width)
 
 
 def apply_thresholds(image: NDArray, high: NDArray | None, low: NDArray | None, width: int) -> None:

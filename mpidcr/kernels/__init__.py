@@ -1,5 +1,6 @@
 """Numba kernels: numpy in, numpy out; each has a reference twin in tests/reference.py."""
 
+from .morphology import binary_opening_diamond
 from .shift import (
     accumulate_reverse,
     add_shifted,
@@ -14,6 +15,7 @@ from .stack import stack_quantiles
 __all__ = [
     "accumulate_reverse",
     "add_shifted",
+    "binary_opening_diamond",
     "build_template",
     "prefilter",
     "prefilter_planes",

@@ -67,6 +67,14 @@ def _stretch(x: np.ndarray, soft: float, top: float) -> np.ndarray:
     return np.clip(np.arcsinh(np.maximum(x, 0) / soft) / np.arcsinh(top / soft), 0, 1)
 
 
+def _save(fig: Any, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return str(path)
+
+
 def quicklooks(model_path: str, outdir: str) -> list[str]:
     """RGB of the sub-filter planes, the convergence curve and the nImage map, as PNGs."""
     import matplotlib
@@ -89,10 +97,7 @@ def quicklooks(model_path: str, outdir: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 6))
     ax.imshow(rgb, origin="lower")
     ax.set_title(f"sub-filters as RGB (red = reddest of {K})")
-    p = out / f"{stem}_rgb.png"
-    fig.savefig(p, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    paths.append(str(p))
+    paths.append(_save(fig, out / f"{stem}_rgb.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     c = model.convergence
@@ -100,17 +105,11 @@ def quicklooks(model_path: str, outdir: str) -> list[str]:
     ax.set_xlabel("iteration")
     ax.set_ylabel("convergence metric")
     ax.set_title(f"stop: {model.attrs['stop_reason']}")
-    p = out / f"{stem}_convergence.png"
-    fig.savefig(p, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    paths.append(str(p))
+    paths.append(_save(fig, out / f"{stem}_convergence.png"))
 
     fig, ax = plt.subplots(figsize=(6, 5))
     im = ax.imshow(model.nimage_total, origin="lower", cmap="viridis")
     fig.colorbar(im, ax=ax, label="inputs (summed over sub-filters)")
     ax.set_title("nImage")
-    p = out / f"{stem}_nimage.png"
-    fig.savefig(p, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    paths.append(str(p))
+    paths.append(_save(fig, out / f"{stem}_nimage.png"))
     return paths

@@ -123,7 +123,7 @@ def _resolve_config(args: argparse.Namespace, manifest_config: dict | None = Non
 
 
 def _cmd_run(args: argparse.Namespace, comm) -> int:
-    from .driver import inputs_from_manifest, on_root, prepare_inputs, run
+    from .driver import inputs_from_manifest, on_root, parse_bytes, prepare_inputs, run
     from .io.manifest import Manifest, WarpEntry, read_manifest
 
     if (args.manifest is None) == (not args.warps):
@@ -155,6 +155,7 @@ def _cmd_run(args: argparse.Namespace, comm) -> int:
         checkpoint=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
+        max_memory=parse_bytes(args.max_memory) if args.max_memory else None,
     )
     if comm.rank == 0:
         if args.json:
@@ -315,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: OUTPUT.ckpt)")
     r.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint of the same inputs and configuration")
+    r.add_argument("--max-memory", metavar="SIZE",
+                   help="refuse to start if a rank would need more than SIZE (e.g. 4G); suggests a rank count")
     r.add_argument("--json", action="store_true", help="print the run summary as JSON")
     r.set_defaults(func=_cmd_run, needs_comm=True)
 

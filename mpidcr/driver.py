@@ -81,6 +81,31 @@ class TermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+#: Bytes per outer-box pixel: per visit (image f4, variance f4, mask i4, good and convergence flags,
+#: and the static model's float64 temporaries), and per sub-filter (float64 model state: model,
+#: new model, accumulators, inverse weights, amplified planes, coverage, nImage, previous model).
+BYTES_PER_PIXEL_VISIT = 4 + 4 + 4 + 1 + 1 + 3 * 8
+BYTES_PER_PIXEL_SUBFILTER = 8 * 8
+BASELINE_BYTES = 300 * 2**20  # the interpreter with numpy, scipy, astropy, numba and h5py loaded
+
+
+def memory_per_rank(plan: Plan, num_visits: int, num_subfilters: int) -> int:
+    """Peak bytes a rank of ``plan`` needs (largest outer box), by the rule of docs/performance.md."""
+    pixels = max(plan.tile(r).outer.size for r in range(plan.size))
+    return BASELINE_BYTES + pixels * (num_visits * BYTES_PER_PIXEL_VISIT + num_subfilters * BYTES_PER_PIXEL_SUBFILTER)
+
+
+def parse_bytes(text: str) -> int:
+    """``"4G"``, ``"500M"``, ``"2.5GB"``, ``"123456"`` → bytes."""
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1] if t and t[-1] in units else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * units[unit])
+    except ValueError:
+        raise InputError(f"--max-memory '{text}' is not a size like 4G or 500M") from None
+
+
 def input_files(inputs: RunInputs) -> list[str]:
     """Every file the run reads, in order (for the checkpoint's input digest)."""
     files: list[str] = []
@@ -199,13 +224,15 @@ def run(
     checkpoint: str | None = None,
     checkpoint_every: int = 0,
     resume: str | None = None,
+    max_memory: int | None = None,
 ) -> dict[str, Any]:
     """Build the DCR model of ``inputs`` on all ranks of ``comm`` and write ``output``; returns a summary.
 
     With ``checkpoint_every`` K > 0 a checkpoint is written every K iterations;
     SIGTERM (what Slurm sends before a kill) makes the run checkpoint at the end
     of the current iteration and stop with :class:`Preempted` (exit code 75).
-    ``resume`` continues from such a checkpoint.
+    ``resume`` continues from such a checkpoint.  ``max_memory`` (bytes per rank) refuses a
+    decomposition whose estimated peak memory exceeds it, suggesting a rank count.
     """
     comm = comm or SerialComm()
     checkpoint = checkpoint or f"{output}.ckpt"
@@ -243,6 +270,18 @@ def run(
             *dims,
             comm.size,
         )
+    need = memory_per_rank(plan, len(inputs.infos), cfg.num_subfilters)
+    if max_memory is not None and need > max_memory:
+        ranks = comm.size
+        while memory_per_rank(Plan(inputs.shape, choose_dims(ranks, inputs.shape), halo), len(inputs.infos),
+                              cfg.num_subfilters) > max_memory and ranks < 4096:
+            ranks *= 2
+        error = InputError(f"a rank needs about {need / 2**30:.2f} GiB but --max-memory is "
+                           f"{max_memory / 2**30:.2f} GiB; use about {ranks} ranks")
+        error.collective = True  # type: ignore[attr-defined]
+        raise error
+    if comm.rank == 0:
+        log.info("memory per rank: about %.2f GiB", need / 2**30)
     tile = plan.tile(comm.rank)
 
     t_read = time.perf_counter()

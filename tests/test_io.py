@@ -384,3 +384,15 @@ def test_template_from_command_line_metadata(field, tmp_path):
     assert np.max(np.abs(a - b)) < 2e-3 * np.max(np.abs(b))  # weather: standard atmosphere vs header values
     code, _, err = _cli("template", model_path, "-o", tmp_path / "c.fits", "--airmass", 1.3)
     assert code == 2 and err == ["mpidcr: error: give --parallactic-angle (deg)"]
+
+
+def test_max_memory_refuses_with_a_rank_suggestion(field, tmp_path):
+    out, _ = field
+    code, _, err = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "301M")
+    assert code == 2 and len(err) == 1
+    assert "a rank needs about" in err[0] and "use about" in err[0] and "ranks" in err[0]
+    assert not (tmp_path / "m.h5").exists()
+    code, _, err = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "lots")
+    assert code == 2 and "is not a size like 4G" in err[0]
+    code, _, _ = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "4G")
+    assert code == 0

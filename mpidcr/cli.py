@@ -144,6 +144,9 @@ def _cmd_run(args: argparse.Namespace, comm) -> int:
             else prepare_inputs(manifest.warps, cfg, None, args.pixel_scale)
         )
 
+    from .kernels import set_threads
+
+    set_threads(args.threads)
     inputs = on_root(comm, load)
     summary = run(
         inputs,
@@ -316,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: OUTPUT.ckpt)")
     r.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint of the same inputs and configuration")
+    r.add_argument("--threads", type=int, default=1,
+                   help="numba threads per rank for hybrid MPI+threads runs (default 1: off)")
     r.add_argument("--max-memory", metavar="SIZE",
                    help="refuse to start if a rank would need more than SIZE (e.g. 4G); suggests a rank count")
     r.add_argument("--json", action="store_true", help="print the run summary as JSON")

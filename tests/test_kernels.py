@@ -115,3 +115,30 @@ def test_fused_visit_pass_matches_per_shift_path(split, rng):
     use = (good & converge)[sl]
     assert diff == pytest.approx(np.sum(np.abs(image - t_ref)[sl][use] * significance[sl][use]), rel=1e-10)
     assert ref == pytest.approx(np.sum(np.abs(image + t_ref)[sl][use] * significance[sl][use]) / 2, rel=1e-10)
+
+
+def test_threaded_visit_pass_matches_serial(rng):
+    import numba
+
+    from mpidcr.kernels.fused import VisitPass
+
+    ny, nx, K = 70, 65, 3
+    planes = rng.normal(size=(K, ny, nx))
+    image = rng.normal(size=(ny, nx)).astype(np.float32)
+    good = rng.uniform(size=(ny, nx)) > 0.1
+    sig = rng.uniform(0.5, 2, size=(ny, nx))
+    forward = rng.uniform(-4, 4, size=(K, 2, 2))
+    vp = VisitPass((ny, nx), forward, forward.mean(axis=1), block=8)
+    results = []
+    previous = numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            t, r, acc = np.zeros((ny, nx)), np.zeros((ny, nx)), np.zeros((K, ny, nx))
+            sums = vp.run(planes, image, good, good, sig, (0, ny, 0, nx), t, r, acc)
+            results.append((t, acc, sums))
+    finally:
+        numba.set_num_threads(previous)
+    assert np.array_equal(results[0][0], results[1][0])
+    assert np.allclose(results[0][1], results[1][1], rtol=0, atol=1e-12)
+    assert results[0][2] == pytest.approx(results[1][2], rel=1e-12)

@@ -1,4 +1,12 @@
-"""Numba kernels: numpy in, numpy out; each has a reference twin in tests/reference.py."""
+"""Numba kernels: numpy in, numpy out; each has a reference twin in tests/reference.py.
+
+Threading inside a rank is opt-in (``mpidcr run --threads N`` or ``MPIDCR_THREADS``): the
+default layout is one single-threaded MPI rank per core.
+"""
+
+import os
+
+import numba
 
 from .morphology import binary_opening_diamond
 from .shift import (
@@ -23,3 +31,17 @@ __all__ = [
     "stack_quantiles",
     "tap_table",
 ]
+
+
+def set_threads(count: int) -> int:
+    """Use ``count`` numba threads in the kernels (1 = off); returns the number in effect."""
+    from ..errors import ConfigError
+
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= count <= limit:
+        raise ConfigError(f"--threads {count} must be between 1 and {limit} (NUMBA_NUM_THREADS)")
+    numba.set_num_threads(count)
+    return count
+
+
+set_threads(min(int(os.environ.get("MPIDCR_THREADS", "1")), numba.config.NUMBA_NUM_THREADS))

@@ -174,7 +174,17 @@ class VisitPass:
         residual: NDArray,
         acc: NDArray,
     ) -> tuple[float, float]:
-        """One visit: fills ``template`` and ``residual``, adds to ``acc``; returns the metric sums."""
+        """One visit: fills ``template`` and ``residual``, adds to ``acc``; returns the metric sums.
+
+        With more than one numba thread (``numba.set_num_threads``, ``mpidcr run --threads``) the
+        two-phase threaded kernel runs instead; both give the same result.
+        """
+        if numba.get_num_threads() > 1:
+            return _visit_pass_threaded(
+                planes, image, good, converge, significance, np.asarray(inner, dtype=np.int64),
+                self.fiy, self.fwy, self.fix, self.fwx, self.fxa, self.fxb, self.foff, self.fscale,
+                self.riy, self.rwy, self.rix, self.rwx, self.rxa, self.rxb, self.roff, self.block,
+                template, residual, acc)
         return _visit_pass(
             planes,
             image,
@@ -203,3 +213,53 @@ class VisitPass:
             residual,
             acc,
         )
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _visit_pass_threaded(planes, image, good, converge, significance, inner, fiy, fwy, fix, fwx, fxa, fxb, foff,
+                         fscale, riy, rwy, rix, rwx, rxa, rxb, roff, block, template, residual,
+                         acc):  # pragma: no cover - compiled
+    """:func:`_visit_pass` for several numba threads: template and residual rows first (row blocks in
+    parallel, metric sums per block), then the reverse shifts (row blocks in parallel)."""
+    nk, ny, nx = planes.shape
+    nf = fiy.shape[0]
+    per = nf // nk
+    y0, y1, x0, x1 = inner[0], inner[1], inner[2], inner[3]
+    nblocks = (ny + block - 1) // block
+    partial = np.zeros((nblocks, 2))
+    for bi in numba.prange(nblocks):
+        for y in range(bi * block, min(bi * block + block, ny)):
+            trow = template[y]
+            trow[:] = 0.0
+            for f in range(nf):
+                w0 = fwy[f, y, 0] * fscale[f]
+                w1 = fwy[f, y, 1] * fscale[f]
+                if w0 == 0.0 and w1 == 0.0:
+                    continue
+                p = planes[f // per]
+                _row_add(trow, p[fiy[f, y, 0]], p[fiy[f, y, 1]], w0, w1, fix[f], fwx[f], fxa[f], fxb[f], foff[f])
+            srow = image[y]
+            rrow = residual[y]
+            for x in range(nx):
+                rrow[x] = (srow[x] - trow[x]) if good[y, x] else 0.0
+            if y0 <= y < y1:
+                for x in range(x0, x1):
+                    if good[y, x] and converge[y, x] and math.isfinite(trow[x]):
+                        s = significance[y, x]
+                        partial[bi, 0] += abs(srow[x] - trow[x]) * s
+                        partial[bi, 1] += abs(srow[x] + trow[x]) * s * 0.5
+    for bi in numba.prange(nblocks):
+        for y in range(bi * block, min(bi * block + block, ny)):
+            for k in range(nk):
+                w0 = rwy[k, y, 0]
+                w1 = rwy[k, y, 1]
+                if w0 == 0.0 and w1 == 0.0:
+                    continue
+                _row_add(acc[k, y], residual[riy[k, y, 0]], residual[riy[k, y, 1]], w0, w1, rix[k], rwx[k],
+                         rxa[k], rxb[k], roff[k])
+    diff_sum = 0.0
+    ref_sum = 0.0
+    for bi in range(nblocks):  # in block order, so the sums do not depend on the thread count
+        diff_sum += partial[bi, 0]
+        ref_sum += partial[bi, 1]
+    return diff_sum, ref_sum

@@ -319,10 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: OUTPUT.ckpt)")
     r.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint of the same inputs and configuration")
-    r.add_argument("--threads", type=int, default=1,
-                   help="numba threads per rank for hybrid MPI+threads runs (default 1: off)")
-    r.add_argument("--max-memory", metavar="SIZE",
-                   help="refuse to start if a rank would need more than SIZE (e.g. 4G); suggests a rank count")
+    r.add_argument(
+        "--threads", type=int, default=1, help="numba threads per rank for hybrid MPI+threads runs (default 1: off)"
+    )
+    r.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="refuse to start if a rank would need more than SIZE (e.g. 4G); suggests a rank count",
+    )
     r.add_argument("--json", action="store_true", help="print the run summary as JSON")
     r.set_defaults(func=_cmd_run, needs_comm=True)
 

@@ -216,7 +216,7 @@ SUBTASKS: tuple[SubtaskSpec, ...] = (
     )),
     SubtaskSpec("detect", "Detection of artifact candidates on warp − static model.", _detect(5.0, 2), status=P),
     SubtaskSpec("detectPsfSources", "Detection of stars for the coadd PSF (doCalculatePsf).", _detect(50.0, 0), status=P),
-    SubtaskSpec("detectTemplate", "Detection of sources on the static model (doPreserveContainedBySource).", _detect(5.0, 2), status=P),
+    SubtaskSpec("detectTemplate", "Detection of sources on the static model: the convergence pixels when no input carries convergenceMaskPlanes (and doPreserveContainedBySource, planned).", _detect(5.0, 2)),
     SubtaskSpec("inputMapper", "HealSparse input maps.", (), status=L),
     SubtaskSpec("inputRecorder", "CoaddInputs catalogs of the LSST stack.", (), status=L),
     SubtaskSpec("interpImage", "Interpolation over NaN pixels (doInterp).", (

@@ -273,11 +273,18 @@ def run(
     need = memory_per_rank(plan, len(inputs.infos), cfg.num_subfilters)
     if max_memory is not None and need > max_memory:
         ranks = comm.size
-        while memory_per_rank(Plan(inputs.shape, choose_dims(ranks, inputs.shape), halo), len(inputs.infos),
-                              cfg.num_subfilters) > max_memory and ranks < 4096:
+        while (
+            memory_per_rank(
+                Plan(inputs.shape, choose_dims(ranks, inputs.shape), halo), len(inputs.infos), cfg.num_subfilters
+            )
+            > max_memory
+            and ranks < 4096
+        ):
             ranks *= 2
-        error = InputError(f"a rank needs about {need / 2**30:.2f} GiB but --max-memory is "
-                           f"{max_memory / 2**30:.2f} GiB; use about {ranks} ranks")
+        error = InputError(
+            f"a rank needs about {need / 2**30:.2f} GiB but --max-memory is "
+            f"{max_memory / 2**30:.2f} GiB; use about {ranks} ranks"
+        )
         error.collective = True  # type: ignore[attr-defined]
         raise error
     if comm.rank == 0:

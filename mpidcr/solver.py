@@ -336,6 +336,7 @@ class DcrSolver:
         K = self.K
         self.model = np.repeat((self.static.image / K)[None], K, axis=0)
         self.base_mask = self.static.mask.copy()
+        self._detect_if_no_convergence_planes()
         self.background = ((self.base_mask & (self.bad_bits | self.converge_bits)) == 0) & self._edge_distance_ok()
 
         # dcrWeights and nImage from the reverse-shifted good-pixel indicators.
@@ -375,6 +376,36 @@ class DcrSolver:
                 self.model_weights = None
         else:
             self.model_weights = None
+
+    def _detect_if_no_convergence_planes(self) -> None:
+        """Warps without DETECTED (or whatever convergenceMaskPlanes names) would leave the metric
+        and the model weights empty: detect sources on the static model instead (pixels above
+        detectTemplate.thresholdSigma of its noise, grown by detectTemplate.growRadius) and mark
+        them in the static model's mask and as every warp's convergence pixels."""
+        cfg = self.cfg
+        planes = self.warps.mask_planes
+        carried = self._inner(self.base_mask & self.converge_bits) != 0
+        if float(self.reducer.max([1.0 if carried.any() else 0.0])[0]) > 0 or not cfg.convergenceMaskPlanes:
+            return
+        name = cfg.convergenceMaskPlanes[0]
+        if name not in planes:
+            planes[name] = next(b for b in range(31) if b not in planes.values())
+        bit = np.int32(1 << planes[name])
+        self.converge_bits |= int(bit)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            significance = self.static.image / np.sqrt(self.static.variance)
+        sources = np.isfinite(significance) & (significance >= cfg.detectTemplate.thresholdSigma)
+        sources = kernels.binary_dilation_diamond(sources, int(cfg.detectTemplate.growRadius))
+        self.base_mask |= np.where(sources, bit, np.int32(0))
+        self.converge_pixels[:] = sources[None]
+        count = float(self.reducer.sum([np.count_nonzero(self._inner(sources))])[0])
+        log.warning(
+            "no input pixel carries %s: marked %d pixels above %.1f sigma of the static model as %s instead",
+            "/".join(cfg.convergenceMaskPlanes),
+            int(count),
+            cfg.detectTemplate.thresholdSigma,
+            name,
+        )
 
     # -- one pass over the warps --------------------------------------------------
     def sweep(self, model: NDArray) -> tuple[float, NDArray, NDArray]:
@@ -596,5 +627,6 @@ def halo_width(config: DcrConfig, buffer: int) -> int:
     if config.regularizeModelFrequency > 0:
         halo += 2 * gaussian_radius(width) + 2 * width + gaussian_radius(width / 3.0)
     if config.useModelWeights:
-        halo = max(halo, gaussian_radius(config.modelWeightsWidth))
+        # the model weights smooth the static mask, which may carry detections grown on the static model
+        halo = max(halo, gaussian_radius(config.modelWeightsWidth) + int(config.detectTemplate.growRadius))
     return halo

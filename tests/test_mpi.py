@@ -173,3 +173,21 @@ def test_rank_with_only_masked_pixels_takes_part(tmp_path):
         outs.append(_read(out))
     _same(outs[0][0], outs[1][0])
     assert np.all(outs[1][0]["nimage_total"][:, 70:] == 0)
+
+
+def test_fallback_detection_is_rank_independent(tmp_path):
+    simulate(tmp_path, size=128, num_visits=6, num_science=0, seed=12)
+    from astropy.io import fits
+
+    for path in sorted((tmp_path / "warps").glob("*.fits")):
+        with fits.open(path, mode="update") as hdul:
+            hdul["MASK"].data[:] = 0  # warps without DETECTED: sources are detected on the static model
+    outs = []
+    for n in (1, 2, 4):
+        out = tmp_path / f"m{n}.h5"
+        proc = mpirun(n, ["run", tmp_path / "manifest.toml", "-o", out, *NO_FREQ])
+        assert proc.returncode == 0, proc.stderr
+        outs.append(_read(out))
+    for data, attrs in outs[1:]:
+        assert attrs["iterations"] == outs[0][1]["iterations"] >= 3
+        _same(outs[0][0], data)

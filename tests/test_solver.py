@@ -218,12 +218,32 @@ def test_divergence_restores_last_better_model(monkeypatch):
     assert [h.metric for h in result.history] == [1.0, 0.5, 0.8]
 
 
-def test_zero_metric_without_detections():
-    f, config, shifts = _setup()
-    f.masks[:] = 0
+def test_zero_metric_without_convergence_pixels():
+    f, config, shifts = _setup(convergenceMaskPlanes=[])
     result = S.solve(_stack(f, shifts, list(range(9))), config)
     assert result.stop_reason == "zero_metric" and result.iterations == 0
     assert np.allclose(result.raw_model, result.static.image / 3)
+
+
+def test_detections_on_static_model_when_warps_carry_none(caplog):
+    f, config, shifts = _setup()
+    with_masks = S.solve(_stack(f, shifts, list(range(8))), config)
+    f.masks[:] = 0  # e.g. plain-layout warps without mask files
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="mpidcr"):
+        result = S.solve(_stack(f, shifts, list(range(8))), config)
+    assert any("no input pixel carries DETECTED" in r.getMessage() for r in caplog.records)
+    assert result.stop_reason in ("converged", "diverged") and result.iterations >= config.min_iterations
+    assert np.any(result.mask & (1 << f.mask_planes["DETECTED"]))
+    # nearly as good as with the warps' own detection masks on the held-out visit
+    template = S.matched_template(result.planes, shifts[8], 1)
+    reference = S.matched_template(with_masks.planes, shifts[8], 1)
+    fp = f.images[8] > 3.0
+    rms = np.sqrt(np.mean((f.images[8] - template)[fp] ** 2))
+    rms_ref = np.sqrt(np.mean((f.images[8] - reference)[fp] ** 2))
+    rms_coadd = np.sqrt(np.mean((f.images[8] - result.static.image)[fp] ** 2))
+    assert rms < 1.5 * rms_ref and rms < 0.5 * rms_coadd
 
 
 def test_too_few_usable_visits():

@@ -181,10 +181,32 @@ class VisitPass:
         """
         if numba.get_num_threads() > 1:
             return _visit_pass_threaded(
-                planes, image, good, converge, significance, np.asarray(inner, dtype=np.int64),
-                self.fiy, self.fwy, self.fix, self.fwx, self.fxa, self.fxb, self.foff, self.fscale,
-                self.riy, self.rwy, self.rix, self.rwx, self.rxa, self.rxb, self.roff, self.block,
-                template, residual, acc)
+                planes,
+                image,
+                good,
+                converge,
+                significance,
+                np.asarray(inner, dtype=np.int64),
+                self.fiy,
+                self.fwy,
+                self.fix,
+                self.fwx,
+                self.fxa,
+                self.fxb,
+                self.foff,
+                self.fscale,
+                self.riy,
+                self.rwy,
+                self.rix,
+                self.rwx,
+                self.rxa,
+                self.rxb,
+                self.roff,
+                self.block,
+                template,
+                residual,
+                acc,
+            )
         return _visit_pass(
             planes,
             image,
@@ -216,9 +238,33 @@ class VisitPass:
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _visit_pass_threaded(planes, image, good, converge, significance, inner, fiy, fwy, fix, fwx, fxa, fxb, foff,
-                         fscale, riy, rwy, rix, rwx, rxa, rxb, roff, block, template, residual,
-                         acc):  # pragma: no cover - compiled
+def _visit_pass_threaded(
+    planes,
+    image,
+    good,
+    converge,
+    significance,
+    inner,
+    fiy,
+    fwy,
+    fix,
+    fwx,
+    fxa,
+    fxb,
+    foff,
+    fscale,
+    riy,
+    rwy,
+    rix,
+    rwx,
+    rxa,
+    rxb,
+    roff,
+    block,
+    template,
+    residual,
+    acc,
+):  # pragma: no cover - compiled
     """:func:`_visit_pass` for several numba threads: template and residual rows first (row blocks in
     parallel, metric sums per block), then the reverse shifts (row blocks in parallel)."""
     nk, ny, nx = planes.shape
@@ -255,8 +301,18 @@ def _visit_pass_threaded(planes, image, good, converge, significance, inner, fiy
                 w1 = rwy[k, y, 1]
                 if w0 == 0.0 and w1 == 0.0:
                     continue
-                _row_add(acc[k, y], residual[riy[k, y, 0]], residual[riy[k, y, 1]], w0, w1, rix[k], rwx[k],
-                         rxa[k], rxb[k], roff[k])
+                _row_add(
+                    acc[k, y],
+                    residual[riy[k, y, 0]],
+                    residual[riy[k, y, 1]],
+                    w0,
+                    w1,
+                    rix[k],
+                    rwx[k],
+                    rxa[k],
+                    rxb[k],
+                    roff[k],
+                )
     diff_sum = 0.0
     ref_sum = 0.0
     for bi in range(nblocks):  # in block order, so the sums do not depend on the thread count

@@ -44,3 +44,18 @@ def _opening(selection, width):  # pragma: no cover - compiled
 def binary_opening_diamond(selection: NDArray[np.bool_], width: int) -> NDArray[np.bool_]:
     """Opening of a 2-D boolean image by the diamond of radius ``width`` (≥ 1)."""
     return _opening(np.ascontiguousarray(selection, dtype=np.bool_), int(width))
+
+
+@numba.njit(cache=True, nogil=True)
+def _dilation(selection, width):  # pragma: no cover - compiled
+    a = selection.copy()
+    b = np.empty_like(a)
+    for _ in range(width):
+        _cross_pass(a, b, False)
+        a, b = b, a
+    return a
+
+
+def binary_dilation_diamond(selection: NDArray[np.bool_], width: int) -> NDArray[np.bool_]:
+    """Dilation of a 2-D boolean image by the diamond of radius ``width`` (0: unchanged)."""
+    return _dilation(np.ascontiguousarray(selection, dtype=np.bool_), int(width))

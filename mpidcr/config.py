@@ -141,7 +141,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     F("doPrefilterArtifacts", "bool", True, "Drop artifact candidates mostly covered by prefilterArtifactsMaskPlanes.", status=P),
     F("doPreserveContainedBySource", "bool", True, "Keep artifact candidates lying wholly inside a source detected on the template.", status=P),
     F("doPsfMatch", "bool", False, "Deprecated in the seed: coadd PSF-matched warps.", status=L),
-    F("doScaleWarpVariance", "bool", True, "Rescale each warp's variance to its measured background noise.", status=P),
+    F("doScaleWarpVariance", "bool", True, "Rescale each warp's variance so image/sqrt(variance) has unit variance over its background."),
     F("doSelectVisits", "bool", False, "Coadd only visits chosen by an LSST SelectVisitsTask.", status=L),
     F("doSigmaClip", "bool", False, "Deprecated in the seed: same as statistic = MEANCLIP."),
     F("doUsePsfMatchedPolygons", "bool", False, "Use valid polygons of PSF-matched calexps (CompareWarp only).", status=L),
@@ -234,8 +234,8 @@ SUBTASKS: tuple[SubtaskSpec, ...] = (
     ), status=P),
     SubtaskSpec("scaleWarpVariance", "Empirical rescaling of warp variance (doScaleWarpVariance).", (
         F("maskPlanes", "list", ("DETECTED", "BAD", "SAT", "NO_DATA", "INTRP"), "Pixels excluded from the noise measurement."),
-        F("limit", "float", 10.0, "Largest accepted scale factor.", check=_range(1.0, None)),
-    ), status=P),
+        F("limit", "float", 10.0, "Largest accepted scale factor (and 1/limit the smallest).", check=_range(1.0, None)),
+    )),
     SubtaskSpec("scaleZeroPoint", "Photometric zero-point scaling of the warps.", (
         F("zeroPoint", "float", 27.0, "Target zero point of the coadd in AB mag.", check=_range(0.0, None)),
     ), status=P),

@@ -16,6 +16,7 @@ levels, counts, maxima) is a reduction of per-tile partial results.  Classified:
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import numpy as np
@@ -57,3 +58,22 @@ def merged_std(reducer: Reducer, values: NDArray) -> float:
     m2_local = float(np.sum((v - mean_local) ** 2)) + n_local * (mean_local - mean) ** 2
     m2 = float(reducer.sum([m2_local])[0])
     return float(np.sqrt(m2 / n))
+
+
+def clipped_std(reducer: Reducer, values: NDArray, nsigma: float = 3.0, iterations: int = 3) -> float:
+    """Standard deviation after ``iterations`` passes of rejecting values beyond ``nsigma`` of the
+    pooled mean; every pass is a merged-moments reduction, so the result does not depend on the tiles."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    keep = np.ones(v.size, dtype=bool)
+    std = merged_std(reducer, v)
+    for _ in range(iterations):
+        n, total = reducer.sum([float(keep.sum()), float(v[keep].sum())])
+        if n == 0 or std == 0:
+            break
+        keep = np.abs(v - total / n) <= nsigma * std
+        std = merged_std(reducer, v[keep])
+    # a Gaussian clipped at ±k σ has std σ·sqrt(1 − 2kφ(k)/(2Φ(k) − 1)): undo that bias
+    k = nsigma
+    phi = math.exp(-0.5 * k * k) / math.sqrt(2.0 * math.pi)
+    inside = math.erf(k / math.sqrt(2.0))
+    return std / math.sqrt(1.0 - 2.0 * k * phi / inside)

@@ -33,7 +33,7 @@ from .dcr import VisitShifts, dcr_buffer
 from .errors import InputError, SolverError
 from .kernels.fused import VisitPass
 from .masks import plane_bits
-from .reduction import Reducer, SerialReducer, merged_std
+from .reduction import Reducer, SerialReducer, clipped_std, merged_std
 from .tiling import Tile
 
 log = logging.getLogger(__name__)
@@ -308,9 +308,37 @@ class DcrSolver:
         return merged_std(self.reducer, self._inner(image)[sel])
 
     # -- initialisation -----------------------------------------------------------
+    def scale_warp_variances(self) -> NDArray:
+        """doScaleWarpVariance: scale each warp's variance so that image/√variance has unit
+        variance over its background (good pixels without the scaleWarpVariance mask planes;
+        3σ-clipped, so faint wings and cosmic rays do not inflate it).
+
+        Returns the factors, one per visit (merged over tiles; 1 where no background).
+        """
+        cfg, w = self.cfg, self.warps
+        excluded = plane_bits(w.mask_planes, cfg.scaleWarpVariance.maskPlanes) | self.bad_bits
+        limit = float(cfg.scaleWarpVariance.limit)
+        factors = np.ones(w.num_visits)
+        for v in range(w.num_visits):
+            image, variance = self._inner(w.images[v]), self._inner(w.variances[v])
+            background = self._inner(self.good[v]) & ((self._inner(w.masks[v]) & excluded) == 0) & (variance > 0)
+            snr = image[background] / np.sqrt(variance[background])
+            factor = clipped_std(self.reducer, snr) ** 2
+            if not np.isfinite(factor) or factor <= 0:
+                continue
+            if factor > limit or factor < 1.0 / limit:
+                log.warning("%s: variance scale factor %.3g is beyond scaleWarpVariance.limit = %g; clamped",
+                            w.names[v], factor, limit)
+                factor = min(max(factor, 1.0 / limit), limit)
+            factors[v] = factor
+            w.variances[v] *= np.float32(factor)
+        log.debug("warp variance scale factors: %s", np.array2string(factors, precision=3))
+        return factors
+
     def initialise(self) -> None:
         cfg, w = self.cfg, self.warps
         V = w.num_visits
+        self.variance_scale = self.scale_warp_variances() if cfg.doScaleWarpVariance else np.ones(V)
         inner_good = self._inner(self.good)
         var_sums = np.array([np.sum(self._inner(w.variances[v])[inner_good[v]], dtype=np.float64) for v in range(V)])
         counts = inner_good.reshape(V, -1).sum(axis=1).astype(np.float64)

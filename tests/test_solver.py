@@ -333,6 +333,7 @@ def test_airmass_weighting_and_remove_mask_planes():
     f, config, shifts = _setup()
     cfg = config.copy()
     cfg.doAirmassWeight = True
+    cfg.doScaleWarpVariance = False  # weights exactly 1/variance × airmass
     solver = S.DcrSolver(_stack(f, shifts, list(range(9))), cfg)
     solver.initialise()
     base = 1.0 / f.sky_sigma**2
@@ -362,3 +363,34 @@ def test_numba_opening_equals_scipy(rng):
             full = ndimage.binary_opening(sel, structure=S.opening_structure(width))
             assert np.array_equal(S._opened(sel, width), full)
     assert not S._opened(np.zeros((5, 5), bool), 2).any()
+
+
+def test_scale_warp_variance():
+    f, config, shifts = _setup()
+    stack = _stack(f, shifts, list(range(9)))
+    stack.variances[2] *= 4.0  # a warp whose variance plane is 4x too large
+    stack.variances[5] *= 0.5
+    solver = S.DcrSolver(stack, config)
+    factors = solver.scale_warp_variances()
+    assert factors[2] == pytest.approx(0.25, rel=0.1) and factors[5] == pytest.approx(2.0, rel=0.1)
+    others = np.delete(factors, [2, 5])
+    assert np.all(np.abs(others - 1.0) < 0.1)
+    assert np.allclose(solver.warps.variances[2], 4.0 * factors[2] * f.sky_sigma**2)
+    # off: variances untouched
+    cfg = config.copy()
+    cfg.doScaleWarpVariance = False
+    stack = _stack(f, shifts, list(range(9)))
+    stack.variances[2] *= 4.0
+    solver = S.DcrSolver(stack, cfg)
+    solver.initialise()
+    assert np.allclose(solver.warps.variances[2], 4.0 * f.sky_sigma**2)
+    assert solver.visit_weights[2] == pytest.approx(solver.visit_weights[0] / 4.0)
+
+
+def test_clipped_std_is_unbiased_and_robust(rng):
+    from mpidcr.reduction import SerialReducer, clipped_std
+
+    x = rng.normal(0.0, 2.0, 200_000)
+    assert clipped_std(SerialReducer(), x) == pytest.approx(2.0, rel=0.01)
+    x[:200] = 1e4  # outliers
+    assert clipped_std(SerialReducer(), x) == pytest.approx(2.0, rel=0.01)

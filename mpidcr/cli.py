@@ -188,6 +188,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         engine=args.engine,
         angle_spread=args.angle_spread,
+        num_galaxies=args.galaxies,
+        cosmic_rays=args.cosmic_rays,
+        satellite_fraction=args.satellites,
     )
     print(f"wrote {info['num_visits']} warps, {info['num_science']} science visits, manifest {info['manifest']}")
     return 0
@@ -350,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=180.0,
         help="parallactic angles drawn in +-this many degrees (default 180)",
     )
+    m.add_argument("--galaxies", type=int, default=0, help="faint chromatic galaxies (galsim engine)")
+    m.add_argument("--cosmic-rays", type=int, default=0, help="cosmic-ray tracks per visit (unmasked artifacts)")
+    m.add_argument("--satellites", type=float, default=0.0, help="fraction of visits with a satellite trail")
     m.add_argument(
         "--engine",
         choices=["galsim", "numpy"],

@@ -70,8 +70,13 @@ def make_galsim_field(
     site: Site | None = None,
     positions: list[tuple[float, float]] | None = None,
     sed_names: list[str] | None = None,
+    num_galaxies: int = 0,
 ) -> SyntheticField:
-    """Simulate warps of a star field with GalSim's chromatic atmosphere (see module docstring)."""
+    """Simulate warps of a star field with GalSim's chromatic atmosphere (see module docstring).
+
+    ``num_galaxies`` adds faint chromatic galaxies: sheared exponential profiles (half-light
+    radius 0.3–1.0″, flux 100–600) with the CWW galaxy SEDs, seen through the same atmosphere.
+    """
     import galsim
 
     site = site or Site()
@@ -105,6 +110,21 @@ def make_galsim_field(
             flux[:, k] = [s.calculateFlux(sub) for s in seds]
         truth_by_k[K] = flux
 
+    # faint chromatic galaxies (their own random stream, so adding them leaves the stars unchanged)
+    grng = np.random.default_rng(seed + 7919)
+    names = [n for n, _ in pool]
+    galaxy_seds = [names.index(n) for n, _ in SHIPPED_SEDS if n.startswith("CWW")]
+    gy = grng.uniform(edge, ny - edge, num_galaxies)
+    gx = grng.uniform(edge, nx - edge, num_galaxies)
+    gflux = grng.uniform(100.0, 600.0, num_galaxies)
+    gsed = grng.choice(galaxy_seds, num_galaxies) if num_galaxies else np.zeros(0, dtype=int)
+    profiles = [
+        galsim.Exponential(half_light_radius=float(grng.uniform(0.3, 1.0))).shear(
+            e1=float(grng.uniform(-0.3, 0.3)), e2=float(grng.uniform(-0.3, 0.3))
+        )
+        for _ in range(num_galaxies)
+    ]
+
     airmass = np.linspace(airmass_range[0], airmass_range[1], num_visits)
     rng.shuffle(airmass)
     seeing = rng.uniform(seeing_range[0], seeing_range[1], num_visits)
@@ -133,7 +153,7 @@ def make_galsim_field(
         # through the bandpass), the same wherever it lies: draw it once per SED, oversampled ×2,
         # then place every star as an interpolated image.
         effective = {}
-        for j in sorted(set(which.tolist())):
+        for j in sorted(set(which.tolist()) | set(gsed.tolist())):
             chromatic = galsim.Convolve(psf, galsim.DeltaFunction() * pool[j][1].withFlux(1.0, bandpass))
             fine = chromatic.drawImage(bandpass, nx=4 * stamp, ny=4 * stamp, scale=pixel_scale / 2, method="no_pixel")
             effective[j] = galsim.InterpolatedImage(fine)
@@ -146,6 +166,15 @@ def make_galsim_field(
             sub = clean[bounds]
             offset = galsim.PositionD(cx - sub.true_center.x, cy - sub.true_center.y)
             effective[which[i]].withFlux(float(total[i])).drawImage(image=sub, offset=offset, add_to_image=True)
+        for i in range(num_galaxies):  # galaxy ⊗ its SED's effective PSF
+            cx, cy = gx[i] + 1.0, gy[i] + 1.0
+            half = stamp
+            bounds = galsim.BoundsI(int(cx) - half, int(cx) + half, int(cy) - half, int(cy) + half) & clean.bounds
+            sub = clean[bounds]
+            offset = galsim.PositionD(cx - sub.true_center.x, cy - sub.true_center.y)
+            galsim.Convolve(effective[gsed[i]], profiles[i]).withFlux(float(gflux[i])).drawImage(
+                image=sub, offset=offset, add_to_image=True
+            )
         arr = clean.array.copy()
         images.append((arr + rng.normal(0.0, sky_sigma, shape)).astype(np.float32))
         variances.append(np.full(shape, sky_sigma**2, dtype=np.float32))
@@ -167,5 +196,13 @@ def make_galsim_field(
         psf_sigma=float(np.mean(seeing)) / pixel_scale / 2.3548,
         sky_sigma=sky_sigma,
         mask_planes=planes,
-        extra={"truth_by_k": truth_by_k, "sed": [pool[i][0] for i in which], "seeing": seeing},
+        extra={
+            "truth_by_k": truth_by_k,
+            "sed": [pool[i][0] for i in which],
+            "seeing": seeing,
+            "galaxy_y": gy,
+            "galaxy_x": gx,
+            "galaxy_flux": gflux,
+            "galaxy_sed": [pool[i][0] for i in gsed],
+        },
     )

@@ -21,7 +21,7 @@ from .dcr import Site
 from .errors import InputError
 from .io.manifest import write_manifest
 from .io.warps import image_rotation_angle, write_lsst_warp
-from .synthetic import make_field
+from .synthetic import add_artifacts, make_field
 
 EFFECTIVE_WAVELENGTH = 476.31  # LSST g, nm
 BANDWIDTH = 147.0
@@ -55,6 +55,9 @@ def simulate(
     engine: str = "numpy",
     seeing_max_arcsec: float | None = None,
     angle_spread: float = 180.0,
+    num_galaxies: int = 0,
+    cosmic_rays: int = 0,
+    satellite_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Simulate and write a field; returns paths and counts.
 
@@ -62,6 +65,9 @@ def simulate(
         :mod:`mpidcr.galsim_field`) or ``numpy`` (power-law stars, fast; the tests' default).
     seeing_max_arcsec : with the galsim engine, seeing is drawn in [seeing, seeing_max].
     angle_spread : parallactic angles are drawn in ±angle_spread degrees.
+    num_galaxies : faint chromatic galaxies (galsim engine).
+    cosmic_rays, satellite_fraction : transient artifacts (see :func:`synthetic.add_artifacts`),
+        recorded in the truth file as ``artifacts`` (V, ny, nx), not masked.
     """
     out = Path(outdir)
     manifest = out / "manifest.toml"
@@ -91,6 +97,7 @@ def simulate(
             angle_spread=angle_spread,
             seed=seed,
             rotation_for=lambda q: image_rotation_angle(wcs_text, q),
+            num_galaxies=num_galaxies,
         )
     elif engine == "numpy":
         field = make_field(
@@ -108,10 +115,18 @@ def simulate(
         )
     else:
         raise InputError(f"unknown simulation engine '{engine}' (galsim or numpy)")
+    if num_galaxies and engine != "galsim":
+        raise InputError("--galaxies needs the galsim engine")
     # science visits: spread over the airmass range, starting from the highest (where DCR matters most)
     order = np.argsort(field.airmass)[::-1]
     step = max(1, total // max(num_science, 1))
     science = set(order[::step][:num_science].tolist()) if num_science else set()
+    # artifacts only in the warps that build the model; the science visits stay clean
+    modelled = [v for v in range(total) if v not in science]
+    artifacts = np.zeros(field.images.shape, dtype=bool)
+    sub = field.images[modelled]
+    artifacts[modelled] = add_artifacts(sub, cosmic_rays, satellite_fraction, seed)
+    field.images[modelled] = sub
     (out / "warps").mkdir(parents=True, exist_ok=True)
     if science:
         (out / "science").mkdir(parents=True, exist_ok=True)
@@ -141,6 +156,11 @@ def simulate(
         (science_paths if v in science else warp_paths).append(str(path))
     write_manifest(manifest, warp_paths, field.effective_wavelength, field.bandwidth, site, config)
     extra_truth = {f"star_flux_k{k}": f for k, f in field.extra.get("truth_by_k", {}).items()}
+    for key in ("galaxy_y", "galaxy_x", "galaxy_flux", "galaxy_sed"):
+        if key in field.extra:
+            extra_truth[key] = np.asarray(field.extra[key])
+    if artifacts.any():
+        extra_truth["artifacts"] = artifacts
     if "sed" in field.extra:
         extra_truth["star_sed"] = np.array(field.extra["sed"])
     np.savez_compressed(

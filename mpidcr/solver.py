@@ -327,8 +327,12 @@ class DcrSolver:
             if not np.isfinite(factor) or factor <= 0:
                 continue
             if factor > limit or factor < 1.0 / limit:
-                log.warning("%s: variance scale factor %.3g is beyond scaleWarpVariance.limit = %g; clamped",
-                            w.names[v], factor, limit)
+                log.warning(
+                    "%s: variance scale factor %.3g is beyond scaleWarpVariance.limit = %g; clamped",
+                    w.names[v],
+                    factor,
+                    limit,
+                )
                 factor = min(max(factor, 1.0 / limit), limit)
             factors[v] = factor
             w.variances[v] *= np.float32(factor)

@@ -123,3 +123,42 @@ def test_count_detections():
     sig[15, 15] = -7.0
     sig[5, 15] = 4.9
     assert count_detections(sig) == (2, 1)
+
+
+def test_galaxies_and_artifacts(tmp_path):
+    from astropy.io import fits
+
+    from mpidcr.simulate import simulate
+
+    info = simulate(
+        tmp_path,
+        size=64,
+        num_visits=4,
+        num_science=1,
+        num_stars=5,
+        engine="galsim",
+        seed=3,
+        num_galaxies=4,
+        cosmic_rays=6,
+        satellite_fraction=1.0,
+    )
+    truth = np.load(tmp_path / "truth.npz")
+    assert truth["galaxy_y"].shape == (4,) and all(str(s).startswith("CWW") for s in truth["galaxy_sed"])
+    art = truth["artifacts"]
+    per_visit = art.sum(axis=(1, 2))
+    assert np.count_nonzero(per_visit) == 4  # every modelled warp, not the science visit
+    sci_index = [i for i in range(5) if per_visit[i] == 0]
+    assert len(sci_index) == 1
+    # a satellite trail crosses each modelled warp: a long line of +30 counts
+    assert per_visit.max() > 64
+    # artifacts are left unmasked in the warps
+    warp = fits.getdata(info["warps"][0], "MASK")
+    assert not np.any(warp & (1 << 9))  # no CLIPPED plane set
+
+
+def test_galaxies_need_galsim_engine(tmp_path):
+    from mpidcr.errors import InputError
+    from mpidcr.simulate import simulate
+
+    with pytest.raises(InputError, match="--galaxies needs the galsim engine"):
+        simulate(tmp_path, size=32, num_visits=2, num_science=0, engine="numpy", num_galaxies=3)

@@ -43,89 +43,99 @@ def _row_add(orow, r0, r1, w0, w1, ix, wx, xa, xb, offset):  # pragma: no cover 
         )
 
 
+# fmt: off
 @numba.njit(cache=True, nogil=True)
-def _visit_pass(
-    planes,
-    image,
-    good,
-    converge,
-    significance,
-    inner,
-    fiy,
-    fwy,
-    fix,
-    fwx,
-    fxa,
-    fxb,
-    foff,
-    fscale,
-    riy,
-    rwy,
-    rix,
-    rwx,
-    rxa,
-    rxb,
-    roff,
-    lag,
-    block,
-    template,
-    residual,
-    acc,
-):  # pragma: no cover
+def _forward_row(y, planes, image, good, converge, significance, inner, ftab, template, residual):  # pragma: no cover
+    """Template and residual of row ``y``; returns the row's metric sums (Σ|s−t|·S, Σ|s+t|·S/2).
+
+    ``ftab`` = (iy, wy, ix, wx, xa, xb, offset, scale) of the K·J forward shifts; shift f belongs
+    to plane f // J.
+    """
+    fiy, fwy, fix, fwx, fxa, fxb, foff, fscale = ftab
+    nf = fiy.shape[0]
+    per = nf // planes.shape[0]
+    nx = planes.shape[2]
+    trow = template[y]
+    trow[:] = 0.0
+    for f in range(nf):
+        w0 = fwy[f, y, 0] * fscale[f]
+        w1 = fwy[f, y, 1] * fscale[f]
+        if w0 == 0.0 and w1 == 0.0:
+            continue
+        p = planes[f // per]
+        _row_add(trow, p[fiy[f, y, 0]], p[fiy[f, y, 1]], w0, w1, fix[f], fwx[f], fxa[f], fxb[f], foff[f])
+    srow = image[y]
+    rrow = residual[y]
+    for x in range(nx):
+        rrow[x] = (srow[x] - trow[x]) if good[y, x] else 0.0
+    diff_sum = 0.0
+    ref_sum = 0.0
+    if inner[0] <= y < inner[1]:
+        for x in range(inner[2], inner[3]):
+            if good[y, x] and converge[y, x] and math.isfinite(trow[x]):
+                s = significance[y, x]
+                diff_sum += abs(srow[x] - trow[x]) * s
+                ref_sum += abs(srow[x] + trow[x]) * s * 0.5
+    return diff_sum, ref_sum
+
+
+@numba.njit(cache=True, nogil=True)
+def _reverse_row(y, residual, rtab, acc):  # pragma: no cover
+    """acc[k, y] += reverse shift k of the residual for every sub-filter k; ``rtab`` like ``ftab``."""
+    riy, rwy, rix, rwx, rxa, rxb, roff = rtab
+    for k in range(acc.shape[0]):
+        w0 = rwy[k, y, 0]
+        w1 = rwy[k, y, 1]
+        if w0 == 0.0 and w1 == 0.0:
+            continue
+        _row_add(acc[k, y], residual[riy[k, y, 0]], residual[riy[k, y, 1]], w0, w1, rix[k], rwx[k], rxa[k], rxb[k], roff[k])
+
+
+@numba.njit(cache=True, nogil=True)
+def _visit_pass(planes, image, good, converge, significance, inner, ftab, rtab, lag, block, template, residual, acc):  # pragma: no cover
     """See the module docstring.  Returns (Σ|s−t|·S, Σ|s+t|·S/2) over the inner box's usable pixels."""
-    nk, ny, nx = planes.shape
-    nf = fiy.shape[0]  # forward shifts (K·J), fscale their weights; shift f belongs to plane f // J
-    per = nf // nk
-    y0, y1, x0, x1 = inner[0], inner[1], inner[2], inner[3]
+    ny = planes.shape[1]
     diff_sum = 0.0
     ref_sum = 0.0
     done = 0  # accumulator rows finished
     for b0 in range(0, ny + lag + block, block):
         b1 = min(b0 + block, ny)
         for y in range(b0, b1):
-            trow = template[y]
-            trow[:] = 0.0
-            for f in range(nf):
-                w0 = fwy[f, y, 0] * fscale[f]
-                w1 = fwy[f, y, 1] * fscale[f]
-                if w0 == 0.0 and w1 == 0.0:
-                    continue
-                p = planes[f // per]
-                _row_add(trow, p[fiy[f, y, 0]], p[fiy[f, y, 1]], w0, w1, fix[f], fwx[f], fxa[f], fxb[f], foff[f])
-            srow = image[y]
-            rrow = residual[y]
-            for x in range(nx):
-                rrow[x] = (srow[x] - trow[x]) if good[y, x] else 0.0
-            if y0 <= y < y1:
-                for x in range(x0, x1):
-                    if good[y, x] and converge[y, x] and math.isfinite(trow[x]):
-                        s = significance[y, x]
-                        diff_sum += abs(srow[x] - trow[x]) * s
-                        ref_sum += abs(srow[x] + trow[x]) * s * 0.5
+            d, r = _forward_row(y, planes, image, good, converge, significance, inner, ftab, template, residual)
+            diff_sum += d
+            ref_sum += r
         # accumulator rows whose residual rows (≤ y + lag) are all computed
         ready = ny if b1 >= ny else max(b1 - lag, 0)
         for y in range(done, ready):
-            for k in range(nk):
-                w0 = rwy[k, y, 0]
-                w1 = rwy[k, y, 1]
-                if w0 == 0.0 and w1 == 0.0:
-                    continue
-                _row_add(
-                    acc[k, y],
-                    residual[riy[k, y, 0]],
-                    residual[riy[k, y, 1]],
-                    w0,
-                    w1,
-                    rix[k],
-                    rwx[k],
-                    rxa[k],
-                    rxb[k],
-                    roff[k],
-                )
+            _reverse_row(y, residual, rtab, acc)
         done = max(done, ready)
         if done >= ny:
             break
     return diff_sum, ref_sum
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _visit_pass_threaded(planes, image, good, converge, significance, inner, ftab, rtab, block, template, residual, acc):  # pragma: no cover
+    """:func:`_visit_pass` for several numba threads: template and residual rows first (row blocks in
+    parallel, metric sums per block), then the reverse shifts (row blocks in parallel)."""
+    ny = planes.shape[1]
+    nblocks = (ny + block - 1) // block
+    partial = np.zeros((nblocks, 2))
+    for bi in numba.prange(nblocks):
+        for y in range(bi * block, min(bi * block + block, ny)):
+            d, r = _forward_row(y, planes, image, good, converge, significance, inner, ftab, template, residual)
+            partial[bi, 0] += d
+            partial[bi, 1] += r
+    for bi in numba.prange(nblocks):
+        for y in range(bi * block, min(bi * block + block, ny)):
+            _reverse_row(y, residual, rtab, acc)
+    diff_sum = 0.0
+    ref_sum = 0.0
+    for bi in range(nblocks):  # in block order, so the sums do not depend on the thread count
+        diff_sum += partial[bi, 0]
+        ref_sum += partial[bi, 1]
+    return diff_sum, ref_sum
+# fmt: on
 
 
 class VisitPass:
@@ -161,161 +171,20 @@ class VisitPass:
         # residual rows needed by accumulator row y: up to y + lag
         self.lag = max(0, int(np.max(self.riy.max(axis=2) - np.arange(ny)[None, :])))
         self.block = max(block, 1)
+        self.ftab = (self.fiy, self.fwy, self.fix, self.fwx, self.fxa, self.fxb, self.foff, self.fscale)
+        self.rtab = (self.riy, self.rwy, self.rix, self.rwx, self.rxa, self.rxb, self.roff)
 
-    def run(
-        self,
-        planes: NDArray,
-        image: NDArray,
-        good: NDArray,
-        converge: NDArray,
-        significance: NDArray,
-        inner: tuple[int, int, int, int],
-        template: NDArray,
-        residual: NDArray,
-        acc: NDArray,
-    ) -> tuple[float, float]:
+    def run(self, planes: NDArray, image: NDArray, good: NDArray, converge: NDArray, significance: NDArray,
+            inner: tuple[int, int, int, int], template: NDArray, residual: NDArray,
+            acc: NDArray) -> tuple[float, float]:  # fmt: skip
         """One visit: fills ``template`` and ``residual``, adds to ``acc``; returns the metric sums.
 
         With more than one numba thread (``numba.set_num_threads``, ``mpidcr run --threads``) the
         two-phase threaded kernel runs instead; both give the same result.
         """
+        bounds = np.asarray(inner, dtype=np.int64)
         if numba.get_num_threads() > 1:
-            return _visit_pass_threaded(
-                planes,
-                image,
-                good,
-                converge,
-                significance,
-                np.asarray(inner, dtype=np.int64),
-                self.fiy,
-                self.fwy,
-                self.fix,
-                self.fwx,
-                self.fxa,
-                self.fxb,
-                self.foff,
-                self.fscale,
-                self.riy,
-                self.rwy,
-                self.rix,
-                self.rwx,
-                self.rxa,
-                self.rxb,
-                self.roff,
-                self.block,
-                template,
-                residual,
-                acc,
-            )
-        return _visit_pass(
-            planes,
-            image,
-            good,
-            converge,
-            significance,
-            np.asarray(inner, dtype=np.int64),
-            self.fiy,
-            self.fwy,
-            self.fix,
-            self.fwx,
-            self.fxa,
-            self.fxb,
-            self.foff,
-            self.fscale,
-            self.riy,
-            self.rwy,
-            self.rix,
-            self.rwx,
-            self.rxa,
-            self.rxb,
-            self.roff,
-            self.lag,
-            self.block,
-            template,
-            residual,
-            acc,
-        )
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _visit_pass_threaded(
-    planes,
-    image,
-    good,
-    converge,
-    significance,
-    inner,
-    fiy,
-    fwy,
-    fix,
-    fwx,
-    fxa,
-    fxb,
-    foff,
-    fscale,
-    riy,
-    rwy,
-    rix,
-    rwx,
-    rxa,
-    rxb,
-    roff,
-    block,
-    template,
-    residual,
-    acc,
-):  # pragma: no cover - compiled
-    """:func:`_visit_pass` for several numba threads: template and residual rows first (row blocks in
-    parallel, metric sums per block), then the reverse shifts (row blocks in parallel)."""
-    nk, ny, nx = planes.shape
-    nf = fiy.shape[0]
-    per = nf // nk
-    y0, y1, x0, x1 = inner[0], inner[1], inner[2], inner[3]
-    nblocks = (ny + block - 1) // block
-    partial = np.zeros((nblocks, 2))
-    for bi in numba.prange(nblocks):
-        for y in range(bi * block, min(bi * block + block, ny)):
-            trow = template[y]
-            trow[:] = 0.0
-            for f in range(nf):
-                w0 = fwy[f, y, 0] * fscale[f]
-                w1 = fwy[f, y, 1] * fscale[f]
-                if w0 == 0.0 and w1 == 0.0:
-                    continue
-                p = planes[f // per]
-                _row_add(trow, p[fiy[f, y, 0]], p[fiy[f, y, 1]], w0, w1, fix[f], fwx[f], fxa[f], fxb[f], foff[f])
-            srow = image[y]
-            rrow = residual[y]
-            for x in range(nx):
-                rrow[x] = (srow[x] - trow[x]) if good[y, x] else 0.0
-            if y0 <= y < y1:
-                for x in range(x0, x1):
-                    if good[y, x] and converge[y, x] and math.isfinite(trow[x]):
-                        s = significance[y, x]
-                        partial[bi, 0] += abs(srow[x] - trow[x]) * s
-                        partial[bi, 1] += abs(srow[x] + trow[x]) * s * 0.5
-    for bi in numba.prange(nblocks):
-        for y in range(bi * block, min(bi * block + block, ny)):
-            for k in range(nk):
-                w0 = rwy[k, y, 0]
-                w1 = rwy[k, y, 1]
-                if w0 == 0.0 and w1 == 0.0:
-                    continue
-                _row_add(
-                    acc[k, y],
-                    residual[riy[k, y, 0]],
-                    residual[riy[k, y, 1]],
-                    w0,
-                    w1,
-                    rix[k],
-                    rwx[k],
-                    rxa[k],
-                    rxb[k],
-                    roff[k],
-                )
-    diff_sum = 0.0
-    ref_sum = 0.0
-    for bi in range(nblocks):  # in block order, so the sums do not depend on the thread count
-        diff_sum += partial[bi, 0]
-        ref_sum += partial[bi, 1]
-    return diff_sum, ref_sum
+            return _visit_pass_threaded(planes, image, good, converge, significance, bounds, self.ftab, self.rtab,
+                                        self.block, template, residual, acc)  # fmt: skip
+        return _visit_pass(planes, image, good, converge, significance, bounds, self.ftab, self.rtab, self.lag,
+                           self.block, template, residual, acc)  # fmt: skip

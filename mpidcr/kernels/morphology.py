@@ -29,33 +29,22 @@ def _cross_pass(src, dst, erode):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _opening(selection, width):  # pragma: no cover - compiled
+def _iterate(selection, width, erode):  # pragma: no cover - compiled
+    """``width`` cross erosions (or dilations) = one by the diamond of radius ``width``."""
     a = selection.copy()
     b = np.empty_like(a)
     for _ in range(width):
-        _cross_pass(a, b, True)
-        a, b = b, a
-    for _ in range(width):
-        _cross_pass(a, b, False)
+        _cross_pass(a, b, erode)
         a, b = b, a
     return a
 
 
 def binary_opening_diamond(selection: NDArray[np.bool_], width: int) -> NDArray[np.bool_]:
     """Opening of a 2-D boolean image by the diamond of radius ``width`` (≥ 1)."""
-    return _opening(np.ascontiguousarray(selection, dtype=np.bool_), int(width))
-
-
-@numba.njit(cache=True, nogil=True)
-def _dilation(selection, width):  # pragma: no cover - compiled
-    a = selection.copy()
-    b = np.empty_like(a)
-    for _ in range(width):
-        _cross_pass(a, b, False)
-        a, b = b, a
-    return a
+    eroded = _iterate(np.ascontiguousarray(selection, dtype=np.bool_), int(width), True)
+    return _iterate(eroded, int(width), False)
 
 
 def binary_dilation_diamond(selection: NDArray[np.bool_], width: int) -> NDArray[np.bool_]:
     """Dilation of a 2-D boolean image by the diamond of radius ``width`` (0: unchanged)."""
-    return _dilation(np.ascontiguousarray(selection, dtype=np.bool_), int(width))
+    return _iterate(np.ascontiguousarray(selection, dtype=np.bool_), int(width), False)

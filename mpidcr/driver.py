@@ -187,6 +187,7 @@ def _visits_table(inputs: RunInputs, result: DcrResult) -> np.ndarray:
             ("psf_fwhm", "f8"),
             ("max_shift", "f8"),
             ("metric", "f8"),
+            ("variance_scale", "f8"),
             ("shift", "f8", (K, 2)),
         ]
     )
@@ -204,6 +205,7 @@ def _visits_table(inputs: RunInputs, result: DcrResult) -> np.ndarray:
             np.nan if psf is None else psf,
             sh.max_abs,
             result.visit_metrics[v] if v < len(result.visit_metrics) else np.nan,
+            result.variance_scale[v] if v < len(result.variance_scale) else 1.0,
             sh.mean,
         )
     return rows

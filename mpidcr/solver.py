@@ -218,6 +218,7 @@ class DcrResult:
     buffer: int
     tile: Tile
     visit_metrics: NDArray = field(default_factory=lambda: np.zeros(0))
+    variance_scale: NDArray = field(default_factory=lambda: np.zeros(0))
 
 
 @dataclass
@@ -619,6 +620,7 @@ class DcrSolver:
             buffer=self.buffer,
             tile=self.tile,
             visit_metrics=per_visit,
+            variance_scale=self.variance_scale,
         )
 
 

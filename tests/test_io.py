@@ -396,3 +396,20 @@ def test_max_memory_refuses_with_a_rank_suggestion(field, tmp_path):
     assert code == 2 and "is not a size like 4G" in err[0]
     code, _, _ = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "4G")
     assert code == 0
+
+
+def test_visits_table_records_variance_scale(field, tmp_path):
+    out, _info = field
+    import shutil
+
+    scaled = tmp_path / "scaled"
+    shutil.copytree(out, scaled)
+    first = sorted((scaled / "warps").glob("*.fits"))[0]
+    with fits.open(first, mode="update") as hdul:
+        hdul["VARIANCE"].data *= 4.0
+    assert main(["-q", "run", str(scaled / "manifest.toml"), "-o", str(tmp_path / "m.h5")]) == 0
+    visits = read_model(str(tmp_path / "m.h5")).visits
+    row = next(i for i, f in enumerate(visits["file"]) if f.decode().endswith(first.name))
+    assert visits["variance_scale"][row] == pytest.approx(0.25, rel=0.1)
+    others = np.delete(visits["variance_scale"], row)
+    assert np.all(np.abs(others - 1.0) < 0.1)

@@ -10,7 +10,7 @@ Schema (axis order ``(subfilter, y, x)``)::
     /nimage              (K, ny, nx) int32    inputs per sub-filter
     /nimage_total        (ny, nx)    int32
     /visits              table: visit, file, airmass, elevation, parallactic_angle,
-                         rotation_angle, weight, psf_fwhm, max_shift, metric,
+                         rotation_angle, weight, psf_fwhm, max_shift, metric, variance_scale,
                          and the per-sub-filter mean shifts (K, 2) in pixels
     /convergence         table: iteration, metric, gain, seconds
     attrs                effective_wavelength, bandwidth, subfilter_edges, config (JSON),

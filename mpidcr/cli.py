@@ -248,7 +248,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mpidcr", description=__doc__.splitlines()[0] if __doc__ else None)
+    p = argparse.ArgumentParser(
+        prog="mpidcr",
+        description="DCR (differential chromatic refraction) sky models of a sky patch from many warps, and "
+        "DCR-matched templates for image differencing; one process or many MPI ranks.",
+        epilog="examples:\n"
+        "  mpidcr simulate sim/ && mpidcr run sim/manifest.toml -o model.h5\n"
+        "  mpiexec -n 4 mpidcr run manifest.toml -o model.h5\n"
+        "  mpidcr template model.h5 science.fits -o template.fits\n"
+        "see 'mpidcr COMMAND --help' and docs/usage.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"mpidcr {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")

@@ -413,3 +413,18 @@ def test_visits_table_records_variance_scale(field, tmp_path):
     assert visits["variance_scale"][row] == pytest.approx(0.25, rel=0.1)
     others = np.delete(visits["variance_scale"], row)
     assert np.all(np.abs(others - 1.0) < 0.1)
+
+
+def test_template_refuses_a_warp_on_another_grid(field, tmp_path):
+    out, info = field
+    model_path = tmp_path / "m.h5"
+    assert main(["-q", "run", str(out / "manifest.toml"), "-o", str(model_path)]) == 0
+    moved = tmp_path / "moved.fits"
+
+    def shift_wcs(hdul):
+        hdul["IMAGE"].header["CRVAL2"] += 0.01
+
+    _copy_warp(info["science"][0], moved, data_edit=shift_wcs)
+    code, _, err = _cli("template", model_path, moved, "-o", tmp_path / "t.fits")
+    assert code == 2 and len(err) == 1 and "WCS differs from the model's" in err[0]
+    assert not (tmp_path / "t.fits").exists()

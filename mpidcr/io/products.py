@@ -21,7 +21,7 @@ from ..dcr import Observation, Site, VisitShifts, dcr_shifts
 from ..errors import InputError
 from ..solver import matched_template
 from .modelfile import ModelFile, read_model
-from .warps import WarpInfo, observation_or_error, resolve_geometry, scan_warp, write_lsst_warp
+from .warps import WarpInfo, observation_or_error, resolve_geometry, same_wcs, scan_warp, write_lsst_warp
 
 
 def model_config(model: ModelFile) -> DcrConfig:
@@ -125,6 +125,10 @@ def write_template(
         info, obs = observation_for_warp(warp_path, overrides)
         if info.shape != tuple(model.model.shape[1:]):
             raise InputError(f"{warp_path}: shape {info.shape} differs from the model's {model.model.shape[1:]}")
+        if not same_wcs(info.wcs_header, model.attrs["wcs_header"]):
+            raise InputError(
+                f"{warp_path}: WCS differs from the model's ({model.path}); warp it onto the patch grid first"
+            )
         meta = {k: v for k, v in info.meta.items() if not k.startswith("_")}
     else:
         o = dict(overrides or {})

@@ -317,20 +317,25 @@ def pixel_scale_arcsec(wcs_header: str) -> float | None:
     return float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
 
 
+def same_wcs(header_a: str, header_b: str) -> bool:
+    """Whether two headers describe the same WCS (to 1e-9 in every parameter)."""
+    from astropy.wcs import WCS
+
+    a = WCS(fits.Header.fromstring(header_a), naxis=2)
+    b = WCS(fits.Header.fromstring(header_b), naxis=2)
+    return bool(a.wcs.compare(b.wcs, tolerance=1e-9))
+
+
 def check_consistent(infos: list[WarpInfo]) -> None:
     """All warps on one grid: same shape and the same WCS; InputError naming the first odd one."""
     ref = infos[0]
-    from astropy.wcs import WCS
-
-    ref_wcs = WCS(fits.Header.fromstring(ref.wcs_header), naxis=2)
     for info in infos[1:]:
         if info.shape != ref.shape:
             raise InputError(
                 f"{info.path}: shape {info.shape[0]}x{info.shape[1]} differs from {ref.path} "
                 f"({ref.shape[0]}x{ref.shape[1]}); warps must share the patch grid"
             )
-        wcs = WCS(fits.Header.fromstring(info.wcs_header), naxis=2)
-        if not ref_wcs.wcs.compare(wcs.wcs, tolerance=1e-9):
+        if not same_wcs(info.wcs_header, ref.wcs_header):
             raise InputError(f"{info.path}: WCS differs from {ref.path}; warps must share the patch grid")
 
 

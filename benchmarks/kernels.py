@@ -26,15 +26,13 @@ def make_case(size: int, visits: int, K: int, seed: int = 0):
     return planes, images, fwd, mean
 
 
-def fused_iteration(planes, images, fwd, mean, order, passes=None):
-    if order == 1 and passes is not None:  # the one-pass-per-visit kernel the solver uses
+def fused_iteration(planes, images, fwd, mean, order, plan=None):
+    if order == 1 and plan is not None:  # the fused all-visit sweep the solver uses
         acc = np.zeros_like(planes)
-        template, residual = np.zeros(planes.shape[1:]), np.zeros(planes.shape[1:])
-        good = np.ones(planes.shape[1:], dtype=bool)
+        good = np.ones(images.shape, dtype=bool)
         sig = np.ones(planes.shape[1:])
         inner = (0, planes.shape[1], 0, planes.shape[2])
-        for v in range(images.shape[0]):
-            passes[v].run(planes, images[v], good, good, sig, inner, template, residual, acc)
+        plan.run(planes, images, good, good, sig, inner, np.ones(images.shape[0], dtype=bool), acc)
         return acc
     coeffs = kernels.prefilter_planes(planes, order)
     acc = np.zeros_like(planes)
@@ -63,10 +61,10 @@ def bench(size=1024, visits=12, K=3, orders=(1, 3), repeats=2):
     planes, images, fwd, mean = make_case(size, visits, K)
     mpix = size * size / 1e6
     rows = []
-    from mpidcr.kernels.fused import VisitPass
+    from mpidcr.kernels.fused import SweepPlan, VisitPass
 
-    passes = [VisitPass(planes.shape[1:], fwd[v], mean[v]) for v in range(visits)]
-    small = [VisitPass((64, 64), fwd[v], mean[v]) for v in range(visits)]
+    passes = SweepPlan([VisitPass(planes.shape[1:], fwd[v], mean[v]) for v in range(visits)])
+    small = SweepPlan([VisitPass((64, 64), fwd[v], mean[v]) for v in range(visits)])
     for order in orders:
         fused_iteration(planes[:, :64, :64].copy(), images[:, :64, :64].copy(), fwd, mean, order, small)  # warm up
         t = []

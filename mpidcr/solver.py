@@ -31,7 +31,7 @@ from .coadd import StaticModel, static_sky_model, visit_weights_from_sums
 from .config import DcrConfig
 from .dcr import VisitShifts, dcr_buffer
 from .errors import InputError, SolverError
-from .kernels.fused import VisitPass
+from .kernels.fused import SweepPlan, VisitPass
 from .masks import plane_bits
 from .reduction import Reducer, SerialReducer, clipped_std, merged_std
 from .tiling import Tile
@@ -287,7 +287,7 @@ class DcrSolver:
         self.fused = fused and self.order == 1
         if self.fused:
             shape = warps.images.shape[1:]
-            self.visit_passes = [VisitPass(shape, s.forward, s.mean) for s in warps.shifts]
+            self.sweep_plan = SweepPlan([VisitPass(shape, s.forward, s.mean) for s in warps.shifts])
 
     # -- helpers ----------------------------------------------------------------
     def _inner(self, a: NDArray) -> NDArray:
@@ -460,23 +460,12 @@ class DcrSolver:
         sums = np.zeros(2 * V)
         if self.fused:
             planes = np.ascontiguousarray(amplified(model, self.cfg.accelerateModel))
-            residual = np.empty_like(template)
             ys, xs = self.inner
             bounds = (ys.start, ys.stop, xs.start, xs.stop)
             significance = np.ascontiguousarray(significance, dtype=np.float64)
-            for v in range(V):
-                if self.visit_weights[v] > 0:
-                    sums[v], sums[V + v] = self.visit_passes[v].run(
-                        planes,
-                        w.images[v],
-                        self.good[v],
-                        self.converge_pixels[v],
-                        significance,
-                        bounds,
-                        template,
-                        residual,
-                        acc,
-                    )
+            visit_sums = self.sweep_plan.run(planes, w.images, self.good, self.converge_pixels, significance, bounds,
+                                             self.visit_weights > 0, acc)  # fmt: skip
+            sums[:V], sums[V:] = visit_sums[:, 0], visit_sums[:, 1]
         for v in range(V if not self.fused else 0):
             if self.visit_weights[v] <= 0:
                 continue

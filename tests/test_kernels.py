@@ -117,28 +117,54 @@ def test_fused_visit_pass_matches_per_shift_path(split, rng):
     assert ref == pytest.approx(np.sum(np.abs(image + t_ref)[sl][use] * significance[sl][use]) / 2, rel=1e-10)
 
 
-def test_threaded_visit_pass_matches_serial(rng):
+def test_sweep_pass_threads_match_one_thread(rng):
     import numba
 
-    from mpidcr.kernels.fused import VisitPass
+    from mpidcr.kernels.fused import SweepPlan, VisitPass
 
-    ny, nx, K = 70, 65, 3
+    ny, nx, K, V = 70, 65, 3, 4
     planes = rng.normal(size=(K, ny, nx))
-    image = rng.normal(size=(ny, nx)).astype(np.float32)
-    good = rng.uniform(size=(ny, nx)) > 0.1
+    images = rng.normal(size=(V, ny, nx)).astype(np.float32)
+    goods = rng.uniform(size=(V, ny, nx)) > 0.1
     sig = rng.uniform(0.5, 2, size=(ny, nx))
-    forward = rng.uniform(-4, 4, size=(K, 2, 2))
-    vp = VisitPass((ny, nx), forward, forward.mean(axis=1), block=8)
+    forward = rng.uniform(-4, 4, size=(V, K, 2, 2))
+    plan = SweepPlan([VisitPass((ny, nx), forward[v], forward[v].mean(axis=1)) for v in range(V)], block=8)
     results = []
     previous = numba.get_num_threads()
     try:
         for threads in (1, 2):
             numba.set_num_threads(threads)
-            t, r, acc = np.zeros((ny, nx)), np.zeros((ny, nx)), np.zeros((K, ny, nx))
-            sums = vp.run(planes, image, good, good, sig, (0, ny, 0, nx), t, r, acc)
-            results.append((t, acc, sums))
+            acc = np.zeros((K, ny, nx))
+            sums = plan.run(planes, images, goods, goods, sig, (0, ny, 0, nx), np.ones(V, bool), acc)
+            results.append((acc, sums))
     finally:
         numba.set_num_threads(previous)
-    assert np.array_equal(results[0][0], results[1][0])
-    assert np.allclose(results[0][1], results[1][1], rtol=0, atol=1e-12)
-    assert results[0][2] == pytest.approx(results[1][2], rel=1e-12)
+    assert np.array_equal(results[0][0], results[1][0])  # blocks own disjoint rows: no reordering
+    assert np.array_equal(results[0][1], results[1][1])  # sums added in block order
+
+
+@pytest.mark.parametrize("block", [1, 7, 32])
+def test_sweep_pass_equals_visit_passes(block, rng):
+    from mpidcr.kernels.fused import SweepPlan, VisitPass
+
+    ny, nx, K, V = 61, 53, 3, 5
+    planes = rng.normal(size=(K, ny, nx)) + 1.0
+    images = rng.normal(size=(V, ny, nx)).astype(np.float32)
+    goods = rng.uniform(size=(V, ny, nx)) > 0.1
+    converges = rng.uniform(size=(V, ny, nx)) > 0.4
+    sig = rng.uniform(0.5, 2, size=(ny, nx))
+    forward = rng.uniform(-5, 5, size=(V, K, 2, 2))
+    forward[1, :, 1] = forward[1, :, 0]  # an unsplit visit
+    passes = [VisitPass((ny, nx), forward[v], forward[v].mean(axis=1)) for v in range(V)]
+    active = np.array([True, True, False, True, True])
+    inner = (4, 57, 2, 50)
+    expected = np.zeros((K, ny, nx))
+    expected_sums = np.zeros((V, 2))
+    for v in range(V):
+        if active[v]:
+            t, r = np.zeros((ny, nx)), np.zeros((ny, nx))
+            expected_sums[v] = passes[v].run(planes, images[v], goods[v], converges[v], sig, inner, t, r, expected)
+    acc = np.zeros((K, ny, nx))
+    sums = SweepPlan(passes, block=block).run(planes, images, goods, converges, sig, inner, active, acc)
+    assert np.max(np.abs(acc - expected)) < 1e-10 * np.max(np.abs(expected))
+    assert np.allclose(sums, expected_sums, rtol=1e-10, atol=0)

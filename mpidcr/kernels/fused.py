@@ -1,5 +1,9 @@
-"""One pass per visit for an iteration at interpolation order 1: template, metric sums, residual
+"""The shift work of an iteration at interpolation order 1, fused: template, metric sums, residual
 and reverse shifts into every sub-filter accumulator, cache-blocked by rows.
+
+:class:`SweepPlan` (what the solver uses) runs all visits in one call with row blocks outside
+and visits inside, in parallel over blocks when numba has several threads; :class:`VisitPass`
+does one visit at a time and is the simpler twin the tests compare it with.  Per visit:
 
 For a block of rows the kernel builds the template rows (K sub-filters × 2 split shifts, each
 a bilinear shift), the residual rows, the visit's metric sums over the inner box, and then the
@@ -44,9 +48,11 @@ def _row_add(orow, r0, r1, w0, w1, ix, wx, xa, xb, offset):  # pragma: no cover 
 
 
 # fmt: off
+# fmt: off
 @numba.njit(cache=True, nogil=True)
-def _forward_row(y, planes, image, good, converge, significance, inner, ftab, template, residual):  # pragma: no cover
-    """Template and residual of row ``y``; returns the row's metric sums (Σ|s−t|·S, Σ|s+t|·S/2).
+def _forward_row(y, planes, image, good, converge, significance, inner, ftab, trow, rrow, count):  # pragma: no cover
+    """Template row ``y`` into ``trow`` and residual row into ``rrow``; with ``count``, returns the row's
+    metric sums (Σ|s−t|·S, Σ|s+t|·S/2) over the inner box (else zeros).
 
     ``ftab`` = (iy, wy, ix, wx, xa, xb, offset, scale) of the K·J forward shifts; shift f belongs
     to plane f // J.
@@ -55,7 +61,6 @@ def _forward_row(y, planes, image, good, converge, significance, inner, ftab, te
     nf = fiy.shape[0]
     per = nf // planes.shape[0]
     nx = planes.shape[2]
-    trow = template[y]
     trow[:] = 0.0
     for f in range(nf):
         w0 = fwy[f, y, 0] * fscale[f]
@@ -65,12 +70,11 @@ def _forward_row(y, planes, image, good, converge, significance, inner, ftab, te
         p = planes[f // per]
         _row_add(trow, p[fiy[f, y, 0]], p[fiy[f, y, 1]], w0, w1, fix[f], fwx[f], fxa[f], fxb[f], foff[f])
     srow = image[y]
-    rrow = residual[y]
     for x in range(nx):
         rrow[x] = (srow[x] - trow[x]) if good[y, x] else 0.0
     diff_sum = 0.0
     ref_sum = 0.0
-    if inner[0] <= y < inner[1]:
+    if count and inner[0] <= y < inner[1]:
         for x in range(inner[2], inner[3]):
             if good[y, x] and converge[y, x] and math.isfinite(trow[x]):
                 s = significance[y, x]
@@ -80,15 +84,17 @@ def _forward_row(y, planes, image, good, converge, significance, inner, ftab, te
 
 
 @numba.njit(cache=True, nogil=True)
-def _reverse_row(y, residual, rtab, acc):  # pragma: no cover
-    """acc[k, y] += reverse shift k of the residual for every sub-filter k; ``rtab`` like ``ftab``."""
+def _reverse_row(y, residual, row0, rtab, acc):  # pragma: no cover
+    """acc[k, y] += reverse shift k of the residual for every sub-filter k; ``residual[i]`` holds
+    residual row ``row0 + i``; ``rtab`` like ``ftab``."""
     riy, rwy, rix, rwx, rxa, rxb, roff = rtab
     for k in range(acc.shape[0]):
         w0 = rwy[k, y, 0]
         w1 = rwy[k, y, 1]
         if w0 == 0.0 and w1 == 0.0:
             continue
-        _row_add(acc[k, y], residual[riy[k, y, 0]], residual[riy[k, y, 1]], w0, w1, rix[k], rwx[k], rxa[k], rxb[k], roff[k])
+        _row_add(acc[k, y], residual[riy[k, y, 0] - row0], residual[riy[k, y, 1] - row0], w0, w1, rix[k], rwx[k], rxa[k],
+                 rxb[k], roff[k])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -101,13 +107,14 @@ def _visit_pass(planes, image, good, converge, significance, inner, ftab, rtab, 
     for b0 in range(0, ny + lag + block, block):
         b1 = min(b0 + block, ny)
         for y in range(b0, b1):
-            d, r = _forward_row(y, planes, image, good, converge, significance, inner, ftab, template, residual)
+            d, r = _forward_row(y, planes, image, good, converge, significance, inner, ftab, template[y], residual[y],
+                                True)
             diff_sum += d
             ref_sum += r
         # accumulator rows whose residual rows (≤ y + lag) are all computed
         ready = ny if b1 >= ny else max(b1 - lag, 0)
         for y in range(done, ready):
-            _reverse_row(y, residual, rtab, acc)
+            _reverse_row(y, residual, 0, rtab, acc)
         done = max(done, ready)
         if done >= ny:
             break
@@ -115,26 +122,51 @@ def _visit_pass(planes, image, good, converge, significance, inner, ftab, rtab, 
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _visit_pass_threaded(planes, image, good, converge, significance, inner, ftab, rtab, block, template, residual, acc):  # pragma: no cover
-    """:func:`_visit_pass` for several numba threads: template and residual rows first (row blocks in
-    parallel, metric sums per block), then the reverse shifts (row blocks in parallel)."""
-    ny = planes.shape[1]
+def _sweep_pass(planes, images, goods, converges, significance, inner, ftabs, rtabs, active, block, acc):  # pragma: no cover
+    """All visits of one iteration with row blocks outside and visits inside, so a block's
+    accumulator and model rows stay in cache while every visit passes over them.
+
+    For each block of accumulator rows and each visit, the residual rows the block's reverse
+    shifts need are (re)computed into a small scratch buffer; the metric counts each template row
+    in the block that owns it.  Blocks write disjoint accumulator rows, so they run in parallel
+    (numba threads) without races.  Returns the per-visit metric sums, (V, 2).
+    """
+    nv, ny, nx = images.shape
+    fiy, fwy, fix, fwx, fxa, fxb, foff, fscale = ftabs
+    riy, rwy, rix, rwx, rxa, rxb, roff = rtabs
     nblocks = (ny + block - 1) // block
-    partial = np.zeros((nblocks, 2))
+    partial = np.zeros((nblocks, nv, 2))
     for bi in numba.prange(nblocks):
-        for y in range(bi * block, min(bi * block + block, ny)):
-            d, r = _forward_row(y, planes, image, good, converge, significance, inner, ftab, template, residual)
-            partial[bi, 0] += d
-            partial[bi, 1] += r
-    for bi in numba.prange(nblocks):
-        for y in range(bi * block, min(bi * block + block, ny)):
-            _reverse_row(y, residual, rtab, acc)
-    diff_sum = 0.0
-    ref_sum = 0.0
+        b0 = bi * block
+        b1 = min(b0 + block, ny)
+        trow = np.empty(nx)
+        for v in range(nv):
+            if not active[v]:
+                continue
+            ftab = (fiy[v], fwy[v], fix[v], fwx[v], fxa[v], fxb[v], foff[v], fscale[v])
+            rtab = (riy[v], rwy[v], rix[v], rwx[v], rxa[v], rxb[v], roff[v])
+            lo = ny
+            hi = -1
+            for y in range(b0, b1):
+                for k in range(riy.shape[1]):
+                    for t in range(2):
+                        if rwy[v, k, y, t] != 0.0:
+                            lo = min(lo, riy[v, k, y, t])
+                            hi = max(hi, riy[v, k, y, t])
+            first = min(lo, b0)  # the block's own rows are needed for the metric as well
+            last = max(hi, b1 - 1)
+            scratch = np.empty((last - first + 1, nx))
+            for r in range(first, last + 1):
+                d, m = _forward_row(r, planes, images[v], goods[v], converges[v], significance, inner, ftab, trow,
+                                    scratch[r - first], b0 <= r < b1)
+                partial[bi, v, 0] += d
+                partial[bi, v, 1] += m
+            for y in range(b0, b1):
+                _reverse_row(y, scratch, first, rtab, acc)
+    sums = np.zeros((nv, 2))
     for bi in range(nblocks):  # in block order, so the sums do not depend on the thread count
-        diff_sum += partial[bi, 0]
-        ref_sum += partial[bi, 1]
-    return diff_sum, ref_sum
+        sums += partial[bi]
+    return sums
 # fmt: on
 
 
@@ -177,14 +209,26 @@ class VisitPass:
     def run(self, planes: NDArray, image: NDArray, good: NDArray, converge: NDArray, significance: NDArray,
             inner: tuple[int, int, int, int], template: NDArray, residual: NDArray,
             acc: NDArray) -> tuple[float, float]:  # fmt: skip
-        """One visit: fills ``template`` and ``residual``, adds to ``acc``; returns the metric sums.
-
-        With more than one numba thread (``numba.set_num_threads``, ``mpidcr run --threads``) the
-        two-phase threaded kernel runs instead; both give the same result.
-        """
+        """One visit: fills ``template`` and ``residual``, adds to ``acc``; returns the metric sums."""
         bounds = np.asarray(inner, dtype=np.int64)
-        if numba.get_num_threads() > 1:
-            return _visit_pass_threaded(planes, image, good, converge, significance, bounds, self.ftab, self.rtab,
-                                        self.block, template, residual, acc)  # fmt: skip
         return _visit_pass(planes, image, good, converge, significance, bounds, self.ftab, self.rtab, self.lag,
                            self.block, template, residual, acc)  # fmt: skip
+
+
+class SweepPlan:
+    """The tables of every visit stacked for :func:`_sweep_pass` (all visits in one call)."""
+
+    def __init__(self, passes: list[VisitPass], block: int = 32):
+        self.ftabs = tuple(
+            np.ascontiguousarray(np.stack(arrays)) for arrays in zip(*(p.ftab for p in passes), strict=True)
+        )
+        self.rtabs = tuple(
+            np.ascontiguousarray(np.stack(arrays)) for arrays in zip(*(p.rtab for p in passes), strict=True)
+        )
+        self.block = max(block, 1)
+
+    def run(self, planes: NDArray, images: NDArray, goods: NDArray, converges: NDArray, significance: NDArray,
+            inner: tuple[int, int, int, int], active: NDArray, acc: NDArray) -> NDArray:  # fmt: skip
+        """Add every active visit's reverse-shifted residual to ``acc``; returns the (V, 2) metric sums."""
+        return _sweep_pass(planes, images, goods, converges, significance, np.asarray(inner, dtype=np.int64),
+                           self.ftabs, self.rtabs, np.asarray(active, dtype=np.bool_), self.block, acc)  # fmt: skip

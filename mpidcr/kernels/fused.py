@@ -135,34 +135,51 @@ def _sweep_pass(planes, images, goods, converges, significance, inner, ftabs, rt
     fiy, fwy, fix, fwx, fxa, fxb, foff, fscale = ftabs
     riy, rwy, rix, rwx, rxa, rxb, roff = rtabs
     nblocks = (ny + block - 1) // block
-    partial = np.zeros((nblocks, nv, 2))
-    for bi in numba.prange(nblocks):
+    # residual rows each (block, visit) needs: its own rows and those its reverse shifts read
+    first = np.empty((nblocks, nv), dtype=np.int64)
+    last = np.empty((nblocks, nv), dtype=np.int64)
+    for bi in range(nblocks):
         b0 = bi * block
         b1 = min(b0 + block, ny)
-        trow = np.empty(nx)
         for v in range(nv):
-            if not active[v]:
-                continue
-            ftab = (fiy[v], fwy[v], fix[v], fwx[v], fxa[v], fxb[v], foff[v], fscale[v])
-            rtab = (riy[v], rwy[v], rix[v], rwx[v], rxa[v], rxb[v], roff[v])
-            lo = ny
-            hi = -1
+            lo = b0
+            hi = b1 - 1
             for y in range(b0, b1):
                 for k in range(riy.shape[1]):
                     for t in range(2):
                         if rwy[v, k, y, t] != 0.0:
                             lo = min(lo, riy[v, k, y, t])
                             hi = max(hi, riy[v, k, y, t])
-            first = min(lo, b0)  # the block's own rows are needed for the metric as well
-            last = max(hi, b1 - 1)
-            scratch = np.empty((last - first + 1, nx))
-            for r in range(first, last + 1):
+            first[bi, v] = lo
+            last[bi, v] = hi
+    rows = 1
+    for bi in range(nblocks):
+        for v in range(nv):
+            rows = max(rows, last[bi, v] - first[bi, v] + 1)
+    # one scratch area per block, allocated here: numba hoists allocations out of prange loops,
+    # which would make a buffer allocated inside the loop shared by all threads (and
+    # numba.get_thread_id would make the kernel uncacheable)
+    trows = np.empty((nblocks, nx))
+    scratch = np.empty((nblocks, rows, nx))
+    partial = np.zeros((nblocks, nv, 2))
+    for bi in numba.prange(nblocks):
+        trow = trows[bi]
+        buf = scratch[bi]
+        b0 = bi * block
+        b1 = min(b0 + block, ny)
+        for v in range(nv):
+            if not active[v]:
+                continue
+            ftab = (fiy[v], fwy[v], fix[v], fwx[v], fxa[v], fxb[v], foff[v], fscale[v])
+            rtab = (riy[v], rwy[v], rix[v], rwx[v], rxa[v], rxb[v], roff[v])
+            row0 = first[bi, v]
+            for r in range(row0, last[bi, v] + 1):
                 d, m = _forward_row(r, planes, images[v], goods[v], converges[v], significance, inner, ftab, trow,
-                                    scratch[r - first], b0 <= r < b1)
+                                    buf[r - row0], b0 <= r < b1)
                 partial[bi, v, 0] += d
                 partial[bi, v, 1] += m
             for y in range(b0, b1):
-                _reverse_row(y, scratch, first, rtab, acc)
+                _reverse_row(y, buf, row0, rtab, acc)
     sums = np.zeros((nv, 2))
     for bi in range(nblocks):  # in block order, so the sums do not depend on the thread count
         sums += partial[bi]

@@ -143,8 +143,9 @@ def test_sweep_pass_threads_match_one_thread(rng):
     assert np.array_equal(results[0][1], results[1][1])  # sums added in block order
 
 
+@pytest.mark.parametrize("integer_rows", [False, True])
 @pytest.mark.parametrize("block", [1, 7, 32])
-def test_sweep_pass_equals_visit_passes(block, rng):
+def test_sweep_pass_equals_visit_passes(block, integer_rows, rng):
     from mpidcr.kernels.fused import SweepPlan, VisitPass
 
     ny, nx, K, V = 61, 53, 3, 5
@@ -155,6 +156,8 @@ def test_sweep_pass_equals_visit_passes(block, rng):
     sig = rng.uniform(0.5, 2, size=(ny, nx))
     forward = rng.uniform(-5, 5, size=(V, K, 2, 2))
     forward[1, :, 1] = forward[1, :, 0]  # an unsplit visit
+    if integer_rows:  # whole-pixel shifts along y: one of the two row taps has weight 0
+        forward[..., 0] = np.round(forward[..., 0])
     passes = [VisitPass((ny, nx), forward[v], forward[v].mean(axis=1)) for v in range(V)]
     active = np.array([True, True, False, True, True])
     inner = (4, 57, 2, 50)

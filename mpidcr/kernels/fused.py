@@ -146,8 +146,9 @@ def _sweep_pass(planes, images, goods, converges, significance, inner, ftabs, rt
             hi = b1 - 1
             for y in range(b0, b1):
                 for k in range(riy.shape[1]):
-                    for t in range(2):
-                        if rwy[v, k, y, t] != 0.0:
+                    # both taps of a used row are read (one may have weight 0: 0 × garbage could be NaN)
+                    if rwy[v, k, y, 0] != 0.0 or rwy[v, k, y, 1] != 0.0:
+                        for t in range(2):
                             lo = min(lo, riy[v, k, y, t])
                             hi = max(hi, riy[v, k, y, t])
             first[bi, v] = lo
@@ -160,7 +161,7 @@ def _sweep_pass(planes, images, goods, converges, significance, inner, ftabs, rt
     # which would make a buffer allocated inside the loop shared by all threads (and
     # numba.get_thread_id would make the kernel uncacheable)
     trows = np.empty((nblocks, nx))
-    scratch = np.empty((nblocks, rows, nx))
+    scratch = np.zeros((nblocks, rows, nx))  # zeros: a stray read must never see NaN garbage
     partial = np.zeros((nblocks, nv, 2))
     for bi in numba.prange(nblocks):
         trow = trows[bi]

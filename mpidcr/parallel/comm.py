@@ -129,11 +129,12 @@ def install_abort_hook(comm: Any) -> None:
 
 def choose_dims(size: int, shape: tuple[int, int]) -> tuple[int, int]:
     """Tile grid (py, px) for ``size`` ranks on a patch of ``shape``: the factorisation whose
-    smallest tile side is largest (so the halo fits), ties broken towards square tiles.
+    smallest tile side is largest (so the halo fits), ties broken towards square tiles, then
+    towards more tiles along y (a tile of whole rows is read contiguously from the warps).
 
     Unlike ``MPI.Compute_dims`` this looks at the patch's aspect ratio.
     """
-    best: tuple[float, float, tuple[int, int]] | None = None
+    best: tuple[tuple[int, int, int], tuple[int, int]] | None = None
     for py in range(1, size + 1):
         if size % py:
             continue
@@ -142,11 +143,11 @@ def choose_dims(size: int, shape: tuple[int, int]) -> tuple[int, int]:
             continue
         ty = min(b - a for a, b in (block_range(shape[0], py, i) for i in range(py)))
         tx = min(b - a for a, b in (block_range(shape[1], px, i) for i in range(px)))
-        key = (min(ty, tx), -abs(ty - tx))
-        if best is None or key > best[:2]:
-            best = (*key, (py, px))
+        key = (min(ty, tx), -abs(ty - tx), py)  # ties: split rows (contiguous reads, whole-row kernels)
+        if best is None or key > best[0]:
+            best = (key, (py, px))
     if best is None:
         from ..errors import DecompositionError
 
         raise DecompositionError(f"cannot split a {shape[0]}x{shape[1]} patch over {size} ranks")
-    return best[2]
+    return best[1]

@@ -14,6 +14,7 @@ Image axes: GalSim draws with ``PixelScale`` (u = +x, v = +y); GalSim's east is
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -22,6 +23,8 @@ import numpy as np
 from .dcr import Observation, Site, Weather, elevation_from_airmass, subfilter_edges, water_vapour_pressure
 from .masks import DEFAULT_PLANES, plane_bits
 from .synthetic import SyntheticField
+
+log = logging.getLogger(__name__)
 
 _HC_OVER_K_NM_K = 1.438777e7  # h c / k in nm·K
 BLACKBODY_TEMPERATURES = (3000, 3500, 4000, 5000, 6000, 7500, 10000, 15000, 20000, 30000)
@@ -175,6 +178,14 @@ def make_galsim_field(
             galsim.Convolve(effective[gsed[i]], profiles[i]).withFlux(float(gflux[i])).drawImage(
                 image=sub, offset=offset, add_to_image=True
             )
+        log.info(
+            "rendered visit %d/%d with GalSim (airmass %.2f, %d stars, %d galaxies)",
+            v + 1,
+            num_visits,
+            airmass[v],
+            num_stars,
+            num_galaxies,
+        )
         arr = clean.array.copy()
         images.append((arr + rng.normal(0.0, sky_sigma, shape)).astype(np.float32))
         variances.append(np.full(shape, sky_sigma**2, dtype=np.float32))

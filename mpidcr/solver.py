@@ -446,38 +446,39 @@ class DcrSolver:
 
         The accumulators are Σ_v reverse-shift_{v,k}(residual_v), (K, ny, nx).
         """
-        w, _K, order = self.warps, self.K, self.order
+        w, order = self.warps, self.order
         V = w.num_visits
-        forward = None if self.fused else kernels.prefilter_planes(amplified(model, self.cfg.accelerateModel), order)
         mean_model = model.mean(axis=0)
         noise = self.background_noise(model[1])
         significance = np.abs(mean_model) + 3.0 * noise
         if float(self.reducer.max([np.max(self._inner(significance), initial=0.0)])[0]) == 0.0:
             significance = np.ones_like(significance)
-        sig_inner = self._inner(significance)
+        planes = amplified(model, self.cfg.accelerateModel)
         acc = np.zeros(model.shape, dtype=np.float64)
-        template = np.zeros(model.shape[1:], dtype=np.float64)
         sums = np.zeros(2 * V)
         if self.fused:
-            planes = np.ascontiguousarray(amplified(model, self.cfg.accelerateModel))
             ys, xs = self.inner
             bounds = (ys.start, ys.stop, xs.start, xs.stop)
-            significance = np.ascontiguousarray(significance, dtype=np.float64)
-            visit_sums = self.sweep_plan.run(planes, w.images, self.good, self.converge_pixels, significance, bounds,
+            visit_sums = self.sweep_plan.run(np.ascontiguousarray(planes), w.images, self.good, self.converge_pixels,
+                                             np.ascontiguousarray(significance, dtype=np.float64), bounds,
                                              self.visit_weights > 0, acc)  # fmt: skip
             sums[:V], sums[V:] = visit_sums[:, 0], visit_sums[:, 1]
-        for v in range(V if not self.fused else 0):
-            if self.visit_weights[v] <= 0:
-                continue
-            kernels.build_template(forward, w.shifts[v].forward, order, out=template)
-            image = w.images[v]
-            good = self.good[v]
-            ti, si, gi = self._inner(template), self._inner(image), self._inner(good)
-            use = gi & ((self._inner(w.masks[v]) & self.converge_bits) != 0) & np.isfinite(ti)
-            sums[v] = np.sum(np.abs(si - ti)[use] * sig_inner[use])
-            sums[V + v] = np.sum(np.abs(si + ti)[use] * sig_inner[use]) / 2.0
-            residual = np.where(good, image - template, 0.0)
-            kernels.accumulate_reverse(residual, w.shifts[v].mean, order, acc)
+        else:
+            forward = kernels.prefilter_planes(planes, order)
+            sig_inner = self._inner(significance)
+            template = np.zeros(model.shape[1:], dtype=np.float64)
+            for v in range(V):
+                if self.visit_weights[v] <= 0:
+                    continue
+                kernels.build_template(forward, w.shifts[v].forward, order, out=template)
+                image = w.images[v]
+                good = self.good[v]
+                ti, si = self._inner(template), self._inner(image)
+                use = self._inner(good) & self._inner(self.converge_pixels[v]) & np.isfinite(ti)
+                sums[v] = np.sum(np.abs(si - ti)[use] * sig_inner[use])
+                sums[V + v] = np.sum(np.abs(si + ti)[use] * sig_inner[use]) / 2.0
+                residual = np.where(good, image - template, 0.0)
+                kernels.accumulate_reverse(residual, w.shifts[v].mean, order, acc)
         total = self.reducer.sum(sums)
         with np.errstate(divide="ignore", invalid="ignore"):
             per_visit = np.where(total[V:] > 0, total[:V] / total[V:], 0.0)

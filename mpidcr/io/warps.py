@@ -139,19 +139,24 @@ def _file_problem(path: str) -> str | None:
     return None
 
 
+def _finite_number(value: Any, what: str) -> float:
+    """``value`` as a finite float, else InputError ``"<what> = value is not a number"`` / ``"<what> is nan"``."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} = {value!r} is not a number") from None
+    if not math.isfinite(out):
+        raise InputError(f"{what} is {value}")
+    return out
+
+
 def _header_number(header: fits.Header, key: str, path: str, name: str) -> float | None:
     if key not in header:
         return None
     value = header[key]
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{path}: header keyword {key} ({name}) = {value!r} is not a number") from None
-    if not math.isfinite(out):
-        raise InputError(f"{path}: header keyword {key} ({name}) is {value}")
-    return out
+    return _finite_number(value, f"{path}: header keyword {key} ({name})")
 
 
 def mask_planes_from_header(header: fits.Header) -> dict[str, int]:
@@ -233,14 +238,7 @@ def scan_warp(
     for name, value in overrides.items():
         if name not in KEYWORDS:
             raise InputError(f"{path}: unknown per-visit override '{name}' (known: {', '.join(KEYWORDS)})")
-        if name != "visit":
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise InputError(f"{path}: override {name} = {value!r} is not a number") from None
-            if not math.isfinite(value):
-                raise InputError(f"{path}: override {name} is {value}")
-        meta[name] = value
+        meta[name] = value if name == "visit" else _finite_number(value, f"{path}: override {name}")
     meta["_overrides"] = sorted(overrides)
     info.meta = meta
     return info

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -20,28 +21,50 @@ from scaling import scaling
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def machine() -> dict:
+    info = {"python": platform.python_version(), "machine": platform.machine(), "cores": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (OSError, ValueError):
+        pass
+    import numba
+    import numpy
+
+    info["numpy"], info["numba"] = numpy.__version__, numba.__version__
+    return info
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--kernel-size", type=int, default=1024)
-    p.add_argument("--scaling-size", type=int, default=2048)
+    p.add_argument("--shape", default="2048x4096", help="end-to-end patch NYxNX (default 2048x4096)")
     p.add_argument("--skip-scaling", action="store_true")
     a = p.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()}}
+    out = {"machine": machine()}
     out["kernels"] = bench(size=a.kernel_size, visits=12, K=3)
-    print(f"{'order':>5} {'fused ms/Mpix/visit':>20} {'scipy ms/Mpix/visit':>20} {'ratio':>7} {'max rel diff':>13}")
+    print(f"{'order':>5} {'mpidcr ms/Mpix/visit':>21} {'scipy ms/Mpix/visit':>20} {'ratio':>7} {'max rel diff':>13}")
     for r in out["kernels"]:
         print(
-            f"{r['order']:>5} {r['fused_ms_per_mpix_visit']:>20.2f} {r['reference_ms_per_mpix_visit']:>20.1f} "
+            f"{r['order']:>5} {r['fused_ms_per_mpix_visit']:>21.2f} {r['reference_ms_per_mpix_visit']:>20.1f} "
             f"{r['ratio']:>7.1f} {r['max_rel_diff']:>13.1e}"
         )
     if not a.skip_scaling:
-        out["scaling"] = scaling(RESULTS / "scaling-data", size=a.scaling_size)
-        print(f"\n{'ranks':>5} {'read s':>8} {'solve s':>8} {'write s':>8} {'total s':>8} {'efficiency':>10}")
+        ny, nx = (int(v) for v in a.shape.lower().split("x"))
+        out["scaling"] = scaling(RESULTS / f"scaling-data-{ny}x{nx}", (ny, nx))
+        print(
+            f"\n{'ranks':>5} {'tiles':>6} {'iter':>5} {'compile s':>9} {'read s':>7} {'solve s':>8} {'write s':>8} "
+            f"{'total s':>8} {'peak GiB':>9} {'efficiency':>10}"
+        )
         for r in out["scaling"]["runs"]:
             print(
-                f"{r['ranks']:>5} {r['read_s']:>8.2f} {r['solve_s']:>8.2f} {r['write_s']:>8.2f} "
-                f"{r['total_s']:>8.2f} {r['efficiency']:>10.2f}"
+                f"{r['ranks']:>5} {r['tiles'][0]}x{r['tiles'][1]:<4} {r['iterations']:>5} {r['compile_s']:>9.2f} "
+                f"{r['read_s']:>7.2f} {r['solve_s']:>8.2f} {r['write_s']:>8.2f} {r['total_s']:>8.2f} "
+                f"{r['peak_memory_gib']:>9.2f} {r['efficiency']:>10.2f}"
             )
     (RESULTS / "bench.json").write_text(json.dumps(out, indent=1))
     print(f"\nwrote {RESULTS / 'bench.json'}")

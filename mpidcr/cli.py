@@ -172,6 +172,19 @@ def _cmd_run(args: argparse.Namespace, comm) -> int:
     return 0
 
 
+def _patch_size(text: str) -> int | tuple[int, int]:
+    """``256`` or ``2048x4096`` (rows x columns)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size: use N or NYxNX (e.g. 2048x4096)") from None
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return (parts[0], parts[1])
+    raise argparse.ArgumentTypeError(f"'{text}' is not a size: use N or NYxNX (e.g. 2048x4096)")
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate import simulate
 
@@ -349,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write simulated warps (LSST layout), a manifest and a truth file to OUTDIR.",
     )
     m.add_argument("outdir")
-    m.add_argument("--size", type=int, default=256, help="patch side, pixels (default 256)")
+    m.add_argument(
+        "--size", type=_patch_size, default=256, help="patch side, or NYxNX for a rectangle, pixels (default 256)"
+    )
     m.add_argument("--visits", type=int, default=12, help="visits in the manifest (default 12)")
     m.add_argument("--science", type=int, default=3, help="extra held-out science visits (default 3)")
     m.add_argument("--stars", type=int, default=None, help="number of stars (default: scales with area)")

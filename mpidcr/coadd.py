@@ -1,7 +1,8 @@
 """The static sky model T: a weighted coadd of the warps (SPEC §3, without artifact rejection).
 
 Arrays are ``(V, ny, nx)`` stacks over visits, axis order ``(visit, y, x)``.
-Everything here is per pixel, so it runs unchanged on any tile.
+Everything here is per pixel, so it runs unchanged on any tile.  The per-pixel work is the numba
+kernel :func:`mpidcr.kernels.stack.static_stack`; ``tests/reference.py`` holds its numpy twin.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from .kernels import stack_quantiles
+from .kernels import stack
 from .masks import plane_bits
-
-_IQR_TO_SIGMA = 0.7413  # 1 / (2 · Φ⁻¹(0.75)) for a Gaussian
 
 
 @dataclass
@@ -63,51 +62,25 @@ def static_sky_model(
     Variance: Σw²σ²/(Σw)² of the inputs used, or (``error_from_input_variance``
     False) the weighted scatter of the inputs about the result divided by their number.
     """
-    images = np.asarray(images, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)[:, None, None] * good
-    use = good & (w > 0)
-    if statistic == "MEDIAN":
-        image = stack_quantiles(images, use, [0.5])[0]
-    elif statistic in ("MEAN", "MEANCLIP"):
-        if statistic == "MEANCLIP" and images.shape[0] > 2:
-            q25, center, q75 = stack_quantiles(images, use, [0.25, 0.5, 0.75])
-            sigma = _IQR_TO_SIGMA * (q75 - q25)
-            with np.errstate(all="ignore"):
-                for _ in range(clip_iter):
-                    keep = use & ~(np.abs(images - center) > sigma_clip * sigma)
-                    wk = np.where(keep, w, 0.0)
-                    sw = wk.sum(axis=0)
-                    center = (wk * images).sum(axis=0) / sw
-                    sigma = np.sqrt((wk * (images - center) ** 2).sum(axis=0) / sw)
-            use = use & ~(np.abs(images - center) > sigma_clip * sigma)
-        wu = np.where(use, w, 0.0)
-        sw = wu.sum(axis=0)
-        with np.errstate(all="ignore"):
-            image = np.where(sw > 0, (wu * images).sum(axis=0) / sw, 0.0)
-    else:
+    codes = {"MEAN": stack.MEAN, "MEDIAN": stack.MEDIAN, "MEANCLIP": stack.MEANCLIP}
+    if statistic not in codes:
         raise ValueError(f"statistic must be MEAN, MEDIAN or MEANCLIP, not {statistic!r}")
-    image = np.where(np.isfinite(image), image, 0.0)
-
-    wu = np.where(use, w, 0.0)
-    sw = wu.sum(axis=0)
-    count = use.sum(axis=0).astype(np.int32)
-    with np.errstate(all="ignore"):
-        if error_from_input_variance:
-            variance = (wu**2 * variances).sum(axis=0) / sw**2
-        else:
-            scatter = (wu * (images - image) ** 2).sum(axis=0) / sw
-            variance = scatter / np.maximum(count, 1)
-    variance = np.where((sw > 0) & np.isfinite(variance), variance, np.inf)
-
-    mask = np.bitwise_or.reduce(np.where(use, masks, 0), axis=0).astype(np.int32)
-    total_w = (np.asarray(weights, dtype=np.float64)[:, None, None] * np.ones_like(images)).sum(axis=0)
+    propagate = {}
     for name, threshold in (propagation_thresholds or {}).items():
         bit = plane_bits(mask_planes, [name])
-        if not bit:
-            continue
-        carried = ((masks & bit) != 0) & ~use
-        frac = np.where(carried, np.asarray(weights)[:, None, None], 0.0).sum(axis=0) / np.maximum(total_w, 1e-300)
-        mask |= np.where(frac > threshold, bit, 0).astype(np.int32)
-    nodata = plane_bits(mask_planes, ["NO_DATA"])
-    mask |= np.where(count == 0, nodata, 0).astype(np.int32)
+        if bit:
+            propagate[bit] = float(threshold)
+    image, variance, mask, count = stack.static_stack(
+        images,
+        variances,
+        masks,
+        good,
+        weights,
+        codes[statistic],
+        sigma_clip,
+        clip_iter,
+        propagate,
+        error_from_input_variance,
+        plane_bits(mask_planes, ["NO_DATA"]),
+    )
     return StaticModel(image=image, variance=variance, mask=mask, count=count)

@@ -6,7 +6,7 @@ levels, counts, maxima) is a reduction of per-tile partial results.  Classified:
 - sums and counts (metric numerators/denominators, visit variance sums) → ``sum``;
 - maxima (model-weight normalisation, significance) → ``max``;
 - standard deviations (noise levels) → merged moments: per tile
-  (count, mean, M2), combined exactly by :func:`merged_std`;
+  count, sum and squared deviations about a common guess (:func:`selected_moments`);
 - medians over the *iteration history* (gain) are scalars computed identically
   on every rank and need no reduction.
 
@@ -21,6 +21,8 @@ from typing import Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from .kernels import moments
 
 
 class Reducer(Protocol):
@@ -41,37 +43,52 @@ class SerialReducer:
         return np.array(values, dtype=np.float64)
 
 
-def merged_std(reducer: Reducer, values: NDArray) -> float:
-    """Population standard deviation of ``values`` pooled over all tiles (0 if empty).
+def _as_image(a: NDArray) -> NDArray:
+    a = np.asarray(a)
+    return a if a.ndim == 2 else a.reshape(1, -1)
 
-    Each tile contributes (n, n·mean) then its M2 about the global mean
-    ``M2_r + n_r (mean_r − mean)²`` (Chan et al.'s merge), so the result does
-    not depend on how the pixels are split.
+
+def selected_moments(reducer: Reducer, values: NDArray, select: NDArray | None = None, lo: float = -math.inf,
+                     hi: float = math.inf, denominator: NDArray | None = None,
+                     guess: float = 0.0) -> tuple[float, float, float]:  # fmt: skip
+    """(n, mean, population std) of the selected finite ``values`` within [lo, hi], pooled over all tiles.
+
+    One pass: each tile contributes its count, sum and sum of squared deviations about ``guess``
+    (the same on every tile); the pooled M2 about the pooled mean is then
+    ``M2_guess − n·(mean − guess)²``, exact in exact arithmetic and free of cancellation while
+    the guess is within a few σ of the mean (the clipping passes pass the previous mean), so
+    the result does not depend on how the pixels are split.  ``select`` (same shape as
+    ``values``; default all) picks pixels; with ``denominator`` the values are
+    ``values / sqrt(denominator)``.  (0, 0, 0) when nothing is selected.
     """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    n_local = float(v.size)
-    mean_local = float(v.mean()) if v.size else 0.0
-    n, total = reducer.sum([n_local, n_local * mean_local])
+    v = _as_image(values)
+    sel = np.ones(v.shape, dtype=np.bool_) if select is None else _as_image(select)
+    den = None if denominator is None else _as_image(denominator)
+    n, total, m2_guess = reducer.sum(moments.selected_sums(v, sel, lo, hi, guess, den))
     if n == 0:
-        return 0.0
+        return 0.0, 0.0, 0.0
     mean = total / n
-    m2_local = float(np.sum((v - mean_local) ** 2)) + n_local * (mean_local - mean) ** 2
-    m2 = float(reducer.sum([m2_local])[0])
-    return float(np.sqrt(m2 / n))
+    m2 = max(m2_guess - n * (mean - guess) ** 2, 0.0)
+    return float(n), float(mean), float(np.sqrt(m2 / n))
 
 
-def clipped_std(reducer: Reducer, values: NDArray, nsigma: float = 3.0, iterations: int = 3) -> float:
+def merged_std(reducer: Reducer, values: NDArray, select: NDArray | None = None) -> float:
+    """Population standard deviation of the selected finite ``values`` pooled over all tiles (0 if empty)."""
+    return selected_moments(reducer, values, select)[2]
+
+
+def clipped_std(reducer: Reducer, values: NDArray, nsigma: float = 3.0, iterations: int = 3,
+                select: NDArray | None = None, denominator: NDArray | None = None) -> float:  # fmt: skip
     """Standard deviation after ``iterations`` passes of rejecting values beyond ``nsigma`` of the
-    pooled mean; every pass is a merged-moments reduction, so the result does not depend on the tiles."""
-    v = np.asarray(values, dtype=np.float64).ravel()
-    keep = np.ones(v.size, dtype=bool)
-    std = merged_std(reducer, v)
+    pooled mean; every pass is a pooled-moments reduction, so the result does not depend on the
+    tiles.  ``select`` and ``denominator`` as in :func:`selected_moments`."""
+    n, mean, std = selected_moments(reducer, values, select, denominator=denominator)
     for _ in range(iterations):
-        n, total = reducer.sum([float(keep.sum()), float(v[keep].sum())])
         if n == 0 or std == 0:
             break
-        keep = np.abs(v - total / n) <= nsigma * std
-        std = merged_std(reducer, v[keep])
+        n, mean, std = selected_moments(
+            reducer, values, select, mean - nsigma * std, mean + nsigma * std, denominator=denominator, guess=mean
+        )
     # a Gaussian clipped at ±k σ has std σ·sqrt(1 − 2kφ(k)/(2Φ(k) − 1)): undo that bias
     k = nsigma
     phi = math.exp(-0.5 * k * k) / math.sqrt(2.0 * math.pi)

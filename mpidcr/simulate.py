@@ -42,7 +42,7 @@ def tan_wcs_header(shape: tuple[int, int], pixel_scale: float, ra: float = 150.0
 
 def simulate(
     outdir: str | os.PathLike,
-    size: int = 256,
+    size: int | tuple[int, int] = 256,
     num_visits: int = 12,
     num_science: int = 3,
     num_stars: int | None = None,
@@ -61,6 +61,8 @@ def simulate(
 ) -> dict[str, Any]:
     """Simulate and write a field; returns paths and counts.
 
+    size : patch side in pixels, or its shape ``(ny, nx)``.
+
     engine : ``galsim`` (chromatic GalSim rendering through LSST g, see
         :mod:`mpidcr.galsim_field`) or ``numpy`` (power-law stars, fast; the tests' default).
     seeing_max_arcsec : with the galsim engine, seeing is drawn in [seeing, seeing_max].
@@ -75,10 +77,12 @@ def simulate(
         raise InputError(f"{manifest}: exists (use --overwrite)")
     if num_visits < 2:
         raise InputError("--visits must be at least 2")
-    shape = (size, size)
+    shape = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if min(shape) < 16:
+        raise InputError(f"--size {shape[0]}x{shape[1]}: the patch must be at least 16 pixels on each side")
     wcs = tan_wcs_header(shape, pixel_scale)
     wcs_text = wcs.tostring()
-    stars = num_stars if num_stars is not None else max(10, int(0.0027 * size * size))
+    stars = num_stars if num_stars is not None else max(10, int(0.0027 * shape[0] * shape[1]))
     total = num_visits + num_science
     if engine == "galsim":
         try:

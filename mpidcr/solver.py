@@ -24,19 +24,26 @@ from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
 
 from . import kernels
 from .coadd import StaticModel, static_sky_model, visit_weights_from_sums
 from .config import DcrConfig
 from .dcr import VisitShifts, dcr_buffer
 from .errors import InputError, SolverError
+from .kernels import fused, moments, regularize
 from .kernels.fused import SweepPlan, VisitPass
+from .kernels.gaussian import gaussian_filter
 from .masks import plane_bits
 from .reduction import Reducer, SerialReducer, clipped_std, merged_std
 from .tiling import Tile
 
 log = logging.getLogger(__name__)
+
+#: Precision of the model state, the warps' pixels and the per-iteration arrays.  The inputs are
+#: float32 and every per-pixel quantity of an iteration is a short sum (K·V terms at most), so
+#: float32 loses nothing measurable while halving memory and traffic; patch-wide sums (metric,
+#: noise, weights) are float64.
+MODEL_DTYPE = np.dtype(np.float32)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -86,55 +93,40 @@ class NoExchange:
 
 
 # ----------------------------------------------------------------------------- pieces
-def opening_structure(width: int) -> NDArray[np.bool_]:
-    """Cross-shaped element grown ``width`` times (a diamond of radius ``width``)."""
-    cross = ndimage.generate_binary_structure(2, 1)
-    return ndimage.iterate_structure(cross, width) if width > 1 else cross
-
-
-def _opened(selection: NDArray[np.bool_], width: int) -> NDArray[np.bool_]:
-    """Pixel groups of ``selection`` that survive a binary opening; isolated pixels drop out."""
-    if width <= 0:
-        return selection
-    return kernels.binary_opening_diamond(selection, width)
-
-
 def apply_thresholds(image: NDArray, high: NDArray | None, low: NDArray | None, width: int) -> None:
-    """Clamp ``image`` in place to ``[low, high]`` on pixel groups that survive the opening."""
+    """Clamp ``image`` in place to ``[low, high]`` on pixel groups that survive a binary opening by the
+    diamond of radius ``width`` (isolated pixels are left alone)."""
+    sel, scratch = np.empty(image.shape, np.uint8), np.empty(image.shape, np.uint8)
     if high is not None:
-        sel = _opened(image > high, width)
-        image[sel] = high[sel]
+        regularize.clamp_opened(image, np.asarray(high, image.dtype), 1.0, False, True, width, sel, scratch)
     if low is not None:
-        sel = _opened(image < low, width)
-        image[sel] = low[sel]
+        regularize.clamp_opened(image, np.asarray(low, image.dtype), 1.0, False, False, width, sel, scratch)
 
 
-def clamp_to_previous(new: NDArray, old: NDArray, factor: float, width: int) -> None:
-    """Step 4: limit ``new`` to [old/f, |old|·f] (in place) where coherent groups exceed it."""
-    apply_thresholds(new, np.abs(old) * factor, old / factor, width)
+def clamp_to_previous(new: NDArray, old: NDArray, factor: float, width: int, sel: NDArray | None = None,
+                      scratch: NDArray | None = None) -> None:  # fmt: skip
+    """Step 4: limit ``new`` (ny, nx) to [old/f, |old|·f] (in place) where coherent groups exceed it.
+
+    ``sel``, ``scratch``: optional uint8 work images of the same shape.
+    """
+    sel = np.empty(new.shape, np.uint8) if sel is None else sel
+    scratch = np.empty(new.shape, np.uint8) if scratch is None else scratch
+    regularize.clamp_opened(new, old, factor, True, True, width, sel, scratch)
+    regularize.clamp_opened(new, old, 1.0 / factor, False, False, width, sel, scratch)
 
 
-def regularize_frequency(planes: NDArray, factor: float, width: int, noise: float) -> None:
+def regularize_frequency(planes: NDArray, factor: float, width: int, noise: float,
+                         work: regularize.FrequencyWork | None = None) -> None:  # fmt: skip
     """Step 5 (in place on ``planes`` (K, ny, nx)): limit the sub-filters' departure from their mean.
 
-    ``noise`` is the background std of plane 0 (before the 1/(2·width) reduction,
-    applied here).
+    With ref = mean of the planes (0 where not positive), smooth = G_w(ref) + 3·noise/(2w):
+    clamp each plane to [smooth/√f, smooth·√f] on coherent groups, then replace it by
+    ratio·ref with ratio = (G_w(plane) + 3·noise/(2w))/smooth sharpened as
+    ratio + 3·(ratio − G_{w/3}(ratio)).  ``noise`` is the background std of plane 0; G_σ is a
+    Gaussian (scipy's, reflect, truncate 4).  ``work``: preallocated work images.
     """
-    ref = planes.mean(axis=0)
-    ref = np.where(np.isfinite(ref) & (ref > 0), ref, 0.0)
-    noise = noise / (2.0 * width)
-    smooth = ndimage.gaussian_filter(ref, width) + 3.0 * noise
-    max_diff = math.sqrt(factor)
-    high = smooth * max_diff
-    low = smooth / max_diff
-    for k in range(planes.shape[0]):
-        apply_thresholds(planes[k], high, low, width)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for k in range(planes.shape[0]):
-            ratio = (ndimage.gaussian_filter(planes[k], width) + 3.0 * noise) / smooth
-            ratio = np.where(np.isfinite(ratio), ratio, 1.0)
-            ratio += 3.0 * (ratio - ndimage.gaussian_filter(ratio, width / 3.0))
-            planes[k] = ratio * ref
+    work = work or regularize.FrequencyWork(planes.shape[1:], planes.dtype)
+    regularize.regularize_frequency(planes, factor, width, noise, work)
 
 
 def condition(new: NDArray, old: NDArray, gain: float) -> NDArray:
@@ -174,8 +166,7 @@ def amplified(planes: NDArray, accelerate: float) -> NDArray:
     """(y_k − ȳ)·A + ȳ: the planes as the forward model and the output use them."""
     if accelerate == 1.0:
         return planes
-    mean = planes.mean(axis=0)
-    return (planes - mean[None]) * accelerate + mean[None]
+    return regularize.amplify(np.ascontiguousarray(planes), accelerate, np.empty(planes.shape, planes.dtype))
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -277,12 +268,14 @@ class DcrSolver:
         self.bad_bits = plane_bits(planes, config.badMaskPlanes)
         self.converge_bits = plane_bits(planes, config.convergenceMaskPlanes)
         remove = plane_bits(planes, config.removeMaskPlanes)
-        if remove:
-            warps.masks &= ~np.int32(remove)
-        # Good-pixel indicators g_v; bad pixels' values are set to 0.
-        self.good = ((warps.masks & self.bad_bits) == 0) & np.isfinite(warps.images) & np.isfinite(warps.variances)
-        warps.images[~self.good] = 0.0
-        self.converge_pixels = (warps.masks & self.converge_bits) != 0
+        warps.images = np.ascontiguousarray(warps.images, dtype=MODEL_DTYPE)
+        warps.variances = np.ascontiguousarray(warps.variances)
+        warps.masks = np.ascontiguousarray(warps.masks, dtype=np.int32)
+        # Good-pixel indicators g_v (bad pixels' values are set to 0) and convergence pixels, in one
+        # pass that also clears the removeMaskPlanes bits
+        self.good, self.converge_pixels = kernels.classify_pixels(
+            warps.images, warps.variances, warps.masks, remove, self.bad_bits, self.converge_bits
+        )
         # order 1: one cache-blocked pass per visit (kernels.fused); order 3: per-shift kernels
         self.fused = fused and self.order == 1
         if self.fused:
@@ -305,8 +298,7 @@ class DcrSolver:
 
     def background_noise(self, image: NDArray) -> float:
         """Std of ``image`` over background pixels of the patch (merged over tiles)."""
-        sel = self._inner(self.background) & np.isfinite(self._inner(image))
-        return merged_std(self.reducer, self._inner(image)[sel])
+        return merged_std(self.reducer, self._inner(image), self._inner(self.background))
 
     # -- initialisation -----------------------------------------------------------
     def scale_warp_variances(self) -> NDArray:
@@ -322,9 +314,8 @@ class DcrSolver:
         factors = np.ones(w.num_visits)
         for v in range(w.num_visits):
             image, variance = self._inner(w.images[v]), self._inner(w.variances[v])
-            background = self._inner(self.good[v]) & ((self._inner(w.masks[v]) & excluded) == 0) & (variance > 0)
-            snr = image[background] / np.sqrt(variance[background])
-            factor = clipped_std(self.reducer, snr) ** 2
+            background = self._inner(self.good[v]) & ((self._inner(w.masks[v]) & excluded) == 0)
+            factor = clipped_std(self.reducer, image, select=background, denominator=variance) ** 2  # of image/√var
             if not np.isfinite(factor) or factor <= 0:
                 continue
             if factor > limit or factor < 1.0 / limit:
@@ -344,10 +335,9 @@ class DcrSolver:
         cfg, w = self.cfg, self.warps
         V = w.num_visits
         self.variance_scale = self.scale_warp_variances() if cfg.doScaleWarpVariance else np.ones(V)
-        inner_good = self._inner(self.good)
-        var_sums = np.array([np.sum(self._inner(w.variances[v])[inner_good[v]], dtype=np.float64) for v in range(V)])
-        counts = inner_good.reshape(V, -1).sum(axis=1).astype(np.float64)
-        tot = self.reducer.sum(np.concatenate([var_sums, counts]))
+        # Σ variance and the number of good pixels of each visit (good variances are finite)
+        sums = [moments.selected_sums(self._inner(w.variances[v]), self._inner(self.good[v])) for v in range(V)]
+        tot = self.reducer.sum([s for _, s, _ in sums] + [float(n) for n, _, _ in sums])
         self.visit_weights = visit_weights_from_sums(tot[:V], tot[V:], w.airmass if cfg.doAirmassWeight else None)
         usable = int(np.sum(self.visit_weights > 0))
         if usable < 2:
@@ -367,7 +357,8 @@ class DcrSolver:
             cfg.calcErrorFromInputVariance,
         )
         K = self.K
-        self.model = np.repeat((self.static.image / K)[None], K, axis=0)
+        self.static_image = self.static.image.astype(MODEL_DTYPE)
+        self.model = np.repeat((self.static_image / K)[None], K, axis=0)
         self.base_mask = self.static.mask.copy()
         self._detect_if_no_convergence_planes()
         self.background = ((self.base_mask & (self.bad_bits | self.converge_bits)) == 0) & self._edge_distance_ok()
@@ -376,18 +367,21 @@ class DcrSolver:
         shape = self.model.shape
         coverage = np.zeros(shape, dtype=np.float64)
         nimage = np.zeros(shape, dtype=np.int32)
-        for v in range(V):
-            if self.visit_weights[v] <= 0:
-                continue
-            coeffs = kernels.prefilter(self.good[v].astype(np.float64), self.order)
-            for k in range(K):
-                shifted = np.zeros(shape[1:], dtype=np.float64)
-                kernels.add_shifted(shifted, coeffs, -w.shifts[v].mean[k], self.order)
-                coverage[k] += shifted
-                nimage[k] += np.rint(shifted).astype(np.int32)
+        if self.fused:
+            fused.coverage(self.sweep_plan, self.good, self.visit_weights > 0, coverage, nimage)
+        else:
+            for v in range(V):
+                if self.visit_weights[v] <= 0:
+                    continue
+                coeffs = kernels.prefilter(self.good[v].astype(np.float64), self.order)
+                for k in range(K):
+                    shifted = np.zeros(shape[1:], dtype=np.float64)
+                    kernels.add_shifted(shifted, coeffs, -w.shifts[v].mean[k], self.order)
+                    coverage[k] += shifted
+                    nimage[k] += np.rint(shifted).astype(np.int32)
         self.dcr_good = np.all(coverage > 1.0, axis=0)
         with np.errstate(divide="ignore"):
-            self.inverse_weights = np.where(self.dcr_good[None], 1.0 / coverage, 0.0)
+            self.inverse_weights = np.where(self.dcr_good[None], 1.0 / coverage, 0.0).astype(MODEL_DTYPE)
         self.nimage = np.where(self.dcr_good[None], nimage, 0)
         nodata = plane_bits(w.mask_planes, ["NO_DATA"])
         self.base_mask |= np.where(self.dcr_good, 0, nodata).astype(np.int32)
@@ -395,12 +389,13 @@ class DcrSolver:
         if cfg.useModelWeights:
             if cfg.modelWeightsWidth < 0:
                 raise SolverError("modelWeightsWidth must not be negative")
-            m = ((self.base_mask & self.converge_bits) != 0).astype(np.float64)
+            m = ((self.base_mask & self.converge_bits) != 0).astype(MODEL_DTYPE)
             if cfg.modelWeightsWidth > 0:
-                m = ndimage.gaussian_filter(m, cfg.modelWeightsWidth)
+                m = gaussian_filter(m, cfg.modelWeightsWidth)
             peak = float(self.reducer.max([np.max(self._inner(m), initial=0.0)])[0])
             if peak > 0:
-                self.model_weights: NDArray | None = m / peak
+                m *= MODEL_DTYPE.type(1.0 / peak)
+                self.model_weights: NDArray | None = m
             else:
                 log.warning(
                     "no pixel of the static model carries %s; model weights are not applied",
@@ -409,6 +404,13 @@ class DcrSolver:
                 self.model_weights = None
         else:
             self.model_weights = None
+        # T·(1 − M)/K, the static model's share of every plane under the model weights (step 7)
+        self.static_share = (
+            None
+            if self.model_weights is None
+            else (self.static_image * (1 - self.model_weights) / K).astype(MODEL_DTYPE)
+        )
+        self._work = regularize.FrequencyWork(self.model.shape[1:], MODEL_DTYPE)
 
     def _detect_if_no_convergence_planes(self) -> None:
         """Warps without DETECTED (or whatever convergenceMaskPlanes names) would leave the metric
@@ -450,17 +452,17 @@ class DcrSolver:
         V = w.num_visits
         mean_model = model.mean(axis=0)
         noise = self.background_noise(model[1])
-        significance = np.abs(mean_model) + 3.0 * noise
+        significance = np.abs(mean_model) + np.float32(3.0 * noise)
         if float(self.reducer.max([np.max(self._inner(significance), initial=0.0)])[0]) == 0.0:
             significance = np.ones_like(significance)
         planes = amplified(model, self.cfg.accelerateModel)
-        acc = np.zeros(model.shape, dtype=np.float64)
+        acc = np.zeros(model.shape, dtype=model.dtype)
         sums = np.zeros(2 * V)
         if self.fused:
             ys, xs = self.inner
             bounds = (ys.start, ys.stop, xs.start, xs.stop)
             visit_sums = self.sweep_plan.run(np.ascontiguousarray(planes), w.images, self.good, self.converge_pixels,
-                                             np.ascontiguousarray(significance, dtype=np.float64), bounds,
+                                             np.ascontiguousarray(significance, dtype=model.dtype), bounds,
                                              self.visit_weights > 0, acc)  # fmt: skip
             sums[:V], sums[V:] = visit_sums[:, 0], visit_sums[:, 1]
         else:
@@ -489,19 +491,17 @@ class DcrSolver:
     def update(self, model: NDArray, acc: NDArray, gain: float) -> NDArray:
         """Steps 3–7 of one iteration, then the halo refresh; returns the new model."""
         cfg = self.cfg
-        new = model + self.inverse_weights * acc
-        bad = ~np.isfinite(new)
-        new[bad] = model[bad]
+        new = regularize.apply_update(model, acc, self.inverse_weights, np.empty_like(model))
         width = int(cfg.regularizationWidth)
+        work = self._work
         if cfg.regularizeModelIterations > 0:
             for k in range(self.K):
-                clamp_to_previous(new[k], model[k], cfg.regularizeModelIterations, width)
+                clamp_to_previous(new[k], model[k], cfg.regularizeModelIterations, width, work.sel, work.scratch)
         if cfg.regularizeModelFrequency > 0:
             noise = self.background_noise(new[0])
-            regularize_frequency(new, cfg.regularizeModelFrequency, width, noise)
-        new = condition(new, model, gain)
-        if self.model_weights is not None:
-            new = apply_model_weights(new, self.static.image, self.model_weights)
+            regularize_frequency(new, cfg.regularizeModelFrequency, width, noise, work)
+        # steps 6 and 7 in one pass, in place
+        regularize.condition_weighted(new, model, gain, self.model_weights, self.static_share, out=new)
         self.exchanger.exchange(new)
         return new
 
@@ -590,7 +590,8 @@ class DcrSolver:
         self, model: NDArray, history: list[IterationRecord], stop: str, n: int, per_visit: NDArray
     ) -> DcrResult:
         planes = amplified(model, self.cfg.accelerateModel)
-        plane_var = np.repeat((self.static.variance / self.K)[None], self.K, axis=0)
+        # every plane carries 1/K of the coadd's variance: a read-only broadcast view, not K copies
+        plane_var = np.broadcast_to((self.static.variance / self.K)[None], (self.K, *self.static.variance.shape))
         return DcrResult(
             planes=planes,
             coadd=planes.sum(axis=0),

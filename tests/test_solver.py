@@ -350,19 +350,9 @@ def test_fused_sweep_equals_per_shift_sweep():
     a = S.solve(_stack(f, shifts, list(range(9))), config, fused=True)
     b = S.solve(_stack(f, shifts, list(range(9))), config, fused=False)
     assert a.iterations == b.iterations and a.stop_reason == b.stop_reason
-    assert np.allclose([h.metric for h in a.history], [h.metric for h in b.history], rtol=1e-9)
-    assert np.max(np.abs(a.planes - b.planes)) < 1e-9 * np.max(np.abs(b.planes))
-
-
-def test_numba_opening_equals_scipy(rng):
-    from scipy import ndimage
-
-    for width in (1, 2, 3):
-        for _ in range(10):
-            sel = rng.uniform(size=(60, 70)) > rng.uniform(0.1, 0.6)  # groups, isolated pixels, edges
-            full = ndimage.binary_opening(sel, structure=S.opening_structure(width))
-            assert np.array_equal(S._opened(sel, width), full)
-    assert not S._opened(np.zeros((5, 5), bool), 2).any()
+    # the model state is float32: the per-shift path's float64 templates differ at float32 rounding
+    assert np.allclose([h.metric for h in a.history], [h.metric for h in b.history], rtol=1e-5)
+    assert np.max(np.abs(a.planes - b.planes)) < 1e-5 * np.max(np.abs(b.planes))
 
 
 def test_scale_warp_variance():

@@ -1,7 +1,7 @@
 """Checkpoints of a running iteration, and reading them back to resume.
 
-A checkpoint holds the raw model planes (float64, so a resumed run continues
-bit for bit), the iteration number, the metric and gain histories with the
+A checkpoint holds the raw model planes (in the solver's precision, float32, so a resumed run
+continues bit for bit), the iteration number, the metric and gain histories with the
 per-iteration records, and two digests that a resume must match: of the
 configuration and of the input file list (paths, sizes, modification
 times).  It is written collectively like the model file, under a temporary
@@ -48,7 +48,7 @@ def write_checkpoint(
     """Write ``state`` (this rank's ``inner`` part of the model, at ``box``) to ``path``; all ranks call."""
     K = state.model.shape[0]
     ny, nx = shape
-    layout = {"model_raw": DatasetSpec((K, ny, nx), np.dtype(np.float64), (1, min(256, ny), min(256, nx)))}
+    layout = {"model_raw": DatasetSpec((K, ny, nx), state.model.dtype, (1, min(256, ny), min(256, nx)))}
     arrays = {"model_raw": np.ascontiguousarray(state.model[(..., *inner)])}
     V = len(state.history[0].visit_metrics)
     records = np.array(

@@ -349,13 +349,14 @@ def union_mask_planes(infos: list[WarpInfo]) -> dict[str, int]:
     return planes
 
 
-def _section(path: str, hdu: str | int, box: Box) -> NDArray:
+def _section(path: str, hdu: str | int, box: Box, out: NDArray) -> NDArray:
+    """Read ``box`` of an image HDU into ``out`` (converting from FITS big-endian in the copy)."""
     with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
-        h = hdul[hdu]
-        data = np.array(h.section[box.y0 : box.y1, box.x0 : box.x1])
+        data = hdul[hdu].section[box.y0 : box.y1, box.x0 : box.x1]
+        np.copyto(out, data, casting="unsafe")
     READ_STATS.windows.append((path, box))
     READ_STATS.bytes += data.nbytes
-    return data
+    return out
 
 
 def _first_image_hdu(path: str) -> int:
@@ -366,39 +367,44 @@ def _first_image_hdu(path: str) -> int:
     raise InputError(f"{path}: no 2-D image HDU")
 
 
-def read_window(info: WarpInfo, box: Box, planes: dict[str, int]) -> tuple[NDArray, NDArray, NDArray]:
-    """(image, variance, mask) of ``box`` from one warp: float32, float32, int32 with ``planes`` bits."""
+def read_window(info: WarpInfo, box: Box, planes: dict[str, int],
+                out: tuple[NDArray, NDArray, NDArray] | None = None) -> tuple[NDArray, NDArray, NDArray]:  # fmt: skip
+    """(image, variance, mask) of ``box`` from one warp: float32, float32, int32 with ``planes`` bits.
+
+    ``out``: three (ny, nx) arrays of those dtypes to read into (e.g. slices of the tile's warp
+    stacks, so no copy is made afterwards); returned.
+    """
+    if out is None:
+        out = (np.empty(box.shape, np.float32), np.empty(box.shape, np.float32), np.empty(box.shape, np.int32))
+    image, variance, mask = out
     try:
         if info.layout == "lsst":
-            image = _section(info.path, "IMAGE", box)
-            mask = _section(info.path, "MASK", box)
-            variance = _section(info.path, "VARIANCE", box)
+            _section(info.path, "IMAGE", box, image)
+            _section(info.path, "MASK", box, mask)
+            _section(info.path, "VARIANCE", box, variance)
         else:
-            image = _section(info.image_path, _first_image_hdu(info.image_path), box)
-            variance = _section(info.variance_path, _first_image_hdu(info.variance_path), box)
+            _section(info.image_path, _first_image_hdu(info.image_path), box, image)
+            _section(info.variance_path, _first_image_hdu(info.variance_path), box, variance)
             if info.variance_is_weight:
                 with np.errstate(divide="ignore"):
-                    variance = np.where(variance > 0, 1.0 / variance, np.inf)
-            mask = (
-                _section(info.mask_path, _first_image_hdu(info.mask_path), box)
-                if info.mask_path
-                else np.zeros(image.shape, dtype=np.int32)
-            )
+                    variance[...] = np.where(variance > 0, 1.0 / variance, np.inf)
+            if info.mask_path:
+                _section(info.mask_path, _first_image_hdu(info.mask_path), box, mask)
+            else:
+                mask[...] = 0
     except InputError:
         raise
     except Exception as exc:
         raise InputError(
             f"{info.path}: cannot read pixels ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         ) from None
-    mask = np.asarray(mask).astype(np.int64)
-    remapped = np.zeros(mask.shape, dtype=np.int32)
     own = info.mask_planes
     if own and any(planes.get(n) != b for n, b in own.items()):
+        raw = mask.copy()
+        mask[...] = 0
         for name, bit in own.items():
-            remapped |= np.where((mask >> bit) & 1, np.int32(1 << planes[name]), np.int32(0))
-    else:
-        remapped = mask.astype(np.int32)
-    return image.astype(np.float32), np.asarray(variance).astype(np.float32), remapped
+            mask |= np.where((raw >> bit) & 1, np.int32(1 << planes[name]), np.int32(0))
+    return image, variance, mask
 
 
 def observation_or_error(info: WarpInfo, site: Site, notices: set[str]) -> Observation:

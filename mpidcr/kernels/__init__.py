@@ -18,7 +18,7 @@ from .shift import (
     shift_image,
     tap_table,
 )
-from .stack import stack_quantiles
+from .stack import classify_pixels, static_stack
 
 __all__ = [
     "accumulate_reverse",
@@ -26,10 +26,11 @@ __all__ = [
     "binary_dilation_diamond",
     "binary_opening_diamond",
     "build_template",
+    "classify_pixels",
     "prefilter",
     "prefilter_planes",
     "shift_image",
-    "stack_quantiles",
+    "static_stack",
     "tap_table",
 ]
 

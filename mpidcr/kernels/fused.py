@@ -10,11 +10,13 @@ a bilinear shift), the residual rows, the visit's metric sums over the inner box
 reverse shifts of every residual row whose neighbours are ready into the K accumulators.  Each
 warp row is read once and the block's rows stay in cache; the results equal the per-shift path
 (`shift.build_template` + `shift.accumulate_reverse`) to rounding.  Axis order (y, x).
+
+Precision: template, residual and accumulators are computed in the dtype of the model planes
+(the solver uses float32: half the memory traffic and twice the SIMD width of float64; each
+accumulator pixel sums only K·V short terms); the metric sums are float64.
 """
 
 from __future__ import annotations
-
-import math
 
 import numba
 import numpy as np
@@ -29,7 +31,11 @@ def _row_add(orow, r0, r1, w0, w1, ix, wx, xa, xb, offset):  # pragma: no cover 
     nx = orow.shape[0]
     if xb > xa:
         c0, c1 = wx[xa, 0], wx[xa, 1]
-        a00, a01, a10, a11 = w0 * c0, w0 * c1, w1 * c0, w1 * c1
+        # coefficients in the row's precision: float64 scalars would promote a float32 loop
+        a00 = orow.dtype.type(w0 * c0)
+        a01 = orow.dtype.type(w0 * c1)
+        a10 = orow.dtype.type(w1 * c0)
+        a11 = orow.dtype.type(w1 * c1)
         # slices indexed from 0 let LLVM drop numba's negative-index checks and vectorise
         m = xb - xa
         o = orow[xa:xb]
@@ -48,11 +54,11 @@ def _row_add(orow, r0, r1, w0, w1, ix, wx, xa, xb, offset):  # pragma: no cover 
 
 
 # fmt: off
-# fmt: off
 @numba.njit(cache=True, nogil=True)
 def _forward_row(y, planes, image, good, converge, significance, inner, ftab, trow, rrow, count):  # pragma: no cover
     """Template row ``y`` into ``trow`` and residual row into ``rrow``; with ``count``, returns the row's
-    metric sums (Σ|s−t|·S, Σ|s+t|·S/2) over the inner box (else zeros).
+    metric sums (Σ|s−t|·S, Σ|s+t|·S/2) over the inner box (else zeros).  ``good`` and ``converge``
+    are 0/1 uint8 images; bad pixels of ``image`` hold 0.
 
     ``ftab`` = (iy, wy, ix, wx, xa, xb, offset, scale) of the K·J forward shifts; shift f belongs
     to plane f // J.
@@ -70,17 +76,28 @@ def _forward_row(y, planes, image, good, converge, significance, inner, ftab, tr
         p = planes[f // per]
         _row_add(trow, p[fiy[f, y, 0]], p[fiy[f, y, 1]], w0, w1, fix[f], fwx[f], fxa[f], fxb[f], foff[f])
     srow = image[y]
+    grow = good[y]
     for x in range(nx):
-        rrow[x] = (srow[x] - trow[x]) if good[y, x] else 0.0
+        rrow[x] = (srow[x] - trow[x]) * rrow.dtype.type(grow[x])
     diff_sum = 0.0
     ref_sum = 0.0
     if count and inner[0] <= y < inner[1]:
-        for x in range(inner[2], inner[3]):
-            if good[y, x] and converge[y, x] and math.isfinite(trow[x]):
-                s = significance[y, x]
-                diff_sum += abs(srow[x] - trow[x]) * s
-                ref_sum += abs(srow[x] + trow[x]) * s * 0.5
+        x0, x1 = inner[2], inner[3]
+        diff_sum, ref_sum = _metric_row(srow[x0:x1], trow[x0:x1], grow[x0:x1], converge[y, x0:x1], significance[y, x0:x1])
     return diff_sum, ref_sum
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
+def _metric_row(srow, trow, good, converge, significance):  # pragma: no cover
+    """(Σ|s−t|·S·u, Σ|s+t|·S·u/2) over one row in float64, u = good·converge.  Both are 0/1, so the loop has no branch and vectorises; reassociating the sums (fastmath) changes
+    only their rounding.  The model planes are finite by construction, so is the template."""
+    diff_sum = 0.0
+    ref_sum = 0.0
+    for x in range(srow.shape[0]):
+        m = np.float64(significance[x]) * (good[x] & converge[x])
+        diff_sum += abs(np.float64(srow[x]) - trow[x]) * m
+        ref_sum += abs(np.float64(srow[x]) + trow[x]) * m
+    return diff_sum, ref_sum * 0.5
 
 
 @numba.njit(cache=True, nogil=True)
@@ -160,8 +177,8 @@ def _sweep_pass(planes, images, goods, converges, significance, inner, ftabs, rt
     # one scratch area per block, allocated here: numba hoists allocations out of prange loops,
     # which would make a buffer allocated inside the loop shared by all threads (and
     # numba.get_thread_id would make the kernel uncacheable)
-    trows = np.empty((nblocks, nx))
-    scratch = np.zeros((nblocks, rows, nx))  # zeros: a stray read must never see NaN garbage
+    trows = np.empty((nblocks, nx), dtype=planes.dtype)
+    scratch = np.zeros((nblocks, rows, nx), dtype=planes.dtype)  # zeros: a stray read must never see NaN garbage
     partial = np.zeros((nblocks, nv, 2))
     for bi in numba.prange(nblocks):
         trow = trows[bi]
@@ -229,14 +246,14 @@ class VisitPass:
             acc: NDArray) -> tuple[float, float]:  # fmt: skip
         """One visit: fills ``template`` and ``residual``, adds to ``acc``; returns the metric sums."""
         bounds = np.asarray(inner, dtype=np.int64)
-        return _visit_pass(planes, image, good, converge, significance, bounds, self.ftab, self.rtab, self.lag,
-                           self.block, template, residual, acc)  # fmt: skip
+        return _visit_pass(planes, image, _flags(good), _flags(converge), significance, bounds, self.ftab, self.rtab,
+                           self.lag, self.block, template, residual, acc)  # fmt: skip
 
 
 class SweepPlan:
     """The tables of every visit stacked for :func:`_sweep_pass` (all visits in one call)."""
 
-    def __init__(self, passes: list[VisitPass], block: int = 32):
+    def __init__(self, passes: list[VisitPass], block: int = 64):
         self.ftabs = tuple(
             np.ascontiguousarray(np.stack(arrays)) for arrays in zip(*(p.ftab for p in passes), strict=True)
         )
@@ -248,5 +265,44 @@ class SweepPlan:
     def run(self, planes: NDArray, images: NDArray, goods: NDArray, converges: NDArray, significance: NDArray,
             inner: tuple[int, int, int, int], active: NDArray, acc: NDArray) -> NDArray:  # fmt: skip
         """Add every active visit's reverse-shifted residual to ``acc``; returns the (V, 2) metric sums."""
-        return _sweep_pass(planes, images, goods, converges, significance, np.asarray(inner, dtype=np.int64),
-                           self.ftabs, self.rtabs, np.asarray(active, dtype=np.bool_), self.block, acc)  # fmt: skip
+        return _sweep_pass(planes, images, _flags(goods), _flags(converges), significance,
+                           np.asarray(inner, dtype=np.int64), self.ftabs, self.rtabs, np.asarray(active, dtype=np.bool_),
+                           self.block, acc)  # fmt: skip
+
+
+def _flags(a: NDArray) -> NDArray[np.uint8]:
+    """A boolean image as 0/1 bytes (a view, no copy) for the kernels' branch-free arithmetic."""
+    a = np.ascontiguousarray(a)
+    return a.view(np.uint8) if a.dtype == np.bool_ else a.astype(np.uint8)
+
+
+@numba.njit(cache=True, nogil=True)
+def _coverage_pass(goods, rtabs, active, coverage, nimage):  # pragma: no cover - compiled
+    riy, rwy, rix, rwx, rxa, rxb, roff = rtabs
+    nv = goods.shape[0]
+    K, ny, nx = coverage.shape
+    row = np.empty(nx, dtype=coverage.dtype)
+    for v in range(nv):
+        if not active[v]:
+            continue
+        g = goods[v]
+        for k in range(K):
+            for y in range(ny):
+                w0 = rwy[v, k, y, 0]
+                w1 = rwy[v, k, y, 1]
+                if w0 == 0.0 and w1 == 0.0:
+                    continue
+                row[:] = 0.0
+                _row_add(row, g[riy[v, k, y, 0]], g[riy[v, k, y, 1]], w0, w1, rix[v, k], rwx[v, k], rxa[v, k],
+                         rxb[v, k], roff[v, k])  # fmt: skip
+                c = coverage[k, y]
+                n = nimage[k, y]
+                for x in range(nx):
+                    c[x] += row[x]
+                    n[x] += np.int32(np.rint(row[x]))
+
+
+def coverage(plan: SweepPlan, goods: NDArray, active: NDArray, coverage: NDArray, nimage: NDArray) -> None:
+    """Add every active visit's reverse-shifted good-pixel indicator to ``coverage`` (K, ny, nx)
+    and its rounded value to ``nimage`` (int32): the update's weights and the inputs per pixel."""
+    _coverage_pass(_flags(goods), plan.rtabs, np.asarray(active, dtype=np.bool_), coverage, nimage)

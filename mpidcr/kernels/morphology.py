@@ -13,38 +13,105 @@ from numpy.typing import NDArray
 
 
 @numba.njit(cache=True, nogil=True)
-def _cross_pass(src, dst, erode):  # pragma: no cover - compiled
+def _cross_pass(src, dst, erode, src_rows, dst_rows):  # pragma: no cover - compiled
+    """One erosion (AND) or dilation (OR) by the 3×3 cross of a 0/1 uint8 image.
+
+    ``src_rows[y]`` says whether row y of ``src`` may have a pixel set (False: it is empty); a row
+    whose result must be empty (erosion: it or a vertical neighbour is empty; dilation: all three
+    are) is not computed, and cleared only if ``dst_rows`` says it may hold something, so sparse
+    selections cost little.  ``dst_rows`` is updated to describe ``dst``.
+    The row loops have no branches, so they vectorise (32 pixels per AVX2 instruction).
+    """
     ny, nx = src.shape
     for y in range(ny):
+        up = src_rows[y - 1] if y > 0 else False  # rows outside the image are empty
+        down = src_rows[y + 1] if y < ny - 1 else False
+        c = src[y]
+        o = dst[y]
+        if erode:
+            if not (up and down and src_rows[y]) or nx < 3:  # a neighbour outside counts as False
+                if dst_rows[y]:
+                    o[:] = 0
+                    dst_rows[y] = False
+                continue
+            u = src[y - 1]
+            d = src[y + 1]
+            o[0] = 0
+            o[nx - 1] = 0
+            for x in range(1, nx - 1):
+                o[x] = c[x] & u[x] & d[x] & c[x - 1] & c[x + 1]
+        else:
+            if not (up or down or src_rows[y]):
+                if dst_rows[y]:
+                    o[:] = 0
+                    dst_rows[y] = False
+                continue
+            for x in range(nx):
+                o[x] = c[x]
+            if y > 0:
+                u = src[y - 1]
+                for x in range(nx):
+                    o[x] |= u[x]
+            if y < ny - 1:
+                d = src[y + 1]
+                for x in range(nx):
+                    o[x] |= d[x]
+            for x in range(1, nx):
+                o[x] |= c[x - 1]
+            for x in range(nx - 1):
+                o[x] |= c[x + 1]
+        found = 0
         for x in range(nx):
-            c = src[y, x]
-            up = src[y - 1, x] if y > 0 else False
-            down = src[y + 1, x] if y < ny - 1 else False
-            left = src[y, x - 1] if x > 0 else False
-            right = src[y, x + 1] if x < nx - 1 else False
-            if erode:
-                dst[y, x] = c and up and down and left and right
-            else:
-                dst[y, x] = c or up or down or left or right
+            found |= o[x]
+        dst_rows[y] = found != 0
 
 
 @numba.njit(cache=True, nogil=True)
-def _iterate(selection, width, erode):  # pragma: no cover - compiled
-    """``width`` cross erosions (or dilations) = one by the diamond of radius ``width``."""
-    a = selection.copy()
-    b = np.empty_like(a)
-    for _ in range(width):
-        _cross_pass(a, b, erode)
+def _row_flags(image):  # pragma: no cover - compiled
+    ny, nx = image.shape
+    rows = np.zeros(ny, dtype=np.bool_)
+    for y in range(ny):
+        found = 0
+        for x in range(nx):
+            found |= image[y, x]
+        rows[y] = found != 0
+    return rows
+
+
+@numba.njit(cache=True, nogil=True)
+def _passes(a, b, erosions, dilations):  # pragma: no cover - compiled
+    """``erosions`` then ``dilations`` cross passes ping-ponging between ``a`` and ``b``; returns
+    the array holding the result."""
+    rows_a = _row_flags(a)
+    rows_b = np.ones_like(rows_a)  # b's content is unknown
+    for i in range(erosions + dilations):
+        _cross_pass(a, b, i < erosions, rows_a, rows_b)
         a, b = b, a
+        rows_a, rows_b = rows_b, rows_a
     return a
+
+
+def open_in_place(selection: NDArray[np.uint8], width: int, scratch: NDArray[np.uint8]) -> None:
+    """Binary opening of a 0/1 uint8 image by the diamond of radius ``width``, in place, using
+    ``scratch`` (same shape) as work space; nothing is allocated but two row-flag vectors."""
+    if width <= 0:
+        return
+    # 2·width passes: an even number of swaps leaves the result in ``selection``
+    _passes(selection, scratch, int(width), int(width))
+
+
+def _bytes(selection: NDArray) -> NDArray[np.uint8]:
+    a = np.ascontiguousarray(selection)
+    return a.view(np.uint8) if a.dtype == np.bool_ else (a != 0).view(np.uint8)
 
 
 def binary_opening_diamond(selection: NDArray[np.bool_], width: int) -> NDArray[np.bool_]:
     """Opening of a 2-D boolean image by the diamond of radius ``width`` (≥ 1)."""
-    eroded = _iterate(np.ascontiguousarray(selection, dtype=np.bool_), int(width), True)
-    return _iterate(eroded, int(width), False)
+    a = _bytes(selection).copy()
+    return _passes(a, np.empty_like(a), int(width), int(width)).view(np.bool_)
 
 
 def binary_dilation_diamond(selection: NDArray[np.bool_], width: int) -> NDArray[np.bool_]:
     """Dilation of a 2-D boolean image by the diamond of radius ``width`` (0: unchanged)."""
-    return _iterate(np.ascontiguousarray(selection, dtype=np.bool_), int(width), False)
+    a = _bytes(selection).copy()
+    return _passes(a, np.empty_like(a), 0, int(width)).view(np.bool_)

@@ -1,48 +1,298 @@
-"""Per-pixel order statistics over a stack of images (the visit axis), in numba.
+"""Per-pixel statistics over a stack of warps (the visit axis), in numba: the static sky model.
 
-numpy's ``nanpercentile`` over the first axis of a (V, ny, nx) stack runs a
-Python-level loop per pixel; this kernel sorts the ≤ V good values of each
-pixel in place instead.  Quantiles use numpy's default 'linear' rule.
+One pass over the ``(V, ny, nx)`` stack computes, for every pixel, the statistic of its good
+inputs (weighted mean, median, or the sigma-clipped weighted mean), the variance, the count and
+the propagated mask.  numpy's version of the same (``tests/reference.py``, the kernel's twin)
+needs a dozen full-stack float64 temporaries and a per-pixel Python loop for the quantiles; here
+each pixel's ≤ V values are gathered into a small buffer and sorted in place.  Quantiles use
+numpy's default 'linear' rule.  Rows are independent, so they run in parallel with ``--threads``.
 """
 
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy as np
 from numpy.typing import NDArray
 
+#: statistic codes of :func:`static_stack`
+MEAN, MEDIAN, MEANCLIP = 0, 1, 2
+
+_IQR_TO_SIGMA = 0.7413  # 1 / (2 · Φ⁻¹(0.75)) for a Gaussian
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _static_stack(
+    images,
+    variances,
+    masks,
+    good,
+    weights,
+    statistic,
+    sigma_clip,
+    clip_iter,
+    prop_bits,
+    prop_thresholds,
+    from_input_variance,
+    nodata_bit,
+    image,
+    variance,
+    mask,
+    count,
+    chunks,
+    width,
+):  # pragma: no cover - compiled
+    nv, ny, nx = images.shape
+    total_weight = max(np.sum(weights), 1e-300)
+    # per-chunk scratch rows (visit, column), allocated here: numba hoists allocations out of prange
+    vals = np.empty((chunks, nv, width))
+    keeps = np.empty((chunks, nv, width))
+    srt = np.empty((chunks, nv, width))
+    accs = np.empty((chunks, 6, width))
+    for c in numba.prange(chunks):
+        val, keep, s, acc = vals[c], keeps[c], srt[c], accs[c]
+        for y in range(c * ny // chunks, (c + 1) * ny // chunks):
+            for x0 in range(0, nx, width):
+                m = min(width, nx - x0)
+                _segment(
+                    images,
+                    variances,
+                    masks,
+                    good,
+                    weights,
+                    statistic,
+                    sigma_clip,
+                    clip_iter,
+                    prop_bits,
+                    prop_thresholds,
+                    from_input_variance,
+                    nodata_bit,
+                    total_weight,
+                    y,
+                    x0,
+                    m,
+                    val[:, :m],
+                    keep[:, :m],
+                    s[:, :m],
+                    acc[:, :m],
+                    image,
+                    variance,
+                    mask,
+                    count,
+                )
+
 
 @numba.njit(cache=True, nogil=True)
-def _stack_quantiles(stack, use, qs, out):  # pragma: no cover - compiled
-    nv, ny, nx = stack.shape
-    nq = qs.shape[0]
-    buf = np.empty(nv, dtype=np.float64)
-    for y in range(ny):
-        for x in range(nx):
-            n = 0
-            for v in range(nv):
-                if use[v, y, x]:
-                    buf[n] = stack[v, y, x]
-                    n += 1
+def _segment(
+    images,
+    variances,
+    masks,
+    good,
+    weights,
+    statistic,
+    sigma_clip,
+    clip_iter,
+    prop_bits,
+    prop_thresholds,
+    from_input_variance,
+    nodata_bit,
+    total_weight,
+    y,
+    x0,
+    m,
+    val,
+    keep,
+    s,
+    acc,
+    image,
+    variance,
+    mask,
+    count,
+):  # pragma: no cover - compiled
+    """Pixels (y, x0 … x0 + m): every step is a loop over visits of loops over columns, which vectorise."""
+    nv = val.shape[0]
+    sw, swx, cnt, center, sigma, tmp = acc[0], acc[1], acc[2], acc[3], acc[4], acc[5]
+    for v in range(nv):
+        im, gd = images[v, y, x0 : x0 + m], good[v, y, x0 : x0 + m]
+        on = 1.0 if weights[v] > 0 else 0.0
+        for x in range(m):
+            val[v, x] = im[x]
+            keep[v, x] = on * gd[x]
+    if statistic == MEDIAN or (statistic == MEANCLIP and nv > 2):
+        # sort each column's used values to its front (unused = +inf) by odd-even transposition
+        for v in range(nv):
+            for x in range(m):
+                s[v, x] = val[v, x] if keep[v, x] > 0 else np.inf
+        for p in range(nv):
+            for i in range(p % 2, nv - 1, 2):
+                a, b = s[i], s[i + 1]
+                for x in range(m):
+                    lo = min(a[x], b[x])
+                    b[x] = max(a[x], b[x])
+                    a[x] = lo
+        cnt[:] = 0.0
+        for v in range(nv):
+            for x in range(m):
+                cnt[x] += keep[v, x]
+        for x in range(m):
+            n = int(cnt[x])
             if n == 0:
-                for i in range(nq):
-                    out[i, y, x] = np.nan
+                center[x] = np.nan
+                sigma[x] = np.nan
                 continue
-            s = np.sort(buf[:n])
-            for i in range(nq):
-                pos = qs[i] * (n - 1)
-                lo = int(np.floor(pos))
-                hi = min(lo + 1, n - 1)
-                frac = pos - lo
-                out[i, y, x] = s[lo] + frac * (s[hi] - s[lo])
+            center[x] = _quantile(s, x, n, 0.5)
+            sigma[x] = _IQR_TO_SIGMA * (_quantile(s, x, n, 0.75) - _quantile(s, x, n, 0.25))
+        if statistic == MEANCLIP:
+            for _ in range(clip_iter):
+                _moments(val, keep, weights, center, sigma, sigma_clip, s, sw, swx, tmp)
+            # the final selection (NaN centre or sigma rejects nothing, as in numpy)
+            for v in range(nv):
+                for x in range(m):
+                    if abs(val[v, x] - center[x]) > sigma_clip * sigma[x]:
+                        keep[v, x] = 0.0
+    sw[:] = 0.0
+    swx[:] = 0.0
+    cnt[:] = 0.0
+    for v in range(nv):
+        w = weights[v]
+        for x in range(m):
+            k = keep[v, x] * w
+            sw[x] += k
+            swx[x] += k * val[v, x]
+            cnt[x] += keep[v, x]
+    out = image[y, x0 : x0 + m]
+    for x in range(m):
+        if statistic == MEDIAN:
+            r = center[x]
+        else:
+            r = swx[x] / sw[x] if sw[x] > 0 else 0.0
+        out[x] = r if math.isfinite(r) else 0.0
+        count[y, x0 + x] = int(cnt[x])
+    tmp[:] = 0.0
+    for v in range(nv):
+        w = weights[v]
+        if from_input_variance:
+            var = variances[v, y, x0 : x0 + m]
+            for x in range(m):
+                tmp[x] += keep[v, x] * w * w * var[x]
+        else:
+            for x in range(m):
+                tmp[x] += keep[v, x] * w * (val[v, x] - out[x]) ** 2
+    for x in range(m):
+        if sw[x] > 0:
+            q = tmp[x] / (sw[x] * sw[x]) if from_input_variance else tmp[x] / sw[x] / max(cnt[x], 1.0)
+        else:
+            q = np.inf
+        variance[y, x0 + x] = q if math.isfinite(q) else np.inf
+    bits = mask[y, x0 : x0 + m]
+    bits[:] = 0
+    for v in range(nv):
+        mk = masks[v, y, x0 : x0 + m]
+        for x in range(m):
+            if keep[v, x] > 0:
+                bits[x] |= mk[x]
+    # planes carried by unused inputs holding more than a threshold of the pixel's weight
+    for p in range(prop_bits.shape[0]):
+        tmp[:] = 0.0
+        for v in range(nv):
+            mk = masks[v, y, x0 : x0 + m]
+            for x in range(m):
+                if (mk[x] & prop_bits[p]) != 0 and keep[v, x] == 0:
+                    tmp[x] += weights[v]
+        for x in range(m):
+            if tmp[x] / total_weight > prop_thresholds[p]:
+                bits[x] |= prop_bits[p]
+    for x in range(m):
+        if cnt[x] == 0:
+            bits[x] |= nodata_bit
 
 
-def stack_quantiles(stack: NDArray, use: NDArray[np.bool_], quantiles: list[float]) -> NDArray[np.float64]:
-    """Quantiles (0–1) over axis 0 of ``stack`` (V, ny, nx) using only ``use`` values; NaN where none.
+@numba.njit(cache=True, nogil=True)
+def _moments(val, keep, weights, center, sigma, sigma_clip, kw, sw, swx, ss):  # pragma: no cover - compiled
+    """One clipping pass: the weighted mean and std of the values within sigma_clip·sigma of the
+    centre (all of ``keep`` where the centre or sigma is NaN) replace ``center`` and ``sigma``;
+    NaN where nothing is left.  ``kw`` (V, m) is scratch for the pass's weights."""
+    nv, m = val.shape
+    sw[:] = 0.0
+    swx[:] = 0.0
+    ss[:] = 0.0
+    for v in range(nv):
+        w = weights[v]
+        for x in range(m):
+            k = keep[v, x] * w
+            if abs(val[v, x] - center[x]) > sigma_clip * sigma[x]:
+                k = 0.0
+            kw[v, x] = k
+            sw[x] += k
+            swx[x] += k * val[v, x]
+    for x in range(m):
+        center[x] = swx[x] / sw[x] if sw[x] > 0 else np.nan
+    for v in range(nv):
+        for x in range(m):
+            ss[x] += kw[v, x] * (val[v, x] - center[x]) ** 2
+    for x in range(m):
+        sigma[x] = math.sqrt(ss[x] / sw[x]) if sw[x] > 0 else np.nan
 
-    Returns (len(quantiles), ny, nx), equal to ``np.nanpercentile(np.where(use, stack, nan), 100·q, axis=0)``.
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _quantile(s, x, n, q):  # pragma: no cover - compiled
+    """Quantile ``q`` of the sorted column ``s[:n, x]`` by linear interpolation (numpy's default);
+    indexed directly, as a column view per pixel would cost a reference count each."""
+    pos = q * (n - 1)
+    lo = int(pos)  # pos ≥ 0: truncation is the floor
+    hi = min(lo + 1, n - 1)
+    return s[lo, x] + (pos - lo) * (s[hi, x] - s[lo, x])
+
+
+def static_stack(images: NDArray, variances: NDArray, masks: NDArray, good: NDArray[np.bool_], weights: NDArray,
+                 statistic: int, sigma_clip: float, clip_iter: int, propagate: dict[int, float],
+                 from_input_variance: bool, nodata_bit: int) -> tuple[NDArray, NDArray, NDArray, NDArray]:  # fmt: skip
+    """The static sky model of a ``(V, ny, nx)`` stack; see :func:`mpidcr.coadd.static_sky_model`.
+
+    weights : (V,) per-visit weights; a pixel's input is used where ``good`` and its weight > 0.
+    statistic : :data:`MEAN`, :data:`MEDIAN` or :data:`MEANCLIP`.
+    propagate : mask bit → weight-fraction threshold.
+    Returns (image float64, variance float64, mask int32, count int32), each (ny, nx).
     """
-    qs = np.asarray(quantiles, dtype=np.float64)
-    out = np.empty((qs.size, *stack.shape[1:]), dtype=np.float64)
-    _stack_quantiles(np.ascontiguousarray(stack), np.ascontiguousarray(use), qs, out)
-    return out
+    ny, nx = images.shape[1:]
+    image = np.empty((ny, nx))
+    variance = np.empty((ny, nx))
+    mask = np.empty((ny, nx), dtype=np.int32)
+    count = np.empty((ny, nx), dtype=np.int32)
+    bits = np.array(list(propagate.keys()), dtype=np.int32)
+    thresholds = np.array(list(propagate.values()), dtype=np.float64)
+    _static_stack(np.ascontiguousarray(images), np.ascontiguousarray(variances), np.ascontiguousarray(masks),
+                  np.ascontiguousarray(good), np.asarray(weights, dtype=np.float64), int(statistic), float(sigma_clip),
+                  int(clip_iter), bits, thresholds, bool(from_input_variance), np.int32(nodata_bit), image, variance,
+                  mask, count, max(1, min(numba.get_num_threads(), ny)), 256)  # fmt: skip
+    return image, variance, mask, count
+
+
+@numba.njit(cache=True, nogil=True)
+def _classify(images, variances, masks, remove_bits, bad_bits, converge_bits, good, converge):  # pragma: no cover
+    img, var, msk, gd, cv = images.ravel(), variances.ravel(), masks.ravel(), good.ravel(), converge.ravel()
+    keep = ~remove_bits
+    for i in range(img.shape[0]):
+        m = msk[i] & keep
+        msk[i] = m
+        ok = (m & bad_bits) == 0 and math.isfinite(img[i]) and math.isfinite(var[i])
+        gd[i] = ok
+        if not ok:
+            img[i] = 0
+        cv[i] = (m & converge_bits) != 0
+
+
+def classify_pixels(images: NDArray, variances: NDArray, masks: NDArray, remove_bits: int, bad_bits: int,
+                    converge_bits: int) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:  # fmt: skip
+    """One pass over a (V, ny, nx) stack: clear ``remove_bits`` from ``masks``, find the good pixels
+    (none of ``bad_bits``, finite image and variance) and set the others' image to 0, in place;
+    returns (good, convergence pixels) as boolean stacks."""
+    for a in (images, variances, masks):
+        if not a.flags.c_contiguous:
+            raise ValueError("classify_pixels needs C-contiguous stacks")
+    good = np.empty(images.shape, dtype=np.bool_)
+    converge = np.empty(images.shape, dtype=np.bool_)
+    _classify(images, variances, masks, np.int32(remove_bits), np.int32(bad_bits), np.int32(converge_bits), good,
+              converge)  # fmt: skip
+    return good, converge

@@ -127,13 +127,22 @@ def install_abort_hook(comm: Any) -> None:
     sys.excepthook = hook
 
 
-def choose_dims(size: int, shape: tuple[int, int]) -> tuple[int, int]:
-    """Tile grid (py, px) for ``size`` ranks on a patch of ``shape``: the factorisation whose
-    smallest tile side is largest (so the halo fits), ties broken towards square tiles, then
-    towards more tiles along y (a tile of whole rows is read contiguously from the warps).
+#: Tiles at least this many rows tall are preferred whole-width (see :func:`choose_dims`).
+MIN_ROW_TILE = 256
 
-    Unlike ``MPI.Compute_dims`` this looks at the patch's aspect ratio.
+
+def choose_dims(size: int, shape: tuple[int, int]) -> tuple[int, int]:
+    """Tile grid (py, px) for ``size`` ranks on a patch of ``shape``.
+
+    Whole-width tiles (px = 1) while they stay at least :data:`MIN_ROW_TILE` rows tall: a tile of
+    whole rows is read as contiguous byte ranges from every warp and its row kernels run full
+    width (measured on 2048×4096 × 12 visits, 2 ranks: 9.9 s with 2×1 tiles, 11.5 s with 1×2,
+    whose strided reads took 2.2 s instead of 0.45 s).  Otherwise the factorisation whose smallest
+    tile side is largest (so the halo fits), ties broken towards square tiles, then towards more
+    tiles along y.  Unlike ``MPI.Compute_dims`` this looks at the patch's aspect ratio.
     """
+    if size <= shape[0] and shape[0] // size >= MIN_ROW_TILE:
+        return (size, 1)
     best: tuple[tuple[int, int, int], tuple[int, int]] | None = None
     for py in range(1, size + 1):
         if size % py:

@@ -11,10 +11,10 @@ fail_rank = int(sys.argv[1])
 real = driver.read_window
 
 
-def failing(info, box, planes):
+def failing(info, box, planes, out=None):
     if get_comm().rank == fail_rank:
         raise InputError(f"{info.path}: cannot read pixels (simulated failure)")
-    return real(info, box, planes)
+    return real(info, box, planes, out=out)
 
 
 driver.read_window = failing

@@ -1,0 +1,51 @@
+"""Sums over selected pixels of an image, in numba, for the patch-wide noise estimates.
+
+The solver needs standard deviations over background pixels (merged over tiles by
+:mod:`mpidcr.reduction`): the count and sum of the selected values, then the sum of squared
+deviations about the patch-wide mean.  numpy would first copy the selection out (``a[mask]``) in
+float64; these kernels read the image once per sum.  A pixel is selected where ``select`` is set,
+its value is finite and within ``[lo, hi]`` (the clipping window).  Sums are float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numpy.typing import NDArray
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "nsz", "contract"})
+def _sums(num, den, ratio, select, lo, hi, center):  # pragma: no cover - compiled
+    """(count, Σ v, Σ (v − center)²) over the selected pixels.  Selects instead of branches, and
+    reassociated sums (fastmath without 'nnan'/'ninf', so the finiteness test stays exact), let
+    the loop vectorise; only the rounding of the float64 sums depends on that."""
+    ny, nx = num.shape
+    n = 0
+    s = 0.0
+    m2 = 0.0
+    for y in range(ny):
+        a, b, sel = num[y], den[y], select[y]
+        for x in range(nx):
+            v = np.float64(a[x])
+            if ratio:
+                v = v / math.sqrt(np.float64(b[x]))  # NaN or ±inf where the variance is not positive
+            ok = sel[x] and math.isfinite(v) and lo <= v <= hi
+            d = v - center if ok else 0.0
+            n += 1 if ok else 0
+            s += v if ok else 0.0
+            m2 += d * d
+    return n, s, m2
+
+
+def selected_sums(values: NDArray, select: NDArray[np.bool_], lo: float = -np.inf, hi: float = np.inf,
+                  center: float = 0.0, denominator: NDArray | None = None) -> tuple[int, float, float]:  # fmt: skip
+    """(count, Σv, Σ(v − center)²) over pixels where ``select`` is set and v is finite and in [lo, hi].
+
+    With ``denominator`` the values are ``values / sqrt(denominator)`` (NaN where it is not
+    positive): the signal-to-noise of an image and its variance, without a temporary image.
+    """
+    ratio = denominator is not None
+    den = denominator if ratio else values
+    return _sums(values, den, ratio, select, float(lo), float(hi), float(center))

@@ -1,0 +1,192 @@
+"""The model update's per-pixel passes (SPEC §2 steps 3–7), in numba.
+
+Each function is one pass over the planes, in place or into a preallocated array, so an
+iteration allocates nothing image-sized; the arithmetic is in the planes' dtype (float32 in the
+solver).  Their numpy twins are the plain formulas in ``tests/reference.py``.  Axis order
+``(K, y, x)`` for planes, ``(y, x)`` for images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numpy.typing import NDArray
+
+from .gaussian import gaussian_filter
+from .morphology import open_in_place
+
+
+@numba.njit(cache=True, nogil=True)
+def _apply_update(model, acc, inverse_weights, out):  # pragma: no cover - compiled
+    flat_m, flat_a, flat_w, flat_o = model.ravel(), acc.ravel(), inverse_weights.ravel(), out.ravel()
+    for i in range(flat_o.shape[0]):
+        v = flat_m[i] + flat_w[i] * flat_a[i]
+        flat_o[i] = v if math.isfinite(v) else flat_m[i]
+
+
+def apply_update(model: NDArray, acc: NDArray, inverse_weights: NDArray, out: NDArray) -> NDArray:
+    """Step 3: ``out = model + acc / weights`` (``inverse_weights`` = 1/weights, 0 where undetermined);
+    a non-finite result keeps the model's value."""
+    _apply_update(model, acc, inverse_weights, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _select(image, base, scale, absolute, above, sel):  # pragma: no cover - compiled
+    """sel = image beyond limit, limit = |base|·scale (``absolute``) or base·scale; returns whether any."""
+    ny, nx = image.shape
+    found = False
+    for y in range(ny):
+        im, b, s = image[y], base[y], sel[y]
+        row = 0
+        for x in range(nx):
+            limit = (abs(b[x]) if absolute else b[x]) * scale
+            hit = im[x] > limit if above else im[x] < limit
+            s[x] = hit
+            row |= hit
+        found |= row != 0
+    return found
+
+
+@numba.njit(cache=True, nogil=True)
+def _assign(image, base, scale, absolute, sel):  # pragma: no cover - compiled
+    ny, nx = image.shape
+    for y in range(ny):
+        im, b, s = image[y], base[y], sel[y]
+        for x in range(nx):  # a select, not a branch, so the loop vectorises
+            limit = (abs(b[x]) if absolute else b[x]) * scale
+            im[x] = limit if s[x] else im[x]
+
+
+def clamp_opened(image: NDArray, base: NDArray, scale: float, absolute: bool, above: bool, width: int,
+                 sel: NDArray[np.uint8], scratch: NDArray[np.uint8]) -> None:  # fmt: skip
+    """Clamp ``image`` in place to the limit ``(|base| if absolute else base)·scale`` where it is above
+    (or below) the limit on pixel groups that survive a binary opening by the diamond of radius
+    ``width``; isolated pixels are left alone.  ``sel`` and ``scratch`` are uint8 work images."""
+    s = image.dtype.type(scale)
+    if not _select(image, base, s, bool(absolute), bool(above), sel):
+        return
+    if width > 0:
+        open_in_place(sel, width, scratch)
+    _assign(image, base, s, bool(absolute), sel)
+
+
+@numba.njit(cache=True, nogil=True)
+def _amplify(planes, accelerate, out):  # pragma: no cover - compiled
+    K, ny, nx = planes.shape
+    inv = planes.dtype.type(1.0 / K)
+    a = planes.dtype.type(accelerate)
+    mean = np.empty(nx, dtype=planes.dtype)
+    for y in range(ny):
+        mean[:] = 0
+        for k in range(K):
+            p = planes[k, y]
+            for x in range(nx):
+                mean[x] += p[x]
+        for x in range(nx):
+            mean[x] *= inv
+        for k in range(K):
+            p, o = planes[k, y], out[k, y]
+            for x in range(nx):
+                o[x] = (p[x] - mean[x]) * a + mean[x]
+
+
+def amplify(planes: NDArray, accelerate: float, out: NDArray) -> NDArray:
+    """``out = (y_k − ȳ)·A + ȳ`` for planes (K, ny, nx) in one pass."""
+    _amplify(planes, float(accelerate), out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _plane_mean_positive(planes, out):  # pragma: no cover - compiled
+    K, ny, nx = planes.shape
+    inv = planes.dtype.type(1.0 / K)
+    for y in range(ny):
+        o = out[y]
+        o[:] = 0
+        for k in range(K):
+            p = planes[k, y]
+            for x in range(nx):
+                o[x] += p[x]
+        for x in range(nx):
+            v = o[x] * inv
+            o[x] = v if (math.isfinite(v) and v > 0) else 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_constant(image, value):  # pragma: no cover - compiled
+    flat = image.ravel()
+    for i in range(flat.shape[0]):
+        flat[i] += value
+
+
+@numba.njit(cache=True, nogil=True)
+def _ratio(smoothed_plane, floor, smooth, out):  # pragma: no cover - compiled
+    """out = (smoothed_plane + floor) / smooth, 1 where not finite."""
+    a, s, o = smoothed_plane.ravel(), smooth.ravel(), out.ravel()
+    for i in range(o.shape[0]):
+        r = (a[i] + floor) / s[i]
+        o[i] = r if math.isfinite(r) else 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _sharpen(ratio, ratio_smoothed, ref, plane):  # pragma: no cover - compiled
+    """plane = (ratio + 3·(ratio − smoothed ratio))·ref."""
+    r, g, f, p = ratio.ravel(), ratio_smoothed.ravel(), ref.ravel(), plane.ravel()
+    three = p.dtype.type(3.0)
+    for i in range(p.shape[0]):
+        p[i] = (r[i] + three * (r[i] - g[i])) * f[i]
+
+
+class FrequencyWork:
+    """The work images of :func:`regularize_frequency`, allocated once per run: four float images and
+    two uint8 selections of shape (ny, nx)."""
+
+    def __init__(self, shape: tuple[int, int], dtype: np.dtype):
+        self.ref, self.smooth, self.a, self.b = (np.empty(shape, dtype) for _ in range(4))
+        self.sel = np.empty(shape, np.uint8)
+        self.scratch = np.empty(shape, np.uint8)
+
+
+def regularize_frequency(planes: NDArray, factor: float, width: int, noise: float, work: FrequencyWork) -> None:
+    """Step 5 in place on ``planes`` (K, ny, nx): see :func:`mpidcr.solver.regularize_frequency`."""
+    dt = planes.dtype.type
+    floor = dt(3.0 * noise / (2.0 * width))
+    ref, smooth, a, b = work.ref, work.smooth, work.a, work.b
+    _plane_mean_positive(planes, ref)
+    gaussian_filter(ref, width, out=smooth)
+    _add_constant(smooth, floor)
+    max_diff = math.sqrt(factor)
+    for k in range(planes.shape[0]):
+        clamp_opened(planes[k], smooth, max_diff, False, True, width, work.sel, work.scratch)
+        clamp_opened(planes[k], smooth, 1.0 / max_diff, False, False, width, work.sel, work.scratch)
+    for k in range(planes.shape[0]):
+        gaussian_filter(planes[k], width, out=a)
+        _ratio(a, floor, smooth, a)
+        gaussian_filter(a, width / 3.0, out=b)
+        _sharpen(a, b, ref, planes[k])
+
+
+@numba.njit(cache=True, nogil=True)
+def _condition(new, old, gain, weights, static_share, out):  # pragma: no cover - compiled
+    K = new.shape[0]
+    g = new.dtype.type(gain)
+    norm = new.dtype.type(1.0 / (1.0 + gain))
+    for k in range(K):
+        n, o, r = new[k].ravel(), old[k].ravel(), out[k].ravel()
+        w, s = weights.ravel(), static_share.ravel()
+        for i in range(r.shape[0]):
+            r[i] = (g * n[i] + o[i]) * norm * w[i] + s[i]
+
+
+def condition_weighted(new: NDArray, old: NDArray, gain: float, weights: NDArray | None, static_share: NDArray | None,
+                       out: NDArray) -> NDArray:  # fmt: skip
+    """Steps 6–7 in one pass: ``out = (g·new + old)/(1 + g)·M + T·(1 − M)/K`` (without model
+    weights: M = 1, no static share).  ``static_share`` is T·(1 − M)/K, (ny, nx)."""
+    if weights is None or static_share is None:
+        weights = np.ones(new.shape[1:], new.dtype)
+        static_share = np.zeros(new.shape[1:], new.dtype)
+    _condition(new, old, float(gain), weights, static_share, out)
+    return out

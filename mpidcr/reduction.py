@@ -49,8 +49,8 @@ def _as_image(a: NDArray) -> NDArray:
 
 
 def selected_moments(reducer: Reducer, values: NDArray, select: NDArray | None = None, lo: float = -math.inf,
-                     hi: float = math.inf, denominator: NDArray | None = None,
-                     guess: float = 0.0) -> tuple[float, float, float]:  # fmt: skip
+                     hi: float = math.inf, denominator: NDArray | None = None, guess: float = 0.0,
+                     masks: NDArray | None = None, excluded: int = 0) -> tuple[float, float, float]:  # fmt: skip
     """(n, mean, population std) of the selected finite ``values`` within [lo, hi], pooled over all tiles.
 
     One pass: each tile contributes its count, sum and sum of squared deviations about ``guess``
@@ -59,12 +59,14 @@ def selected_moments(reducer: Reducer, values: NDArray, select: NDArray | None =
     the guess is within a few σ of the mean (the clipping passes pass the previous mean), so
     the result does not depend on how the pixels are split.  ``select`` (same shape as
     ``values``; default all) picks pixels; with ``denominator`` the values are
-    ``values / sqrt(denominator)``.  (0, 0, 0) when nothing is selected.
+    ``values / sqrt(denominator)``; pixels whose ``masks`` value has any ``excluded`` bit are left
+    out.  (0, 0, 0) when nothing is selected.
     """
     v = _as_image(values)
     sel = np.ones(v.shape, dtype=np.bool_) if select is None else _as_image(select)
     den = None if denominator is None else _as_image(denominator)
-    n, total, m2_guess = reducer.sum(moments.selected_sums(v, sel, lo, hi, guess, den))
+    msk = None if masks is None else _as_image(masks)
+    n, total, m2_guess = reducer.sum(moments.selected_sums(v, sel, lo, hi, guess, den, msk, excluded))
     if n == 0:
         return 0.0, 0.0, 0.0
     mean = total / n
@@ -78,16 +80,25 @@ def merged_std(reducer: Reducer, values: NDArray, select: NDArray | None = None)
 
 
 def clipped_std(reducer: Reducer, values: NDArray, nsigma: float = 3.0, iterations: int = 3,
-                select: NDArray | None = None, denominator: NDArray | None = None) -> float:  # fmt: skip
+                select: NDArray | None = None, denominator: NDArray | None = None, masks: NDArray | None = None,
+                excluded: int = 0) -> float:  # fmt: skip
     """Standard deviation after ``iterations`` passes of rejecting values beyond ``nsigma`` of the
     pooled mean; every pass is a pooled-moments reduction, so the result does not depend on the
-    tiles.  ``select`` and ``denominator`` as in :func:`selected_moments`."""
-    n, mean, std = selected_moments(reducer, values, select, denominator=denominator)
+    tiles.  ``select``, ``denominator``, ``masks`` and ``excluded`` as in :func:`selected_moments`."""
+    n, mean, std = selected_moments(reducer, values, select, denominator=denominator, masks=masks, excluded=excluded)
     for _ in range(iterations):
         if n == 0 or std == 0:
             break
         n, mean, std = selected_moments(
-            reducer, values, select, mean - nsigma * std, mean + nsigma * std, denominator=denominator, guess=mean
+            reducer,
+            values,
+            select,
+            mean - nsigma * std,
+            mean + nsigma * std,
+            denominator=denominator,
+            guess=mean,
+            masks=masks,
+            excluded=excluded,
         )
     # a Gaussian clipped at ±k σ has std σ·sqrt(1 − 2kφ(k)/(2Φ(k) − 1)): undo that bias
     k = nsigma

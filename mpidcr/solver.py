@@ -162,11 +162,12 @@ def next_gain(metrics: Sequence[float], gains: Sequence[float], base_gain: float
     return max(base_gain, ((1.0 - abs(delta)) + g_last) / 2.0)
 
 
-def amplified(planes: NDArray, accelerate: float) -> NDArray:
-    """(y_k − ȳ)·A + ȳ: the planes as the forward model and the output use them."""
+def amplified(planes: NDArray, accelerate: float, out: NDArray | None = None) -> NDArray:
+    """(y_k − ȳ)·A + ȳ: the planes as the forward model and the output use them (into ``out``)."""
     if accelerate == 1.0:
         return planes
-    return regularize.amplify(np.ascontiguousarray(planes), accelerate, np.empty(planes.shape, planes.dtype))
+    out = np.empty(planes.shape, planes.dtype) if out is None else out
+    return regularize.amplify(np.ascontiguousarray(planes), accelerate, out)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -278,6 +279,7 @@ class DcrSolver:
         )
         # order 1: one cache-blocked pass per visit (kernels.fused); order 3: per-shift kernels
         self.fused = fused and self.order == 1
+        self._amplified: NDArray | None = None
         if self.fused:
             shape = warps.images.shape[1:]
             self.sweep_plan = SweepPlan([VisitPass(shape, s.forward, s.mean) for s in warps.shifts])
@@ -314,8 +316,18 @@ class DcrSolver:
         factors = np.ones(w.num_visits)
         for v in range(w.num_visits):
             image, variance = self._inner(w.images[v]), self._inner(w.variances[v])
-            background = self._inner(self.good[v]) & ((self._inner(w.masks[v]) & excluded) == 0)
-            factor = clipped_std(self.reducer, image, select=background, denominator=variance) ** 2  # of image/√var
+            # std of image/√variance over good pixels without the excluded planes
+            factor = (
+                clipped_std(
+                    self.reducer,
+                    image,
+                    select=self._inner(self.good[v]),
+                    denominator=variance,
+                    masks=self._inner(w.masks[v]),
+                    excluded=excluded,
+                )
+                ** 2
+            )
             if not np.isfinite(factor) or factor <= 0:
                 continue
             if factor > limit or factor < 1.0 / limit:
@@ -455,7 +467,9 @@ class DcrSolver:
         significance = np.abs(mean_model) + np.float32(3.0 * noise)
         if float(self.reducer.max([np.max(self._inner(significance), initial=0.0)])[0]) == 0.0:
             significance = np.ones_like(significance)
-        planes = amplified(model, self.cfg.accelerateModel)
+        if self._amplified is None:
+            self._amplified = np.empty(model.shape, model.dtype)  # reused: fresh pages cost faults each time
+        planes = amplified(model, self.cfg.accelerateModel, out=self._amplified)
         acc = np.zeros(model.shape, dtype=model.dtype)
         sums = np.zeros(2 * V)
         if self.fused:

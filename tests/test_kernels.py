@@ -340,3 +340,28 @@ def test_selected_sums_match_numpy(ratio, rng):
     n, total, m2 = selected_sums(values, select, -1.5, 2.0, 0.25, variance if ratio else None)
     assert n == use.sum() and total == pytest.approx(v[use].sum(), rel=1e-12)
     assert m2 == pytest.approx(((v[use] - 0.25) ** 2).sum(), rel=1e-12)
+
+
+def test_sorting_network_sorts(rng):
+    from mpidcr.kernels.stack import sorting_network
+
+    for n in range(1, 20):
+        network = sorting_network(n)
+        assert np.all(network[:, 0] < network[:, 1]) and (n < 2 or network.max() == n - 1)
+        keys = rng.integers(0, 4, size=(200, n))  # many ties
+        for a, b in network:
+            lo, hi = np.minimum(keys[:, a], keys[:, b]), np.maximum(keys[:, a], keys[:, b])
+            keys[:, a], keys[:, b] = lo, hi
+        assert np.all(np.diff(keys, axis=1) >= 0)
+    assert len(sorting_network(12)) == 41
+
+
+def test_selected_sums_leave_out_excluded_mask_bits(rng):
+    from mpidcr.kernels.moments import selected_sums
+
+    values = rng.normal(size=(20, 30)).astype(np.float32)
+    select = rng.uniform(size=values.shape) > 0.1
+    masks = rng.integers(0, 8, size=values.shape).astype(np.int32)
+    use = select & ((masks & 0b101) == 0)
+    n, total, _ = selected_sums(values, select, masks=masks, excluded=0b101)
+    assert n == use.sum() and total == pytest.approx(values[use].astype(float).sum(), rel=1e-12)

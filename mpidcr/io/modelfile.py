@@ -128,7 +128,8 @@ def write_collective(
 
     def create(f: h5py.File) -> None:
         for name, spec in layout.items():
-            f.create_dataset(name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks, fillvalue=0)
+            # every pixel is written: no fill values (parallel HDF5 allocates early and would write them)
+            f.create_dataset(name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks, fill_time="never")
         for name, table in tables.items():
             f.create_dataset(name, shape=table.shape, dtype=table.dtype)
         for name, extra in (dataset_attrs or {}).items():

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "nsz", "contract"})
-def _sums(num, den, ratio, select, lo, hi, center):  # pragma: no cover - compiled
+def _sums(num, den, ratio, select, masks, excluded, lo, hi, center):  # pragma: no cover - compiled
     """(count, Σ v, Σ (v − center)²) over the selected pixels.  Selects instead of branches, and
     reassociated sums (fastmath without 'nnan'/'ninf', so the finiteness test stays exact), let
     the loop vectorise; only the rounding of the float64 sums depends on that."""
@@ -26,12 +26,12 @@ def _sums(num, den, ratio, select, lo, hi, center):  # pragma: no cover - compil
     s = 0.0
     m2 = 0.0
     for y in range(ny):
-        a, b, sel = num[y], den[y], select[y]
+        a, b, sel, msk = num[y], den[y], select[y], masks[y]
         for x in range(nx):
             v = np.float64(a[x])
             if ratio:
                 v = v / math.sqrt(np.float64(b[x]))  # NaN or ±inf where the variance is not positive
-            ok = sel[x] and math.isfinite(v) and lo <= v <= hi
+            ok = sel[x] and (msk[x] & excluded) == 0 and math.isfinite(v) and lo <= v <= hi
             d = v - center if ok else 0.0
             n += 1 if ok else 0
             s += v if ok else 0.0
@@ -40,12 +40,16 @@ def _sums(num, den, ratio, select, lo, hi, center):  # pragma: no cover - compil
 
 
 def selected_sums(values: NDArray, select: NDArray[np.bool_], lo: float = -np.inf, hi: float = np.inf,
-                  center: float = 0.0, denominator: NDArray | None = None) -> tuple[int, float, float]:  # fmt: skip
-    """(count, Σv, Σ(v − center)²) over pixels where ``select`` is set and v is finite and in [lo, hi].
+                  center: float = 0.0, denominator: NDArray | None = None, masks: NDArray | None = None,
+                  excluded: int = 0) -> tuple[int, float, float]:  # fmt: skip
+    """(count, Σv, Σ(v − center)²) over pixels where ``select`` is set, ``masks`` (if given) has none
+    of the ``excluded`` bits, and v is finite and in [lo, hi].
 
     With ``denominator`` the values are ``values / sqrt(denominator)`` (NaN where it is not
     positive): the signal-to-noise of an image and its variance, without a temporary image.
     """
     ratio = denominator is not None
     den = denominator if ratio else values
-    return _sums(values, den, ratio, select, float(lo), float(hi), float(center))
+    if masks is None:  # any integer image with no excluded bits: the selection itself
+        masks, excluded = select.view(np.uint8), 0
+    return _sums(values, den, ratio, select, masks, int(excluded), float(lo), float(hi), float(center))

@@ -34,12 +34,13 @@ def _cross_pass(src, dst, erode, src_rows, dst_rows):  # pragma: no cover - comp
                     o[:] = 0
                     dst_rows[y] = False
                 continue
-            u = src[y - 1]
-            d = src[y + 1]
+            # slices indexed from 0: LLVM then drops numba's negative-index checks and vectorises
+            left, mid, right = c[: nx - 2], c[1 : nx - 1], c[2:]
+            u, d, out = src[y - 1, 1 : nx - 1], src[y + 1, 1 : nx - 1], o[1 : nx - 1]
             o[0] = 0
             o[nx - 1] = 0
-            for x in range(1, nx - 1):
-                o[x] = c[x] & u[x] & d[x] & c[x - 1] & c[x + 1]
+            for j in range(nx - 2):
+                out[j] = mid[j] & u[j] & d[j] & left[j] & right[j]
         else:
             if not (up or down or src_rows[y]):
                 if dst_rows[y]:
@@ -56,10 +57,13 @@ def _cross_pass(src, dst, erode, src_rows, dst_rows):  # pragma: no cover - comp
                 d = src[y + 1]
                 for x in range(nx):
                     o[x] |= d[x]
-            for x in range(1, nx):
-                o[x] |= c[x - 1]
-            for x in range(nx - 1):
-                o[x] |= c[x + 1]
+            if nx > 1:
+                shifted_out, shifted_in = o[1:], c[: nx - 1]
+                for j in range(nx - 1):
+                    shifted_out[j] |= shifted_in[j]
+                shifted_out, shifted_in = o[: nx - 1], c[1:]
+                for j in range(nx - 1):
+                    shifted_out[j] |= shifted_in[j]
         found = 0
         for x in range(nx):
             found |= o[x]

@@ -42,16 +42,18 @@ def _static_stack(
     count,
     chunks,
     width,
+    network,
 ):  # pragma: no cover - compiled
     nv, ny, nx = images.shape
     total_weight = max(np.sum(weights), 1e-300)
     # per-chunk scratch rows (visit, column), allocated here: numba hoists allocations out of prange
     vals = np.empty((chunks, nv, width))
     keeps = np.empty((chunks, nv, width))
-    srt = np.empty((chunks, nv, width))
+    srt = np.empty((chunks, nv, width), dtype=images.dtype)  # sorting the inputs' own values is exact
+    kws = np.empty((chunks, nv, width))
     accs = np.empty((chunks, 6, width))
     for c in numba.prange(chunks):
-        val, keep, s, acc = vals[c], keeps[c], srt[c], accs[c]
+        val, keep, s, kw, acc = vals[c], keeps[c], srt[c], kws[c], accs[c]
         for y in range(c * ny // chunks, (c + 1) * ny // chunks):
             for x0 in range(0, nx, width):
                 m = min(width, nx - x0)
@@ -72,14 +74,16 @@ def _static_stack(
                     y,
                     x0,
                     m,
-                    val[:, :m],
-                    keep[:, :m],
-                    s[:, :m],
-                    acc[:, :m],
+                    val,  # whole C-contiguous buffers, not [:, :m] views: numba types those as
+                    keep,  # strided ('A' layout), and strided inner loops do not vectorise
+                    s,
+                    kw,
+                    acc,
                     image,
                     variance,
                     mask,
                     count,
+                    network,
                 )
 
 
@@ -104,14 +108,16 @@ def _segment(
     val,
     keep,
     s,
+    kw,
     acc,
     image,
     variance,
     mask,
     count,
+    network,
 ):  # pragma: no cover - compiled
     """Pixels (y, x0 … x0 + m): every step is a loop over visits of loops over columns, which vectorise."""
-    nv = val.shape[0]
+    nv = val.shape[0]  # columns 0 … m − 1 of the buffers are used
     sw, swx, cnt, center, sigma, tmp = acc[0], acc[1], acc[2], acc[3], acc[4], acc[5]
     for v in range(nv):
         im, gd = images[v, y, x0 : x0 + m], good[v, y, x0 : x0 + m]
@@ -120,17 +126,17 @@ def _segment(
             val[v, x] = im[x]
             keep[v, x] = on * gd[x]
     if statistic == MEDIAN or (statistic == MEANCLIP and nv > 2):
-        # sort each column's used values to its front (unused = +inf) by odd-even transposition
+        # sort each column's used values to its front (unused = +inf) with a sorting network:
+        # every comparator is a min/max of two rows, vectorised over the columns
         for v in range(nv):
             for x in range(m):
                 s[v, x] = val[v, x] if keep[v, x] > 0 else np.inf
-        for p in range(nv):
-            for i in range(p % 2, nv - 1, 2):
-                a, b = s[i], s[i + 1]
-                for x in range(m):
-                    lo = min(a[x], b[x])
-                    b[x] = max(a[x], b[x])
-                    a[x] = lo
+        for c in range(network.shape[0]):
+            a, b = s[network[c, 0]], s[network[c, 1]]
+            for x in range(m):
+                lo = min(a[x], b[x])
+                b[x] = max(a[x], b[x])
+                a[x] = lo
         cnt[:] = 0.0
         for v in range(nv):
             for x in range(m):
@@ -145,7 +151,7 @@ def _segment(
             sigma[x] = _IQR_TO_SIGMA * (_quantile(s, x, n, 0.75) - _quantile(s, x, n, 0.25))
         if statistic == MEANCLIP:
             for _ in range(clip_iter):
-                _moments(val, keep, weights, center, sigma, sigma_clip, s, sw, swx, tmp)
+                _moments(val, keep, m, weights, center, sigma, sigma_clip, kw, sw, swx, tmp)
             # the final selection (NaN centre or sigma rejects nothing, as in numpy)
             for v in range(nv):
                 for x in range(m):
@@ -209,14 +215,14 @@ def _segment(
 
 
 @numba.njit(cache=True, nogil=True)
-def _moments(val, keep, weights, center, sigma, sigma_clip, kw, sw, swx, ss):  # pragma: no cover - compiled
+def _moments(val, keep, m, weights, center, sigma, sigma_clip, kw, sw, swx, ss):  # pragma: no cover - compiled
     """One clipping pass: the weighted mean and std of the values within sigma_clip·sigma of the
     centre (all of ``keep`` where the centre or sigma is NaN) replace ``center`` and ``sigma``;
     NaN where nothing is left.  ``kw`` (V, m) is scratch for the pass's weights."""
-    nv, m = val.shape
-    sw[:] = 0.0
-    swx[:] = 0.0
-    ss[:] = 0.0
+    nv = val.shape[0]
+    sw[:m] = 0.0
+    swx[:m] = 0.0
+    ss[:m] = 0.0
     for v in range(nv):
         w = weights[v]
         for x in range(m):
@@ -242,7 +248,27 @@ def _quantile(s, x, n, q):  # pragma: no cover - compiled
     pos = q * (n - 1)
     lo = int(pos)  # pos ≥ 0: truncation is the floor
     hi = min(lo + 1, n - 1)
-    return s[lo, x] + (pos - lo) * (s[hi, x] - s[lo, x])
+    a = np.float64(s[lo, x])
+    return a + (pos - lo) * (np.float64(s[hi, x]) - a)
+
+
+def sorting_network(n: int) -> NDArray[np.int64]:
+    """Comparators (i, j), i < j, of Batcher's merge-exchange network for ``n`` keys (Knuth, TAOCP
+    vol. 3, §5.2.2, algorithm M): applied in order, each putting the smaller key first, they sort
+    any input (41 comparators for 12 keys, against 66 for odd-even transposition)."""
+    pairs: list[tuple[int, int]] = []
+    if n > 1:
+        t = (n - 1).bit_length()
+        p = 1 << (t - 1)
+        while p > 0:
+            q, r, d = 1 << (t - 1), 0, p
+            while True:
+                pairs += [(i, i + d) for i in range(n - d) if i & p == r]
+                if q == p:
+                    break
+                d, q, r = q - p, q // 2, p
+            p //= 2
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
 def static_stack(images: NDArray, variances: NDArray, masks: NDArray, good: NDArray[np.bool_], weights: NDArray,
@@ -265,7 +291,8 @@ def static_stack(images: NDArray, variances: NDArray, masks: NDArray, good: NDAr
     _static_stack(np.ascontiguousarray(images), np.ascontiguousarray(variances), np.ascontiguousarray(masks),
                   np.ascontiguousarray(good), np.asarray(weights, dtype=np.float64), int(statistic), float(sigma_clip),
                   int(clip_iter), bits, thresholds, bool(from_input_variance), np.int32(nodata_bit), image, variance,
-                  mask, count, max(1, min(numba.get_num_threads(), ny)), 256)  # fmt: skip
+                  mask, count, max(1, min(numba.get_num_threads(), ny)), 256,
+                  sorting_network(images.shape[0]))  # fmt: skip
     return image, variance, mask, count
 
 
@@ -276,10 +303,9 @@ def _classify(images, variances, masks, remove_bits, bad_bits, converge_bits, go
     for i in range(img.shape[0]):
         m = msk[i] & keep
         msk[i] = m
-        ok = (m & bad_bits) == 0 and math.isfinite(img[i]) and math.isfinite(var[i])
+        ok = ((m & bad_bits) == 0) & math.isfinite(img[i]) & math.isfinite(var[i])
         gd[i] = ok
-        if not ok:
-            img[i] = 0
+        img[i] = img[i] if ok else 0  # a select, not a branch: the loop vectorises
         cv[i] = (m & converge_bits) != 0
 
 

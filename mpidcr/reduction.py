@@ -50,7 +50,8 @@ def _as_image(a: NDArray) -> NDArray:
 
 def selected_moments(reducer: Reducer, values: NDArray, select: NDArray | None = None, lo: float = -math.inf,
                      hi: float = math.inf, denominator: NDArray | None = None, guess: float = 0.0,
-                     masks: NDArray | None = None, excluded: int = 0) -> tuple[float, float, float]:  # fmt: skip
+                     masks: NDArray | None = None, excluded: int = 0,
+                     region: tuple[slice, slice] | None = None) -> tuple[float, float, float]:  # fmt: skip
     """(n, mean, population std) of the selected finite ``values`` within [lo, hi], pooled over all tiles.
 
     One pass: each tile contributes its count, sum and sum of squared deviations about ``guess``
@@ -60,13 +61,14 @@ def selected_moments(reducer: Reducer, values: NDArray, select: NDArray | None =
     the result does not depend on how the pixels are split.  ``select`` (same shape as
     ``values``; default all) picks pixels; with ``denominator`` the values are
     ``values / sqrt(denominator)``; pixels whose ``masks`` value has any ``excluded`` bit are left
-    out.  (0, 0, 0) when nothing is selected.
+    out; ``region`` (y slice, x slice) restricts the sums to part of the images (a tile's inner
+    box).  (0, 0, 0) when nothing is selected.
     """
     v = _as_image(values)
     sel = np.ones(v.shape, dtype=np.bool_) if select is None else _as_image(select)
     den = None if denominator is None else _as_image(denominator)
     msk = None if masks is None else _as_image(masks)
-    n, total, m2_guess = reducer.sum(moments.selected_sums(v, sel, lo, hi, guess, den, msk, excluded))
+    n, total, m2_guess = reducer.sum(moments.selected_sums(v, sel, lo, hi, guess, den, msk, excluded, region))
     if n == 0:
         return 0.0, 0.0, 0.0
     mean = total / n
@@ -74,18 +76,21 @@ def selected_moments(reducer: Reducer, values: NDArray, select: NDArray | None =
     return float(n), float(mean), float(np.sqrt(m2 / n))
 
 
-def merged_std(reducer: Reducer, values: NDArray, select: NDArray | None = None) -> float:
+def merged_std(reducer: Reducer, values: NDArray, select: NDArray | None = None,
+               region: tuple[slice, slice] | None = None) -> float:  # fmt: skip
     """Population standard deviation of the selected finite ``values`` pooled over all tiles (0 if empty)."""
-    return selected_moments(reducer, values, select)[2]
+    return selected_moments(reducer, values, select, region=region)[2]
 
 
 def clipped_std(reducer: Reducer, values: NDArray, nsigma: float = 3.0, iterations: int = 3,
                 select: NDArray | None = None, denominator: NDArray | None = None, masks: NDArray | None = None,
-                excluded: int = 0) -> float:  # fmt: skip
+                excluded: int = 0, region: tuple[slice, slice] | None = None) -> float:  # fmt: skip
     """Standard deviation after ``iterations`` passes of rejecting values beyond ``nsigma`` of the
     pooled mean; every pass is a pooled-moments reduction, so the result does not depend on the
-    tiles.  ``select``, ``denominator``, ``masks`` and ``excluded`` as in :func:`selected_moments`."""
-    n, mean, std = selected_moments(reducer, values, select, denominator=denominator, masks=masks, excluded=excluded)
+    tiles.  The other arguments as in :func:`selected_moments`."""
+    n, mean, std = selected_moments(
+        reducer, values, select, denominator=denominator, masks=masks, excluded=excluded, region=region
+    )
     for _ in range(iterations):
         if n == 0 or std == 0:
             break
@@ -99,6 +104,7 @@ def clipped_std(reducer: Reducer, values: NDArray, nsigma: float = 3.0, iteratio
             guess=mean,
             masks=masks,
             excluded=excluded,
+            region=region,
         )
     # a Gaussian clipped at ±k σ has std σ·sqrt(1 − 2kφ(k)/(2Φ(k) − 1)): undo that bias
     k = nsigma

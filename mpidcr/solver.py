@@ -280,6 +280,7 @@ class DcrSolver:
         # order 1: one cache-blocked pass per visit (kernels.fused); order 3: per-shift kernels
         self.fused = fused and self.order == 1
         self._amplified: NDArray | None = None
+        self._significance: NDArray | None = None
         if self.fused:
             shape = warps.images.shape[1:]
             self.sweep_plan = SweepPlan([VisitPass(shape, s.forward, s.mean) for s in warps.shifts])
@@ -300,7 +301,7 @@ class DcrSolver:
 
     def background_noise(self, image: NDArray) -> float:
         """Std of ``image`` over background pixels of the patch (merged over tiles)."""
-        return merged_std(self.reducer, self._inner(image), self._inner(self.background))
+        return merged_std(self.reducer, image, self.background, region=self.inner)
 
     # -- initialisation -----------------------------------------------------------
     def scale_warp_variances(self) -> NDArray:
@@ -315,16 +316,16 @@ class DcrSolver:
         limit = float(cfg.scaleWarpVariance.limit)
         factors = np.ones(w.num_visits)
         for v in range(w.num_visits):
-            image, variance = self._inner(w.images[v]), self._inner(w.variances[v])
             # std of image/√variance over good pixels without the excluded planes
             factor = (
                 clipped_std(
                     self.reducer,
-                    image,
-                    select=self._inner(self.good[v]),
-                    denominator=variance,
-                    masks=self._inner(w.masks[v]),
+                    w.images[v],
+                    select=self.good[v],
+                    denominator=w.variances[v],
+                    masks=w.masks[v],
                     excluded=excluded,
+                    region=self.inner,
                 )
                 ** 2
             )
@@ -348,7 +349,7 @@ class DcrSolver:
         V = w.num_visits
         self.variance_scale = self.scale_warp_variances() if cfg.doScaleWarpVariance else np.ones(V)
         # Σ variance and the number of good pixels of each visit (good variances are finite)
-        sums = [moments.selected_sums(self._inner(w.variances[v]), self._inner(self.good[v])) for v in range(V)]
+        sums = [moments.selected_sums(w.variances[v], self.good[v], region=self.inner) for v in range(V)]
         tot = self.reducer.sum([s for _, s, _ in sums] + [float(n) for n, _, _ in sums])
         self.visit_weights = visit_weights_from_sums(tot[:V], tot[V:], w.airmass if cfg.doAirmassWeight else None)
         usable = int(np.sum(self.visit_weights > 0))
@@ -462,14 +463,18 @@ class DcrSolver:
         """
         w, order = self.warps, self.order
         V = w.num_visits
-        mean_model = model.mean(axis=0)
         noise = self.background_noise(model[1])
-        significance = np.abs(mean_model) + np.float32(3.0 * noise)
+        if self._amplified is None:  # reused: fresh pages cost faults each time
+            self._amplified = np.empty(model.shape, model.dtype)
+            self._significance = np.empty(model.shape[1:], model.dtype)
+        # one pass: the amplified planes and the metric's significance |ȳ| + 3·noise
+        accelerate = self.cfg.accelerateModel
+        model = np.ascontiguousarray(model)
+        regularize.amplify(model, accelerate, self._amplified, self._significance, 3.0 * noise)
+        planes = model if accelerate == 1.0 else self._amplified
+        significance = self._significance
         if float(self.reducer.max([np.max(self._inner(significance), initial=0.0)])[0]) == 0.0:
             significance = np.ones_like(significance)
-        if self._amplified is None:
-            self._amplified = np.empty(model.shape, model.dtype)  # reused: fresh pages cost faults each time
-        planes = amplified(model, self.cfg.accelerateModel, out=self._amplified)
         acc = np.zeros(model.shape, dtype=model.dtype)
         sums = np.zeros(2 * V)
         if self.fused:

@@ -281,29 +281,33 @@ _ROUNDER = 6755399441055744.0  # 1.5 · 2^52: adding and subtracting it rounds a
 
 @numba.njit(cache=True, nogil=True)
 def _coverage_pass(goods, rtabs, active, coverage, nimage):  # pragma: no cover - compiled
+    """Rows outside, visits inside: each output row is accumulated in cache over all visits and
+    written once (visits outside would stream the float64 coverage planes V times)."""
     riy, rwy, rix, rwx, rxa, rxb, roff = rtabs
     nv = goods.shape[0]
     K, ny, nx = coverage.shape
     row = np.empty(nx, dtype=coverage.dtype)
-    for v in range(nv):
-        if not active[v]:
-            continue
-        g = goods[v]
-        for k in range(K):
-            for y in range(ny):
+    crow = np.empty(nx, dtype=coverage.dtype)
+    nrow = np.empty(nx, dtype=nimage.dtype)
+    for k in range(K):
+        for y in range(ny):
+            crow[:] = coverage[k, y]
+            nrow[:] = nimage[k, y]
+            for v in range(nv):
                 w0 = rwy[v, k, y, 0]
                 w1 = rwy[v, k, y, 1]
-                if w0 == 0.0 and w1 == 0.0:
+                if not active[v] or (w0 == 0.0 and w1 == 0.0):
                     continue
+                g = goods[v]
                 row[:] = 0.0
                 _row_add(row, g[riy[v, k, y, 0]], g[riy[v, k, y, 1]], w0, w1, rix[v, k], rwx[v, k], rxa[v, k],
                          rxb[v, k], roff[v, k])  # fmt: skip
-                c = coverage[k, y]
-                n = nimage[k, y]
                 for x in range(nx):
-                    c[x] += row[x]
+                    crow[x] += row[x]
                     # round half to even, as np.rint, by the 1.5·2^52 trick (|row| ≤ V): vectorises
-                    n[x] += np.int32((row[x] + _ROUNDER) - _ROUNDER)
+                    nrow[x] += np.int32((row[x] + _ROUNDER) - _ROUNDER)
+            coverage[k, y] = crow
+            nimage[k, y] = nrow
 
 
 def coverage(plan: SweepPlan, goods: NDArray, active: NDArray, coverage: NDArray, nimage: NDArray) -> None:

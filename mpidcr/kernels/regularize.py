@@ -74,10 +74,11 @@ def clamp_opened(image: NDArray, base: NDArray, scale: float, absolute: bool, ab
 
 
 @numba.njit(cache=True, nogil=True)
-def _amplify(planes, accelerate, out):  # pragma: no cover - compiled
+def _amplify(planes, accelerate, out, amplify, significance, floor):  # pragma: no cover - compiled
     K, ny, nx = planes.shape
     inv = planes.dtype.type(1.0 / K)
     a = planes.dtype.type(accelerate)
+    f = planes.dtype.type(floor)
     mean = np.empty(nx, dtype=planes.dtype)
     for y in range(ny):
         mean[:] = 0
@@ -87,15 +88,25 @@ def _amplify(planes, accelerate, out):  # pragma: no cover - compiled
                 mean[x] += p[x]
         for x in range(nx):
             mean[x] *= inv
-        for k in range(K):
-            p, o = planes[k, y], out[k, y]
-            for x in range(nx):
-                o[x] = (p[x] - mean[x]) * a + mean[x]
+        s = significance[y]
+        for x in range(nx):
+            s[x] = abs(mean[x]) + f
+        if amplify:
+            for k in range(K):
+                p, o = planes[k, y], out[k, y]
+                for x in range(nx):
+                    o[x] = (p[x] - mean[x]) * a + mean[x]
 
 
-def amplify(planes: NDArray, accelerate: float, out: NDArray) -> NDArray:
-    """``out = (y_k − ȳ)·A + ȳ`` for planes (K, ny, nx) in one pass."""
-    _amplify(planes, float(accelerate), out)
+def amplify(planes: NDArray, accelerate: float, out: NDArray, significance: NDArray | None = None,
+            floor: float = 0.0) -> NDArray:  # fmt: skip
+    """``out = (y_k − ȳ)·A + ȳ`` for planes (K, ny, nx) in one pass (``out`` untouched when A = 1);
+    with ``significance`` (ny, nx), also ``|ȳ| + floor`` there.  Returns ``out``."""
+    if significance is None:
+        if accelerate == 1.0:
+            return out
+        significance = np.empty(planes.shape[1:], planes.dtype)  # written row by row; not returned
+    _amplify(planes, float(accelerate), out, accelerate != 1.0, significance, float(floor))
     return out
 
 

@@ -73,21 +73,28 @@ def clamp_opened(image: NDArray, base: NDArray, scale: float, absolute: bool, ab
     _assign(image, base, s, bool(absolute), sel)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _row_mean(planes, y, out):  # pragma: no cover - compiled
+    """out = mean over k of planes[k, y]."""
+    K = planes.shape[0]
+    out[:] = 0
+    for k in range(K):
+        p = planes[k, y]
+        for x in range(out.shape[0]):
+            out[x] += p[x]
+    inv = planes.dtype.type(1.0 / K)
+    for x in range(out.shape[0]):
+        out[x] *= inv
+
+
 @numba.njit(cache=True, nogil=True)
 def _amplify(planes, accelerate, out, amplify, significance, floor):  # pragma: no cover - compiled
     K, ny, nx = planes.shape
-    inv = planes.dtype.type(1.0 / K)
     a = planes.dtype.type(accelerate)
     f = planes.dtype.type(floor)
     mean = np.empty(nx, dtype=planes.dtype)
     for y in range(ny):
-        mean[:] = 0
-        for k in range(K):
-            p = planes[k, y]
-            for x in range(nx):
-                mean[x] += p[x]
-        for x in range(nx):
-            mean[x] *= inv
+        _row_mean(planes, y, mean)
         s = significance[y]
         for x in range(nx):
             s[x] = abs(mean[x]) + f
@@ -112,17 +119,12 @@ def amplify(planes: NDArray, accelerate: float, out: NDArray, significance: NDAr
 
 @numba.njit(cache=True, nogil=True)
 def _plane_mean_positive(planes, out):  # pragma: no cover - compiled
-    K, ny, nx = planes.shape
-    inv = planes.dtype.type(1.0 / K)
+    ny, nx = out.shape
     for y in range(ny):
         o = out[y]
-        o[:] = 0
-        for k in range(K):
-            p = planes[k, y]
-            for x in range(nx):
-                o[x] += p[x]
+        _row_mean(planes, y, o)
         for x in range(nx):
-            v = o[x] * inv
+            v = o[x]
             o[x] = v if (math.isfinite(v) and v > 0) else 0
 
 

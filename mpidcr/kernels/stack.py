@@ -23,27 +23,12 @@ _IQR_TO_SIGMA = 0.7413  # 1 / (2 · Φ⁻¹(0.75)) for a Gaussian
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _static_stack(
-    images,
-    variances,
-    masks,
-    good,
-    weights,
-    statistic,
-    sigma_clip,
-    clip_iter,
-    prop_bits,
-    prop_thresholds,
-    from_input_variance,
-    nodata_bit,
-    image,
-    variance,
-    mask,
-    count,
-    chunks,
-    width,
-    network,
-):  # pragma: no cover - compiled
+def _static_stack(inputs, options, outputs, chunks, width):  # pragma: no cover - compiled
+    """``inputs`` = (images, variances, masks, good, weights), ``options`` = (statistic, sigma_clip,
+    clip_iter, propagated bits, their thresholds, variance from inputs?, NO_DATA bit, sorting
+    network), ``outputs`` = (image, variance, mask, count); rows in ``chunks`` parallel chunks,
+    columns in segments of ``width``."""
+    images, weights = inputs[0], inputs[4]
     nv, ny, nx = images.shape
     total_weight = max(np.sum(weights), 1e-300)
     # per-chunk scratch rows (visit, column), allocated here: numba hoists allocations out of prange
@@ -53,70 +38,21 @@ def _static_stack(
     kws = np.empty((chunks, nv, width))
     accs = np.empty((chunks, 6, width))
     for c in numba.prange(chunks):
-        val, keep, s, kw, acc = vals[c], keeps[c], srt[c], kws[c], accs[c]
+        # whole C-contiguous buffers, not [:, :m] views: numba types those as strided ('A'
+        # layout), and strided inner loops do not vectorise
+        scratch = (vals[c], keeps[c], srt[c], kws[c], accs[c])
         for y in range(c * ny // chunks, (c + 1) * ny // chunks):
             for x0 in range(0, nx, width):
-                m = min(width, nx - x0)
-                _segment(
-                    images,
-                    variances,
-                    masks,
-                    good,
-                    weights,
-                    statistic,
-                    sigma_clip,
-                    clip_iter,
-                    prop_bits,
-                    prop_thresholds,
-                    from_input_variance,
-                    nodata_bit,
-                    total_weight,
-                    y,
-                    x0,
-                    m,
-                    val,  # whole C-contiguous buffers, not [:, :m] views: numba types those as
-                    keep,  # strided ('A' layout), and strided inner loops do not vectorise
-                    s,
-                    kw,
-                    acc,
-                    image,
-                    variance,
-                    mask,
-                    count,
-                    network,
-                )
+                _segment(inputs, options, total_weight, outputs, scratch, y, x0, min(width, nx - x0))
 
 
 @numba.njit(cache=True, nogil=True)
-def _segment(
-    images,
-    variances,
-    masks,
-    good,
-    weights,
-    statistic,
-    sigma_clip,
-    clip_iter,
-    prop_bits,
-    prop_thresholds,
-    from_input_variance,
-    nodata_bit,
-    total_weight,
-    y,
-    x0,
-    m,
-    val,
-    keep,
-    s,
-    kw,
-    acc,
-    image,
-    variance,
-    mask,
-    count,
-    network,
-):  # pragma: no cover - compiled
+def _segment(inputs, options, total_weight, outputs, scratch, y, x0, m):  # pragma: no cover - compiled
     """Pixels (y, x0 … x0 + m): every step is a loop over visits of loops over columns, which vectorise."""
+    images, variances, masks, good, weights = inputs
+    statistic, sigma_clip, clip_iter, prop_bits, prop_thresholds, from_input_variance, nodata_bit, network = options
+    image, variance, mask, count = outputs
+    val, keep, s, kw, acc = scratch
     nv = val.shape[0]  # columns 0 … m − 1 of the buffers are used
     sw, swx, cnt, center, sigma, tmp = acc[0], acc[1], acc[2], acc[3], acc[4], acc[5]
     for v in range(nv):
@@ -288,11 +224,11 @@ def static_stack(images: NDArray, variances: NDArray, masks: NDArray, good: NDAr
     count = np.empty((ny, nx), dtype=np.int32)
     bits = np.array(list(propagate.keys()), dtype=np.int32)
     thresholds = np.array(list(propagate.values()), dtype=np.float64)
-    _static_stack(np.ascontiguousarray(images), np.ascontiguousarray(variances), np.ascontiguousarray(masks),
-                  np.ascontiguousarray(good), np.asarray(weights, dtype=np.float64), int(statistic), float(sigma_clip),
-                  int(clip_iter), bits, thresholds, bool(from_input_variance), np.int32(nodata_bit), image, variance,
-                  mask, count, max(1, min(numba.get_num_threads(), ny)), 256,
-                  sorting_network(images.shape[0]))  # fmt: skip
+    inputs = (np.ascontiguousarray(images), np.ascontiguousarray(variances), np.ascontiguousarray(masks),
+              np.ascontiguousarray(good), np.asarray(weights, dtype=np.float64))  # fmt: skip
+    options = (int(statistic), float(sigma_clip), int(clip_iter), bits, thresholds, bool(from_input_variance),
+               np.int32(nodata_bit), sorting_network(images.shape[0]))  # fmt: skip
+    _static_stack(inputs, options, (image, variance, mask, count), max(1, min(numba.get_num_threads(), ny)), 256)
     return image, variance, mask, count
 
 

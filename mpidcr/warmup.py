@@ -18,6 +18,8 @@ from .solver import DcrSolver, WarpStack
 from .synthetic import make_field
 from .tiling import Box, Tile
 
+log = logging.getLogger(__name__)
+
 _SIZE = 64  # pixels on a side: larger than any halo of a default configuration, so every path runs
 
 
@@ -55,6 +57,9 @@ def warm_up(config: DcrConfig, tiled: bool) -> float:
     quiet.setLevel(logging.ERROR)  # the tiny field's own warnings (few iterations, few sources) are noise
     try:
         DcrSolver(warps, cfg, tile=tile).run()
+    except Exception as exc:  # a warm-up must never stop a run: the kernels then compile in it
+        quiet.setLevel(level)  # so that the debug line below can be seen
+        log.debug("kernel warm-up skipped (%s: %s); kernels compile during the run", type(exc).__name__, exc)
     finally:
         quiet.setLevel(level)
     return time.perf_counter() - t0

@@ -384,3 +384,22 @@ def test_clipped_std_is_unbiased_and_robust(rng):
     assert clipped_std(SerialReducer(), x) == pytest.approx(2.0, rel=0.01)
     x[:200] = 1e4  # outliers
     assert clipped_std(SerialReducer(), x) == pytest.approx(2.0, rel=0.01)
+
+
+def test_warm_up_compiles_quietly_and_never_fails(caplog, monkeypatch):
+    import logging
+
+    from mpidcr import warmup
+
+    config = _setup()[1]
+    before = logging.getLogger("mpidcr").level
+    assert warmup.warm_up(config, tiled=False) > 0 and warmup.warm_up(config, tiled=True) > 0
+    assert logging.getLogger("mpidcr").level == before
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # the tiny field's warnings are hidden
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no")
+
+    monkeypatch.setattr(warmup, "DcrSolver", broken)
+    assert warmup.warm_up(config, tiled=False) >= 0  # a failing warm-up is skipped, not raised
+    assert logging.getLogger("mpidcr").level == before

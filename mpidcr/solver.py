@@ -281,11 +281,29 @@ class DcrSolver:
         self.fused = fused and self.order == 1
         self._amplified: NDArray | None = None
         self._significance: NDArray | None = None
+        # two buffers each for the accumulators and the model: an iteration needs the current
+        # ones and writes the next ones, so alternating between two avoids allocating (and
+        # page-faulting) two image stacks per iteration
+        self._acc_buffers: list[NDArray] = []
+        self._model_buffers: list[NDArray] = []
         if self.fused:
             shape = warps.images.shape[1:]
             self.sweep_plan = SweepPlan([VisitPass(shape, s.forward, s.mean) for s in warps.shifts])
 
     # -- helpers ----------------------------------------------------------------
+    @staticmethod
+    def _next_buffer(buffers: list[NDArray], like: NDArray, avoid: NDArray | None = None) -> NDArray:
+        """Two buffers shaped like ``like``, handed out in turn (allocated on first use): the
+        result of one call stays valid through the next call.  ``avoid`` must not be returned."""
+        if len(buffers) < 2:
+            buffers.append(np.empty(like.shape, like.dtype))
+        else:
+            buffers.append(buffers.pop(0))
+        out = buffers[-1]
+        if avoid is not None and np.shares_memory(out, avoid):
+            raise SolverError("internal error: a work buffer would overwrite the array it is computed from")
+        return out
+
     def _inner(self, a: NDArray) -> NDArray:
         return a[(..., *self.inner)]
 
@@ -475,7 +493,8 @@ class DcrSolver:
         significance = self._significance
         if float(self.reducer.max([np.max(self._inner(significance), initial=0.0)])[0]) == 0.0:
             significance = np.ones_like(significance)
-        acc = np.zeros(model.shape, dtype=model.dtype)
+        acc = self._next_buffer(self._acc_buffers, model)
+        acc.fill(0)
         sums = np.zeros(2 * V)
         if self.fused:
             ys, xs = self.inner
@@ -510,7 +529,9 @@ class DcrSolver:
     def update(self, model: NDArray, acc: NDArray, gain: float) -> NDArray:
         """Steps 3–7 of one iteration, then the halo refresh; returns the new model."""
         cfg = self.cfg
-        new = regularize.apply_update(model, acc, self.inverse_weights, np.empty_like(model))
+        new = regularize.apply_update(
+            model, acc, self.inverse_weights, self._next_buffer(self._model_buffers, model, avoid=model)
+        )
         width = int(cfg.regularizationWidth)
         work = self._work
         if cfg.regularizeModelIterations > 0:

@@ -389,7 +389,9 @@ class DcrSolver:
         )
         K = self.K
         self.static_image = self.static.image.astype(MODEL_DTYPE)
-        self.model = np.repeat((self.static_image / K)[None], K, axis=0)
+        # the starting model, T/K in every plane, in the first of the two model buffers
+        self.model = self._next_buffer(self._model_buffers, np.empty((K, *self.static_image.shape), MODEL_DTYPE))
+        self.model[...] = (self.static_image / K)[None]
         self.base_mask = self.static.mask.copy()
         self._detect_if_no_convergence_planes()
         self.background = ((self.base_mask & (self.bad_bits | self.converge_bits)) == 0) & self._edge_distance_ok()

@@ -130,14 +130,19 @@ def regularize_frequency(planes: NDArray, factor: float, width: int, noise: floa
 
 
 def condition(new: NDArray, old: NDArray, gain: float) -> NDArray:
-    """Step 6: the gain-weighted mean (g·new + old)/(1 + g)."""
-    return (gain * new + old) / (1.0 + gain)
+    """Step 6: the gain-weighted mean (g·new + old)/(1 + g) (the solver fuses it with step 7)."""
+    return regularize.condition_weighted(new, old, gain, None, None, out=np.empty_like(new))
+
+
+def static_share(static: NDArray, weights: NDArray, num_subfilters: int) -> NDArray:
+    """T·(1 − M)/K: what the static model contributes to every plane under model weights M (step 7)."""
+    return (static * (1 - weights) / num_subfilters).astype(weights.dtype)
 
 
 def apply_model_weights(new: NDArray, static: NDArray, weights: NDArray) -> NDArray:
-    """Step 7: new·M + T·(1 − M)/K for planes ``new`` (K, ny, nx)."""
-    num = new.shape[0]
-    return new * weights + (static * (1.0 - weights) / num)[None]
+    """Step 7: new·M + T·(1 − M)/K for planes ``new`` (K, ny, nx) (the solver fuses it with step 6)."""
+    share = static_share(static, weights, new.shape[0])
+    return regularize.condition_weighted(new, new, 0.0, weights, share, out=np.empty_like(new))
 
 
 def next_gain(metrics: Sequence[float], gains: Sequence[float], base_gain: float, progressive: bool) -> float:
@@ -439,9 +444,7 @@ class DcrSolver:
             self.model_weights = None
         # T·(1 − M)/K, the static model's share of every plane under the model weights (step 7)
         self.static_share = (
-            None
-            if self.model_weights is None
-            else (self.static_image * (1 - self.model_weights) / K).astype(MODEL_DTYPE)
+            None if self.model_weights is None else static_share(self.static_image, self.model_weights, K)
         )
         self._work = regularize.FrequencyWork(self.model.shape[1:], MODEL_DTYPE)
 
@@ -489,7 +492,7 @@ class DcrSolver:
             self._significance = np.empty(model.shape[1:], model.dtype)
         # one pass: the amplified planes and the metric's significance |ȳ| + 3·noise
         accelerate = self.cfg.accelerateModel
-        model = np.ascontiguousarray(model)
+        model = np.ascontiguousarray(model)  # (a no-op for the solver's own buffers)
         regularize.amplify(model, accelerate, self._amplified, self._significance, 3.0 * noise)
         planes = model if accelerate == 1.0 else self._amplified
         significance = self._significance
@@ -501,8 +504,7 @@ class DcrSolver:
         if self.fused:
             ys, xs = self.inner
             bounds = (ys.start, ys.stop, xs.start, xs.stop)
-            visit_sums = self.sweep_plan.run(np.ascontiguousarray(planes), w.images, self.good, self.converge_pixels,
-                                             np.ascontiguousarray(significance, dtype=model.dtype), bounds,
+            visit_sums = self.sweep_plan.run(planes, w.images, self.good, self.converge_pixels, significance, bounds,
                                              self.visit_weights > 0, acc)  # fmt: skip
             sums[:V], sums[V:] = visit_sums[:, 0], visit_sums[:, 1]
         else:

@@ -183,23 +183,28 @@ def regularize_frequency(planes: NDArray, factor: float, width: int, noise: floa
 
 
 @numba.njit(cache=True, nogil=True)
-def _condition(new, old, gain, weights, static_share, out):  # pragma: no cover - compiled
+def _condition(new, old, gain, weights, static_share, weighted, out):  # pragma: no cover - compiled
     K = new.shape[0]
     g = new.dtype.type(gain)
     norm = new.dtype.type(1.0 / (1.0 + gain))
+    w, s = weights.ravel(), static_share.ravel()
     for k in range(K):
         n, o, r = new[k].ravel(), old[k].ravel(), out[k].ravel()
-        w, s = weights.ravel(), static_share.ravel()
-        for i in range(r.shape[0]):
-            r[i] = (g * n[i] + o[i]) * norm * w[i] + s[i]
+        if weighted:
+            for i in range(r.shape[0]):
+                r[i] = (g * n[i] + o[i]) * norm * w[i] + s[i]
+        else:
+            for i in range(r.shape[0]):
+                r[i] = (g * n[i] + o[i]) * norm
 
 
 def condition_weighted(new: NDArray, old: NDArray, gain: float, weights: NDArray | None, static_share: NDArray | None,
                        out: NDArray) -> NDArray:  # fmt: skip
     """Steps 6–7 in one pass: ``out = (g·new + old)/(1 + g)·M + T·(1 − M)/K`` (without model
-    weights: M = 1, no static share).  ``static_share`` is T·(1 − M)/K, (ny, nx)."""
-    if weights is None or static_share is None:
-        weights = np.ones(new.shape[1:], new.dtype)
-        static_share = np.zeros(new.shape[1:], new.dtype)
-    _condition(new, old, float(gain), weights, static_share, out)
+    weights: M = 1, no static share).  ``static_share`` is T·(1 − M)/K, (ny, nx).  ``out`` may be
+    ``new``."""
+    weighted = weights is not None and static_share is not None
+    if not weighted:  # unused by the kernel: any (ny, nx) images of the planes' dtype
+        weights = static_share = new[0]
+    _condition(new, old, float(gain), weights, static_share, weighted, out)
     return out

@@ -145,7 +145,9 @@ def write_collective(
             values = data[name]
             # a (K, ny, nx) dataset is written one plane at a time: HDF5's MPI-IO path is about
             # four times slower for one 3-D hyperslab than for its K 2-D slices (measured, 2 ranks)
-            planes = [((k, ys, xs), values[k]) for k in range(dset.shape[0])] if dset.ndim == 3 else [((ys, xs), values)]
+            planes = (
+                [((k, ys, xs), values[k]) for k in range(dset.shape[0])] if dset.ndim == 3 else [((ys, xs), values)]
+            )
             for where, plane in planes:
                 if collective:
                     with dset.collective:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from contention import ceilings
 from kernels import bench
 from scaling import scaling
 
@@ -66,6 +67,12 @@ def main() -> None:
                 f"{r['read_s']:>7.2f} {r['solve_s']:>8.2f} {r['write_s']:>8.2f} {r['total_s']:>8.2f} "
                 f"{r['peak_memory_gib']:>9.2f} {r['efficiency']:>10.2f}"
             )
+        # what the machine allows two ranks, measured right after the runs (it drifts)
+        out["contention"] = c = ceilings(2)
+        print(
+            f"\nmachine ceiling for 2 ranks (same work alone vs together): compute {c['compute']['ceiling']:.2f}, "
+            f"memory stream {c['stream']['ceiling']:.2f}"
+        )
     (RESULTS / "bench.json").write_text(json.dumps(out, indent=1))
     print(f"\nwrote {RESULTS / 'bench.json'}")
 

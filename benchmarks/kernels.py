@@ -28,12 +28,12 @@ def make_case(size: int, visits: int, K: int, seed: int = 0):
 
 def fused_iteration(planes, images, fwd, mean, order, plan=None, flags=None):
     """The solver's shift work of one iteration.  Order 1: the all-visit sweep in the solver's
-    precision (float32 model, float32 accumulators), including allocating the accumulators, as
-    the solver does each iteration (``flags``: the good-pixel and convergence flags, which the
-    solver computes once per run).  Order 3: the per-shift kernels (float64, spline prefilter)."""
+    precision (float32 model, float32 accumulators), including allocating the accumulators (the
+    solver reuses two buffers; ``flags``: the good-pixel and convergence flags, which the solver
+    computes once per run).  Order 3: the per-shift kernels (float64, spline prefilter)."""
     if order == 1 and plan is not None:
         model = planes.astype(np.float32) if planes.dtype != np.float32 else planes
-        acc = np.zeros_like(model)
+        acc = np.empty_like(model)  # the sweep sets every pixel
         good = np.ones(images.shape, dtype=bool) if flags is None else flags
         sig = np.ones(model.shape[1:], dtype=np.float32)
         inner = (0, model.shape[1], 0, model.shape[2])

@@ -499,15 +499,15 @@ class DcrSolver:
         if float(self.reducer.max([np.max(self._inner(significance), initial=0.0)])[0]) == 0.0:
             significance = np.ones_like(significance)
         acc = self._next_buffer(self._acc_buffers, model)
-        acc.fill(0)
         sums = np.zeros(2 * V)
-        if self.fused:
+        if self.fused:  # the sweep sets every accumulator pixel
             ys, xs = self.inner
             bounds = (ys.start, ys.stop, xs.start, xs.stop)
             visit_sums = self.sweep_plan.run(planes, w.images, self.good, self.converge_pixels, significance, bounds,
                                              self.visit_weights > 0, acc)  # fmt: skip
             sums[:V], sums[V:] = visit_sums[:, 0], visit_sums[:, 1]
         else:
+            acc.fill(0)
             forward = kernels.prefilter_planes(planes, order)
             sig_inner = self._inner(significance)
             template = np.zeros(model.shape[1:], dtype=np.float64)

@@ -87,16 +87,33 @@ def _forward_row(y, planes, image, good, converge, significance, inner, ftab, tr
     return diff_sum, ref_sum
 
 
+METRIC_RUN = 256  # pixels summed in the row's precision before adding to the float64 totals
+
+
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
 def _metric_row(srow, trow, good, converge, significance):  # pragma: no cover
-    """(Σ|s−t|·S·u, Σ|s+t|·S·u/2) over one row in float64, u = good·converge.  Both are 0/1, so the loop has no branch and vectorises; reassociating the sums (fastmath) changes
-    only their rounding.  The model planes are finite by construction, so is the template."""
+    """(Σ|s−t|·S·u, Σ|s+t|·S·u/2) over one row, u = good·converge (0/1, so the loop has no branch).
+
+    Computed in the template's precision (float32 in the solver: 8 lanes, no conversions) over
+    runs of METRIC_RUN pixels whose sums are added in float64, so no float32 sum is longer than
+    256 terms (relative rounding < 1e-5, typically 1e-7: far below the convergence threshold);
+    reassociating the sums (fastmath) lets them vectorise.  The model planes are finite by
+    construction, so is the template."""
     diff_sum = 0.0
     ref_sum = 0.0
-    for x in range(srow.shape[0]):
-        m = np.float64(significance[x]) * (good[x] & converge[x])
-        diff_sum += abs(np.float64(srow[x]) - trow[x]) * m
-        ref_sum += abs(np.float64(srow[x]) + trow[x]) * m
+    one = trow.dtype.type(1)
+    n = srow.shape[0]
+    for c0 in range(0, n, METRIC_RUN):
+        c1 = min(c0 + METRIC_RUN, n)
+        s, t, g, c, w = srow[c0:c1], trow[c0:c1], good[c0:c1], converge[c0:c1], significance[c0:c1]
+        d = trow.dtype.type(0)
+        r = trow.dtype.type(0)
+        for x in range(c1 - c0):
+            m = w[x] * (one * (g[x] & c[x]))
+            d += abs(s[x] - t[x]) * m
+            r += abs(s[x] + t[x]) * m
+        diff_sum += d
+        ref_sum += r
     return diff_sum, ref_sum * 0.5
 
 
@@ -185,6 +202,11 @@ def _sweep_pass(planes, images, goods, converges, significance, inner, ftabs, rt
         buf = scratch[bi]
         b0 = bi * block
         b1 = min(b0 + block, ny)
+        # the block's accumulator rows start at 0 here, in cache, rather than in a separate pass
+        # over all of them before the sweep
+        for k in range(acc.shape[0]):
+            for y in range(b0, b1):
+                acc[k, y, :] = 0
         for v in range(nv):
             if not active[v]:
                 continue
@@ -264,7 +286,8 @@ class SweepPlan:
 
     def run(self, planes: NDArray, images: NDArray, goods: NDArray, converges: NDArray, significance: NDArray,
             inner: tuple[int, int, int, int], active: NDArray, acc: NDArray) -> NDArray:  # fmt: skip
-        """Add every active visit's reverse-shifted residual to ``acc``; returns the (V, 2) metric sums."""
+        """Set ``acc`` (K, ny, nx) to the sum of every active visit's reverse-shifted residual (its
+        previous contents are ignored); returns the (V, 2) metric sums."""
         return _sweep_pass(planes, images, _flags(goods), _flags(converges), significance,
                            np.asarray(inner, dtype=np.int64), self.ftabs, self.rtabs, np.asarray(active, dtype=np.bool_),
                            self.block, acc)  # fmt: skip

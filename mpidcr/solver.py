@@ -403,11 +403,15 @@ class DcrSolver:
 
         # dcrWeights and nImage from the reverse-shifted good-pixel indicators.
         shape = self.model.shape
-        coverage = np.zeros(shape, dtype=np.float64)
-        nimage = np.zeros(shape, dtype=np.int32)
         if self.fused:
-            fused.coverage(self.sweep_plan, self.good, self.visit_weights > 0, coverage, nimage)
+            self.inverse_weights = np.empty(shape, MODEL_DTYPE)
+            self.nimage = np.empty(shape, np.int32)
+            self.dcr_good = np.empty(shape[1:], np.bool_)
+            fused.coverage(self.sweep_plan, self.good, self.visit_weights > 0, self.inverse_weights, self.nimage,
+                           self.dcr_good)  # fmt: skip
         else:
+            coverage = np.zeros(shape, dtype=np.float64)
+            nimage = np.zeros(shape, dtype=np.int32)
             for v in range(V):
                 if self.visit_weights[v] <= 0:
                     continue
@@ -417,10 +421,10 @@ class DcrSolver:
                     kernels.add_shifted(shifted, coeffs, -w.shifts[v].mean[k], self.order)
                     coverage[k] += shifted
                     nimage[k] += np.rint(shifted).astype(np.int32)
-        self.dcr_good = np.all(coverage > 1.0, axis=0)
-        with np.errstate(divide="ignore"):
-            self.inverse_weights = np.where(self.dcr_good[None], 1.0 / coverage, 0.0).astype(MODEL_DTYPE)
-        self.nimage = np.where(self.dcr_good[None], nimage, 0)
+            self.dcr_good = np.all(coverage > 1.0, axis=0)
+            with np.errstate(divide="ignore"):
+                self.inverse_weights = np.where(self.dcr_good[None], 1.0 / coverage, 0.0).astype(MODEL_DTYPE)
+            self.nimage = np.where(self.dcr_good[None], nimage, 0)
         nodata = plane_bits(w.mask_planes, ["NO_DATA"])
         self.base_mask |= np.where(self.dcr_good, 0, nodata).astype(np.int32)
 

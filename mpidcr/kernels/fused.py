@@ -303,19 +303,24 @@ _ROUNDER = 6755399441055744.0  # 1.5 · 2^52: adding and subtracting it rounds a
 
 
 @numba.njit(cache=True, nogil=True)
-def _coverage_pass(goods, rtabs, active, coverage, nimage):  # pragma: no cover - compiled
-    """Rows outside, visits inside: each output row is accumulated in cache over all visits and
-    written once (visits outside would stream the float64 coverage planes V times)."""
+def _coverage_pass(goods, rtabs, active, inverse_weights, nimage, determined):  # pragma: no cover - compiled
+    """Rows outside, sub-filters and visits inside: each row's K coverage sums are accumulated in
+    cache over all visits in float64, then turned into the outputs in the same pass (rows outside
+    and visits outside would stream float64 coverage planes V times, and numpy would make four
+    more passes over them)."""
     riy, rwy, rix, rwx, rxa, rxb, roff = rtabs
     nv = goods.shape[0]
-    K, ny, nx = coverage.shape
-    row = np.empty(nx, dtype=coverage.dtype)
-    crow = np.empty(nx, dtype=coverage.dtype)
-    nrow = np.empty(nx, dtype=nimage.dtype)
-    for k in range(K):
-        for y in range(ny):
-            crow[:] = coverage[k, y]
-            nrow[:] = nimage[k, y]
+    K, ny, nx = inverse_weights.shape
+    row = np.empty(nx)
+    crow = np.empty((K, nx))
+    nrow = np.empty((K, nx), dtype=np.int32)
+    ok = np.empty(nx, dtype=np.bool_)
+    for y in range(ny):
+        for k in range(K):
+            c = crow[k]
+            n = nrow[k]
+            c[:] = 0.0
+            n[:] = 0
             for v in range(nv):
                 w0 = rwy[v, k, y, 0]
                 w1 = rwy[v, k, y, 1]
@@ -326,14 +331,28 @@ def _coverage_pass(goods, rtabs, active, coverage, nimage):  # pragma: no cover 
                 _row_add(row, g[riy[v, k, y, 0]], g[riy[v, k, y, 1]], w0, w1, rix[v, k], rwx[v, k], rxa[v, k],
                          rxb[v, k], roff[v, k])  # fmt: skip
                 for x in range(nx):
-                    crow[x] += row[x]
+                    c[x] += row[x]
                     # round half to even, as np.rint, by the 1.5·2^52 trick (|row| ≤ V): vectorises
-                    nrow[x] += np.int32((row[x] + _ROUNDER) - _ROUNDER)
-            coverage[k, y] = crow
-            nimage[k, y] = nrow
+                    n[x] += np.int32((row[x] + _ROUNDER) - _ROUNDER)
+        # determined: every sub-filter covered by more than one input
+        ok[:] = True
+        for k in range(K):
+            c = crow[k]
+            for x in range(nx):
+                ok[x] &= c[x] > 1.0
+        determined[y] = ok
+        for k in range(K):
+            c, n, w, m = crow[k], nrow[k], inverse_weights[k, y], nimage[k, y]
+            for x in range(nx):
+                w[x] = 1.0 / c[x] if ok[x] else 0.0
+                m[x] = n[x] if ok[x] else 0
 
 
-def coverage(plan: SweepPlan, goods: NDArray, active: NDArray, coverage: NDArray, nimage: NDArray) -> None:
-    """Add every active visit's reverse-shifted good-pixel indicator to ``coverage`` (K, ny, nx)
-    and its rounded value to ``nimage`` (int32): the update's weights and the inputs per pixel."""
-    _coverage_pass(_flags(goods), plan.rtabs, np.asarray(active, dtype=np.bool_), coverage, nimage)
+def coverage(plan: SweepPlan, goods: NDArray, active: NDArray, inverse_weights: NDArray, nimage: NDArray,
+             determined: NDArray) -> None:  # fmt: skip
+    """From every active visit's reverse-shifted good-pixel indicators (coverage c_k = Σ_v, the
+    update's weights, and its rounded sum, the inputs per pixel): fill ``determined`` (ny, nx,
+    bool) where every sub-filter has c_k > 1, and on those pixels ``inverse_weights`` (K, ny, nx)
+    with 1/c_k and ``nimage`` (int32) with Σ_v rint(·); both 0 elsewhere."""
+    _coverage_pass(_flags(goods), plan.rtabs, np.asarray(active, dtype=np.bool_), inverse_weights, nimage,
+                   determined)  # fmt: skip

@@ -85,11 +85,11 @@ class TermFlag:
 
 #: Bytes per outer-box pixel: per visit (image f4, variance f4, mask i4, good and convergence
 #: flags), and per sub-filter (float32 model state: two model and two accumulator buffers,
-#: inverse weights, amplified planes, output planes; nImage i4, coverage f8 while it is built;
-#: with a share of the per-pixel images: static model, weights, work images).  Measured on
-#: 2048×4096 × 12 visits × 3 sub-filters, one rank: peak 3.4 GiB; this rule gives 3.38 GiB.
+#: inverse weights, amplified planes, output planes; nImage i4; with a share of the per-pixel
+#: images: static model, weights, work images).  Measured on 2048×4096 × 12 visits × 3
+#: sub-filters: one rank 3.07 GiB (this rule: 3.20 GiB), two ranks 1.71 GiB (rule: 1.80 GiB).
 BYTES_PER_PIXEL_VISIT = 4 + 4 + 4 + 1 + 1
-BYTES_PER_PIXEL_SUBFILTER = 76
+BYTES_PER_PIXEL_SUBFILTER = 68
 BASELINE_BYTES = 300 * 2**20  # the interpreter with numpy, scipy, astropy, numba and h5py loaded
 
 

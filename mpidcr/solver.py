@@ -111,8 +111,7 @@ def clamp_to_previous(new: NDArray, old: NDArray, factor: float, width: int, sel
     """
     sel = np.empty(new.shape, np.uint8) if sel is None else sel
     scratch = np.empty(new.shape, np.uint8) if scratch is None else scratch
-    regularize.clamp_opened(new, old, factor, True, True, width, sel, scratch)
-    regularize.clamp_opened(new, old, 1.0 / factor, False, False, width, sel, scratch)
+    regularize.clamp_both_opened(new, old, factor, True, 1.0 / factor, False, width, sel, scratch)
 
 
 def regularize_frequency(planes: NDArray, factor: float, width: int, noise: float,

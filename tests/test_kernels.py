@@ -269,6 +269,38 @@ def test_iteration_clamp_matches_numpy_twin(dtype, rng):
     assert not np.allclose(expected, new)  # the clamp did something
 
 
+def test_opening_works_on_each_bit(rng):
+    from scipy import ndimage
+
+    from mpidcr.kernels.morphology import open_in_place
+
+    from reference import diamond
+
+    bits = [rng.uniform(size=(40, 50)) > p for p in (0.1, 0.25)]
+    sel = (bits[0].astype(np.uint8) | (bits[1].astype(np.uint8) << 1)).astype(np.uint8)
+    open_in_place(sel, 2, np.full_like(sel, 255))  # garbage scratch
+    for b, plane in enumerate(bits):
+        expected = ndimage.binary_opening(plane, structure=diamond(2))
+        assert np.array_equal((sel >> b) & 1, expected) and expected.any()
+
+
+@pytest.mark.parametrize("scales", [(2.0, 0.5), (0.5, 2.0)])  # ordered limits, and not (fallback)
+def test_two_bit_clamp_equals_two_clamps(scales, rng):
+    from mpidcr.kernels.regularize import clamp_both_opened, clamp_opened
+
+    base = rng.uniform(-1, 4, size=(45, 52)).astype(np.float32)
+    image = (base * rng.uniform(0.1, 4.0, size=base.shape)).astype(np.float32)
+    image[5:15, 5:15] = 30.0
+    image[25:35, 30:40] = -20.0
+    work = [np.empty(base.shape, np.uint8) for _ in range(2)]
+    expected = image.copy()
+    clamp_opened(expected, base, scales[0], True, True, 2, *work)
+    clamp_opened(expected, base, scales[1], False, False, 2, *work)
+    fused = image.copy()
+    clamp_both_opened(fused, base, scales[0], True, scales[1], False, 2, *work)
+    assert np.array_equal(fused, expected) and not np.array_equal(expected, image)
+
+
 def test_update_passes_match_formulas(rng):
     from mpidcr.kernels import regularize
 

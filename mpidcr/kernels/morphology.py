@@ -2,7 +2,9 @@
 
 Erosion by the diamond of radius w equals w successive erosions by the 3×3 cross (the diamond
 is the cross dilated by itself w − 1 times), and likewise for dilation; pixels outside the
-image count as False, as in ``scipy.ndimage.binary_opening`` (its twin in the tests).
+image count as False, as in ``scipy.ndimage.binary_opening`` (its twin in the tests).  The
+passes are bitwise ANDs and ORs, so each bit of a uint8 image is an independent binary image:
+one opening of a two-bit selection opens two selections.
 """
 
 from __future__ import annotations
@@ -96,8 +98,9 @@ def _passes(a, b, erosions, dilations):  # pragma: no cover - compiled
 
 
 def open_in_place(selection: NDArray[np.uint8], width: int, scratch: NDArray[np.uint8]) -> None:
-    """Binary opening of a 0/1 uint8 image by the diamond of radius ``width``, in place, using
-    ``scratch`` (same shape) as work space; nothing is allocated but two row-flag vectors."""
+    """Binary opening of a uint8 image (each bit a binary image) by the diamond of radius
+    ``width``, in place, using ``scratch`` (same shape) as work space; nothing is allocated but
+    two row-flag vectors."""
     if width <= 0:
         return
     # 2·width passes: an even number of swaps leaves the result in ``selection``

@@ -73,6 +73,64 @@ def clamp_opened(image: NDArray, base: NDArray, scale: float, absolute: bool, ab
     _assign(image, base, s, bool(absolute), sel)
 
 
+@numba.njit(cache=True, nogil=True)
+def _select_both(image, base, high_scale, high_abs, low_scale, low_abs, sel):  # pragma: no cover - compiled
+    """sel = bit 1 where image > high limit, bit 2 where image < low limit (limits |base|·scale or
+    base·scale); returns (any bit set, every high limit ≥ its low limit)."""
+    ny, nx = image.shape
+    found = False
+    ordered = True
+    for y in range(ny):
+        im, b, s = image[y], base[y], sel[y]
+        row = 0
+        bad = 0
+        for x in range(nx):
+            high = (abs(b[x]) if high_abs else b[x]) * high_scale
+            low = (abs(b[x]) if low_abs else b[x]) * low_scale
+            hit = np.uint8(im[x] > high) | (np.uint8(im[x] < low) << np.uint8(1))
+            s[x] = hit
+            row |= hit
+            bad |= high < low
+        found |= row != 0
+        ordered &= bad == 0
+    return found, ordered
+
+
+@numba.njit(cache=True, nogil=True)
+def _assign_both(image, base, high_scale, high_abs, low_scale, low_abs, sel):  # pragma: no cover - compiled
+    ny, nx = image.shape
+    for y in range(ny):
+        im, b, s = image[y], base[y], sel[y]
+        for x in range(nx):  # selects, not branches, so the loop vectorises
+            high = (abs(b[x]) if high_abs else b[x]) * high_scale
+            low = (abs(b[x]) if low_abs else b[x]) * low_scale
+            v = high if s[x] & 1 else im[x]
+            im[x] = low if s[x] & 2 else v
+
+
+def clamp_both_opened(image: NDArray, base: NDArray, high_scale: float, high_abs: bool, low_scale: float,
+                      low_abs: bool, width: int, sel: NDArray[np.uint8], scratch: NDArray[np.uint8]) -> None:  # fmt: skip
+    """``clamp_opened`` above the high limit, then below the low limit, in one select, one opening
+    and one assignment: the two selections are bits 1 and 2 of ``sel`` and the opening (ANDs and
+    ORs) works on each bit independently.
+
+    Equal to the two clamps in turn whenever every high limit ≥ its low limit (then a pixel
+    lowered to its high limit is not below its low limit, so the first clamp cannot change the
+    second's selection); otherwise it runs them in turn."""
+    dt = image.dtype.type
+    hs, ls = dt(high_scale), dt(low_scale)
+    found, ordered = _select_both(image, base, hs, bool(high_abs), ls, bool(low_abs), sel)
+    if not ordered:
+        clamp_opened(image, base, high_scale, high_abs, True, width, sel, scratch)
+        clamp_opened(image, base, low_scale, low_abs, False, width, sel, scratch)
+        return
+    if not found:
+        return
+    if width > 0:
+        open_in_place(sel, width, scratch)
+    _assign_both(image, base, hs, bool(high_abs), ls, bool(low_abs), sel)
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _row_mean(planes, y, out):  # pragma: no cover - compiled
     """out = mean over k of planes[k, y]."""
@@ -173,8 +231,7 @@ def regularize_frequency(planes: NDArray, factor: float, width: int, noise: floa
     _add_constant(smooth, floor)
     max_diff = math.sqrt(factor)
     for k in range(planes.shape[0]):
-        clamp_opened(planes[k], smooth, max_diff, False, True, width, work.sel, work.scratch)
-        clamp_opened(planes[k], smooth, 1.0 / max_diff, False, False, width, work.sel, work.scratch)
+        clamp_both_opened(planes[k], smooth, max_diff, False, 1.0 / max_diff, False, width, work.sel, work.scratch)
     for k in range(planes.shape[0]):
         gaussian_filter(planes[k], width, out=a)
         _ratio(a, floor, smooth, a)

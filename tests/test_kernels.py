@@ -270,11 +270,10 @@ def test_iteration_clamp_matches_numpy_twin(dtype, rng):
 
 
 def test_opening_works_on_each_bit(rng):
+    from reference import diamond
     from scipy import ndimage
 
     from mpidcr.kernels.morphology import open_in_place
-
-    from reference import diamond
 
     bits = [rng.uniform(size=(40, 50)) > p for p in (0.1, 0.25)]
     sel = (bits[0].astype(np.uint8) | (bits[1].astype(np.uint8) << 1)).astype(np.uint8)

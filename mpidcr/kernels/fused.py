@@ -302,7 +302,7 @@ def _flags(a: NDArray) -> NDArray[np.uint8]:
 _ROUNDER = 6755399441055744.0  # 1.5 · 2^52: adding and subtracting it rounds a float64 to an integer
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # division without exception checks: vectorises
 def _coverage_pass(goods, rtabs, active, inverse_weights, nimage, determined):  # pragma: no cover - compiled
     """Rows outside, sub-filters and visits inside: each row's K coverage sums are accumulated in
     cache over all visits in float64, then turned into the outputs in the same pass (rows outside

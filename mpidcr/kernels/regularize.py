@@ -193,7 +193,7 @@ def _add_constant(image, value):  # pragma: no cover - compiled
         flat[i] += value
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # division without exception checks: vectorises
 def _ratio(smoothed_plane, floor, smooth, out):  # pragma: no cover - compiled
     """out = (smoothed_plane + floor) / smooth, 1 where not finite."""
     a, s, o = smoothed_plane.ravel(), smooth.ravel(), out.ravel()

@@ -46,7 +46,7 @@ def _static_stack(inputs, options, outputs, chunks, width):  # pragma: no cover 
                 _segment(inputs, options, total_weight, outputs, scratch, y, x0, min(width, nx - x0))
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _segment(inputs, options, total_weight, outputs, scratch, y, x0, m):  # pragma: no cover - compiled
     """Pixels (y, x0 … x0 + m): every step is a loop over visits of loops over columns, which vectorise."""
     images, variances, masks, good, weights = inputs
@@ -88,11 +88,11 @@ def _segment(inputs, options, total_weight, outputs, scratch, y, x0, m):  # prag
         if statistic == MEANCLIP:
             for _ in range(clip_iter):
                 _moments(val, keep, m, weights, center, sigma, sigma_clip, kw, sw, swx, tmp)
-            # the final selection (NaN centre or sigma rejects nothing, as in numpy)
+            # the final selection (NaN centre or sigma rejects nothing, as in numpy); selects,
+            # not branches, here and below: data-dependent branches and stores do not vectorise
             for v in range(nv):
                 for x in range(m):
-                    if abs(val[v, x] - center[x]) > sigma_clip * sigma[x]:
-                        keep[v, x] = 0.0
+                    keep[v, x] = 0.0 if abs(val[v, x] - center[x]) > sigma_clip * sigma[x] else keep[v, x]
     sw[:] = 0.0
     swx[:] = 0.0
     cnt[:] = 0.0
@@ -121,36 +121,30 @@ def _segment(inputs, options, total_weight, outputs, scratch, y, x0, m):  # prag
         else:
             for x in range(m):
                 tmp[x] += keep[v, x] * w * (val[v, x] - out[x]) ** 2
+    var_out = variance[y, x0 : x0 + m]
     for x in range(m):
-        if sw[x] > 0:
-            q = tmp[x] / (sw[x] * sw[x]) if from_input_variance else tmp[x] / sw[x] / max(cnt[x], 1.0)
-        else:
-            q = np.inf
-        variance[y, x0 + x] = q if math.isfinite(q) else np.inf
+        q = tmp[x] / (sw[x] * sw[x]) if from_input_variance else tmp[x] / sw[x] / max(cnt[x], 1.0)
+        var_out[x] = q if (sw[x] > 0) & math.isfinite(q) else np.inf
     bits = mask[y, x0 : x0 + m]
     bits[:] = 0
     for v in range(nv):
         mk = masks[v, y, x0 : x0 + m]
         for x in range(m):
-            if keep[v, x] > 0:
-                bits[x] |= mk[x]
+            bits[x] |= mk[x] if keep[v, x] > 0 else 0
     # planes carried by unused inputs holding more than a threshold of the pixel's weight
     for p in range(prop_bits.shape[0]):
         tmp[:] = 0.0
         for v in range(nv):
             mk = masks[v, y, x0 : x0 + m]
             for x in range(m):
-                if (mk[x] & prop_bits[p]) != 0 and keep[v, x] == 0:
-                    tmp[x] += weights[v]
+                tmp[x] += weights[v] if ((mk[x] & prop_bits[p]) != 0) & (keep[v, x] == 0) else 0.0
         for x in range(m):
-            if tmp[x] / total_weight > prop_thresholds[p]:
-                bits[x] |= prop_bits[p]
+            bits[x] |= prop_bits[p] if tmp[x] / total_weight > prop_thresholds[p] else 0
     for x in range(m):
-        if cnt[x] == 0:
-            bits[x] |= nodata_bit
+        bits[x] |= nodata_bit if cnt[x] == 0 else 0
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _moments(val, keep, m, weights, center, sigma, sigma_clip, kw, sw, swx, ss):  # pragma: no cover - compiled
     """One clipping pass: the weighted mean and std of the values within sigma_clip·sigma of the
     centre (all of ``keep`` where the centre or sigma is NaN) replace ``center`` and ``sigma``;

@@ -49,7 +49,7 @@ def _as_image(a: NDArray) -> NDArray:
 
 
 def selected_moments(reducer: Reducer, values: NDArray, select: NDArray | None = None, lo: float = -math.inf,
-                     hi: float = math.inf, denominator: NDArray | None = None, guess: float = 0.0,
+                     hi: float = math.inf, guess: float = 0.0,
                      masks: NDArray | None = None, excluded: int = 0,
                      region: tuple[slice, slice] | None = None) -> tuple[float, float, float]:  # fmt: skip
     """(n, mean, population std) of the selected finite ``values`` within [lo, hi], pooled over all tiles.
@@ -59,16 +59,14 @@ def selected_moments(reducer: Reducer, values: NDArray, select: NDArray | None =
     ``M2_guess − n·(mean − guess)²``, exact in exact arithmetic and free of cancellation while
     the guess is within a few σ of the mean (the clipping passes pass the previous mean), so
     the result does not depend on how the pixels are split.  ``select`` (same shape as
-    ``values``; default all) picks pixels; with ``denominator`` the values are
-    ``values / sqrt(denominator)``; pixels whose ``masks`` value has any ``excluded`` bit are left
-    out; ``region`` (y slice, x slice) restricts the sums to part of the images (a tile's inner
+    ``values``; default all) picks pixels; pixels whose ``masks`` value has any ``excluded`` bit
+    are left out; ``region`` (y slice, x slice) restricts the sums to part of the images (a tile's inner
     box).  (0, 0, 0) when nothing is selected.
     """
     v = _as_image(values)
     sel = np.ones(v.shape, dtype=np.bool_) if select is None else _as_image(select)
-    den = None if denominator is None else _as_image(denominator)
     msk = None if masks is None else _as_image(masks)
-    n, total, m2_guess = reducer.sum(moments.selected_sums(v, sel, lo, hi, guess, den, msk, excluded, region))
+    n, total, m2_guess = reducer.sum(moments.selected_sums(v, sel, lo, hi, guess, msk, excluded, region))
     if n == 0:
         return 0.0, 0.0, 0.0
     mean = total / n
@@ -83,14 +81,12 @@ def merged_std(reducer: Reducer, values: NDArray, select: NDArray | None = None,
 
 
 def clipped_std(reducer: Reducer, values: NDArray, nsigma: float = 3.0, iterations: int = 3,
-                select: NDArray | None = None, denominator: NDArray | None = None, masks: NDArray | None = None,
+                select: NDArray | None = None, masks: NDArray | None = None,
                 excluded: int = 0, region: tuple[slice, slice] | None = None) -> float:  # fmt: skip
     """Standard deviation after ``iterations`` passes of rejecting values beyond ``nsigma`` of the
     pooled mean; every pass is a pooled-moments reduction, so the result does not depend on the
     tiles.  The other arguments as in :func:`selected_moments`."""
-    n, mean, std = selected_moments(
-        reducer, values, select, denominator=denominator, masks=masks, excluded=excluded, region=region
-    )
+    n, mean, std = selected_moments(reducer, values, select, masks=masks, excluded=excluded, region=region)
     for _ in range(iterations):
         if n == 0 or std == 0:
             break
@@ -100,7 +96,6 @@ def clipped_std(reducer: Reducer, values: NDArray, nsigma: float = 3.0, iteratio
             select,
             mean - nsigma * std,
             mean + nsigma * std,
-            denominator=denominator,
             guess=mean,
             masks=masks,
             excluded=excluded,

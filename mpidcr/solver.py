@@ -337,20 +337,17 @@ class DcrSolver:
         excluded = plane_bits(w.mask_planes, cfg.scaleWarpVariance.maskPlanes) | self.bad_bits
         limit = float(cfg.scaleWarpVariance.limit)
         factors = np.ones(w.num_visits)
+        snr = np.empty(w.images.shape[1:], w.images.dtype)  # one work image for all visits
         for v in range(w.num_visits):
-            # std of image/√variance over good pixels without the excluded planes
-            factor = (
-                clipped_std(
-                    self.reducer,
-                    w.images[v],
-                    select=self.good[v],
-                    denominator=w.variances[v],
-                    masks=w.masks[v],
-                    excluded=excluded,
-                    region=self.inner,
-                )
-                ** 2
-            )
+            # std of image/√variance over good pixels without the excluded planes; the ratio is
+            # computed once (NaN or ±inf where the variance is not positive: never selected),
+            # not in each of the four clipping passes
+            with np.errstate(invalid="ignore", divide="ignore"):
+                np.sqrt(w.variances[v], out=snr)
+                np.divide(w.images[v], snr, out=snr)
+            std = clipped_std(self.reducer, snr, select=self.good[v], masks=w.masks[v], excluded=excluded,
+                              region=self.inner)  # fmt: skip
+            factor = std**2
             if not np.isfinite(factor) or factor <= 0:
                 continue
             if factor > limit or factor < 1.0 / limit:

@@ -17,23 +17,20 @@ from numpy.typing import NDArray
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "nsz", "contract"})
-def _sums(num, den, ratio, select, masks, excluded, lo, hi, center, y0, y1, x0, x1):  # pragma: no cover - compiled
+def _sums(values, select, masks, excluded, lo, hi, center, y0, y1, x0, x1):  # pragma: no cover - compiled
     """(count, Σ v, Σ (v − center)²) over the selected pixels.  The tests are combined with ``&``
     (``and`` would branch, and random masks defeat branch prediction: 5× slower) and the sums are
     reassociated (fastmath without 'nnan'/'ninf', so the finiteness test stays exact), so the loop
-    vectorises; only the rounding of the float64 sums depends on that.  The signal-to-noise ratio
-    is computed in the images' precision (float32 halves the cost of the square root and division;
-    its rounding, 6e-8, is far below what a noise estimate resolves)."""
+    vectorises; only the rounding of the float64 sums depends on that."""
     n = 0
     s = 0.0
     m2 = 0.0
     for y in range(y0, y1):
         # [y, x0:x1] of a C-contiguous image is typed contiguous (a row of a strided view is not,
         # and would not vectorise): so the kernel takes whole images and the box
-        a, b, sel, msk = num[y, x0:x1], den[y, x0:x1], select[y, x0:x1], masks[y, x0:x1]
+        a, sel, msk = values[y, x0:x1], select[y, x0:x1], masks[y, x0:x1]
         for x in range(x1 - x0):
-            # NaN or ±inf where the variance is not positive
-            v = np.float64(a[x] / np.sqrt(b[x])) if ratio else np.float64(a[x])
+            v = np.float64(a[x])
             ok = (sel[x] != 0) & ((msk[x] & excluded) == 0) & math.isfinite(v) & (v >= lo) & (v <= hi)
             d = v - center if ok else 0.0
             n += 1 if ok else 0
@@ -43,22 +40,18 @@ def _sums(num, den, ratio, select, masks, excluded, lo, hi, center, y0, y1, x0, 
 
 
 def selected_sums(values: NDArray, select: NDArray[np.bool_], lo: float = -np.inf, hi: float = np.inf,
-                  center: float = 0.0, denominator: NDArray | None = None, masks: NDArray | None = None,
+                  center: float = 0.0, masks: NDArray | None = None,
                   excluded: int = 0, region: tuple[slice, slice] | None = None) -> tuple[int, float, float]:  # fmt: skip
     """(count, Σv, Σ(v − center)²) over pixels where ``select`` is set, ``masks`` (if given) has none
     of the ``excluded`` bits, and v is finite and in [lo, hi].
 
-    With ``denominator`` the values are ``values / sqrt(denominator)`` (NaN where it is not
-    positive): the signal-to-noise of an image and its variance, without a temporary image.
     ``region``: (y slice, x slice) of the images to use (default all); the images themselves
     should be whole C-contiguous arrays, not views of the region.
     """
-    ratio = denominator is not None
-    den = denominator if ratio else values
     if masks is None:  # any integer image with no excluded bits: the selection itself
         masks, excluded = select.view(np.uint8), 0
     ny, nx = values.shape
     ys, xs = region if region is not None else (slice(0, ny), slice(0, nx))
     y0, y1, _ = ys.indices(ny)
     x0, x1, _ = xs.indices(nx)
-    return _sums(values, den, ratio, select, masks, int(excluded), float(lo), float(hi), float(center), y0, y1, x0, x1)
+    return _sums(values, select, masks, int(excluded), float(lo), float(hi), float(center), y0, y1, x0, x1)

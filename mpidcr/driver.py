@@ -87,10 +87,12 @@ class TermFlag:
 #: flags), and per sub-filter (float32 model state: two model and two accumulator buffers,
 #: inverse weights, amplified planes, output planes; nImage i4; with a share of the per-pixel
 #: images: static model, weights, work images).  Measured on 2048×4096 × 12 visits × 3
-#: sub-filters: one rank 3.07 GiB (this rule: 3.20 GiB), two ranks 1.71 GiB (rule: 1.80 GiB).
+#: sub-filters: one rank 3.07 GiB (3.17 while numba compiles; this rule: 3.30 GiB), two ranks
+#: 1.71 GiB (rule: 1.90 GiB).
 BYTES_PER_PIXEL_VISIT = 4 + 4 + 4 + 1 + 1
 BYTES_PER_PIXEL_SUBFILTER = 68
-BASELINE_BYTES = 300 * 2**20  # the interpreter with numpy, scipy, astropy, numba and h5py loaded
+#: the interpreter with numpy, scipy, astropy, numba and h5py loaded, and numba's compiler at work
+BASELINE_BYTES = 400 * 2**20
 
 
 def memory_per_rank(plan: Plan, num_visits: int, num_subfilters: int) -> int:
@@ -277,6 +279,13 @@ def run(
             comm.size,
         )
     need = memory_per_rank(plan, len(inputs.infos), cfg.num_subfilters)
+    if max_memory is not None and max_memory <= BASELINE_BYTES:
+        error = InputError(
+            f"--max-memory {max_memory / 2**30:.2f} GiB is below the {BASELINE_BYTES / 2**30:.2f} GiB "
+            "a rank needs before it holds any pixels"
+        )
+        error.collective = True  # type: ignore[attr-defined]
+        raise error
     if max_memory is not None and need > max_memory:
         ranks = comm.size
         while (

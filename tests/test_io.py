@@ -388,10 +388,12 @@ def test_template_from_command_line_metadata(field, tmp_path):
 
 def test_max_memory_refuses_with_a_rank_suggestion(field, tmp_path):
     out, _ = field
-    code, _, err = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "301M")
+    code, _, err = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "401M")
     assert code == 2 and len(err) == 1
     assert "a rank needs about" in err[0] and "use about" in err[0] and "ranks" in err[0]
     assert not (tmp_path / "m.h5").exists()
+    code, _, err = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "100M")
+    assert code == 2 and len(err) == 1 and "below the" in err[0] and "before it holds any pixels" in err[0]
     code, _, err = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "lots")
     assert code == 2 and "is not a size like 4G" in err[0]
     code, _, _ = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "4G")

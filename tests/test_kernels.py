@@ -269,6 +269,32 @@ def test_iteration_clamp_matches_numpy_twin(dtype, rng):
     assert not np.allclose(expected, new)  # the clamp did something
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gaussian_post_operations_match_scipy(dtype, rng):
+    """The frequency regularization's ratio and sharpening, fused into the smoothing, against
+    scipy's Gaussian followed by the plain formulas."""
+    from scipy import ndimage
+
+    from mpidcr.kernels.gaussian import gaussian_filter, gaussian_ratio, gaussian_sharpen
+
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    image = rng.normal(1.0, 0.5, size=(37, 45))
+    denominator = rng.uniform(0.5, 2.0, size=image.shape)
+    denominator[3, 4] = 0.0  # a ratio that is not finite becomes 1
+    smoothed = ndimage.gaussian_filter(image, 2.0, mode="reflect", truncate=4.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (smoothed + 0.1) / denominator
+    ratio = np.where(np.isfinite(ratio), ratio, 1.0)
+    got = gaussian_ratio(image.astype(dtype), 2.0, 0.1, denominator.astype(dtype), np.empty(image.shape, dtype))
+    assert got[3, 4] == 1.0 and np.allclose(got, ratio, rtol=tol, atol=0)
+    sharpened = (image + 3 * (image - ndimage.gaussian_filter(image, 2 / 3, mode="reflect"))) * denominator
+    got = gaussian_sharpen(image.astype(dtype), 2 / 3, denominator.astype(dtype), np.empty(image.shape, dtype))
+    assert np.allclose(got, sharpened, rtol=10 * tol, atol=10 * tol)
+    got = gaussian_filter(image.astype(dtype), 2.0, add=0.25)
+    assert np.allclose(got, smoothed + 0.25, rtol=tol, atol=0)
+    assert np.array_equal(gaussian_filter(image, 0.0), image)  # sigma 0: the identity, as scipy
+
+
 def test_opening_works_on_each_bit(rng):
     from reference import diamond
     from scipy import ndimage

@@ -10,6 +10,8 @@ parallel with ``--threads``.  Axis order ``(y, x)``; arithmetic in the image's d
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from numpy.typing import NDArray
@@ -60,28 +62,39 @@ def _taps(o, w, src, lo, hi):  # pragma: no cover - compiled
         t += 1
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _gaussian(src, weights, out, block):  # pragma: no cover - compiled
+# what is done with each smoothed row g while it is in cache (the frequency regularization's
+# per-pixel steps, which would otherwise be passes over whole images of their own)
+PLAIN, ADD, RATIO, SHARPEN = 0, 1, 2, 3
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _gaussian(src, weights, out, block, post, value, image):  # pragma: no cover - compiled
+    """out[y] = post(g) for every smoothed row g of ``src``: PLAIN g; ADD g + value; RATIO
+    (g + value) / image[y], 1 where not finite; SHARPEN (s + 3·(s − g))·image[y], s = src[y]."""
     ny, nx = src.shape
     r = weights.shape[0] // 2
     dt = src.dtype.type
     w = np.empty(r + 1, dtype=src.dtype)
     for t in range(r + 1):
         w[t] = dt(weights[r + t])
+    c = dt(value)
+    three = dt(3.0)
     nblocks = (ny + block - 1) // block
     # outside prange: numba hoists allocations
     pads = np.zeros((nblocks, nx + 2 * r), dtype=src.dtype)
+    rows = np.empty((nblocks, nx), dtype=src.dtype)
     lows = np.empty((nblocks, r), dtype=np.int64)
     highs = np.empty((nblocks, r), dtype=np.int64)
     for bi in numba.prange(nblocks):
         pad = pads[bi]
         row = pad[r : r + nx]
+        g = rows[bi]
         lo = lows[bi]
         hi = highs[bi]
         for y in range(bi * block, min((bi + 1) * block, ny)):
-            c = src[y]
+            s = src[y]
             for x in range(nx):
-                row[x] = w[0] * c[x]
+                row[x] = w[0] * s[x]
             for t in range(1, r + 1):  # the vertical taps' rows, reflected at the edges
                 lo[t - 1] = _reflect(y - t, ny)
                 hi[t - 1] = _reflect(y + t, ny)
@@ -89,10 +102,24 @@ def _gaussian(src, weights, out, block):  # pragma: no cover - compiled
             for t in range(1, r + 1):  # reflected margins of the row
                 pad[r - t] = row[_reflect(-t, nx)]
                 pad[r + nx - 1 + t] = row[_reflect(nx - 1 + t, nx)]
-            o = out[y]
             for x in range(nx):
-                o[x] = w[0] * pad[r + x]
-            _taps_shifted(o, w, pad, r)
+                g[x] = w[0] * pad[r + x]
+            _taps_shifted(g, w, pad, r)
+            o = out[y]
+            if post == PLAIN:
+                o[:] = g
+            elif post == ADD:
+                for x in range(nx):
+                    o[x] = g[x] + c
+            elif post == RATIO:
+                d = image[y]
+                for x in range(nx):
+                    q = (g[x] + c) / d[x]
+                    o[x] = q if math.isfinite(q) else 1
+            else:
+                f = image[y]
+                for x in range(nx):
+                    o[x] = (s[x] + three * (s[x] - g[x])) * f[x]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -124,18 +151,35 @@ def _taps_shifted(o, w, pad, r):  # pragma: no cover - compiled
         t += 1
 
 
-def gaussian_filter(image: NDArray, sigma: float, out: NDArray | None = None, block: int = 32) -> NDArray:
-    """Gaussian smoothing with standard deviation ``sigma`` (pixels) of a 2-D image, mode 'reflect'.
-
-    ``out`` (same shape and dtype, not ``image`` itself) receives the result; it is returned.
-    """
+def _smooth(image: NDArray, sigma: float, out: NDArray | None, post: int, value: float = 0.0,
+            other: NDArray | None = None, block: int = 32) -> NDArray:  # fmt: skip
     src = np.ascontiguousarray(image)
     if out is None:
         out = np.empty_like(src)
     if out is src or np.shares_memory(out, src):
-        raise ValueError("gaussian_filter cannot work in place")
-    if sigma <= 0:
-        out[...] = src
-        return out
-    _gaussian(src, gaussian_weights(sigma), out, max(int(block), 1))
+        raise ValueError("Gaussian smoothing cannot work in place")
+    # sigma 0: a one-tap kernel, the identity (as scipy)
+    weights = gaussian_weights(sigma) if sigma > 0 else np.ones(1)
+    other = src if other is None else np.ascontiguousarray(other, dtype=src.dtype)
+    _gaussian(src, weights, out, max(int(block), 1), post, float(value), other)
     return out
+
+
+def gaussian_filter(image: NDArray, sigma: float, out: NDArray | None = None, block: int = 32,
+                    add: float = 0.0) -> NDArray:  # fmt: skip
+    """Gaussian smoothing with standard deviation ``sigma`` (pixels) of a 2-D image, mode 'reflect',
+    plus ``add``.
+
+    ``out`` (same shape and dtype, not ``image`` itself) receives the result; it is returned.
+    """
+    return _smooth(image, sigma, out, ADD if add else PLAIN, add, block=block)
+
+
+def gaussian_ratio(image: NDArray, sigma: float, floor: float, denominator: NDArray, out: NDArray) -> NDArray:
+    """``(G_σ(image) + floor) / denominator``, 1 where that is not finite, in one pass."""
+    return _smooth(image, sigma, out, RATIO, floor, denominator)
+
+
+def gaussian_sharpen(image: NDArray, sigma: float, scale: NDArray, out: NDArray) -> NDArray:
+    """``(image + 3·(image − G_σ(image)))·scale`` in one pass (unsharp masking, then a scale)."""
+    return _smooth(image, sigma, out, SHARPEN, 0.0, scale)

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from .gaussian import gaussian_filter
+from .gaussian import gaussian_filter, gaussian_ratio, gaussian_sharpen
 from .morphology import open_in_place
 
 
@@ -186,37 +186,12 @@ def _plane_mean_positive(planes, out):  # pragma: no cover - compiled
             o[x] = v if (math.isfinite(v) and v > 0) else 0
 
 
-@numba.njit(cache=True, nogil=True)
-def _add_constant(image, value):  # pragma: no cover - compiled
-    flat = image.ravel()
-    for i in range(flat.shape[0]):
-        flat[i] += value
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")  # division without exception checks: vectorises
-def _ratio(smoothed_plane, floor, smooth, out):  # pragma: no cover - compiled
-    """out = (smoothed_plane + floor) / smooth, 1 where not finite."""
-    a, s, o = smoothed_plane.ravel(), smooth.ravel(), out.ravel()
-    for i in range(o.shape[0]):
-        r = (a[i] + floor) / s[i]
-        o[i] = r if math.isfinite(r) else 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _sharpen(ratio, ratio_smoothed, ref, plane):  # pragma: no cover - compiled
-    """plane = (ratio + 3·(ratio − smoothed ratio))·ref."""
-    r, g, f, p = ratio.ravel(), ratio_smoothed.ravel(), ref.ravel(), plane.ravel()
-    three = p.dtype.type(3.0)
-    for i in range(p.shape[0]):
-        p[i] = (r[i] + three * (r[i] - g[i])) * f[i]
-
-
 class FrequencyWork:
-    """The work images of :func:`regularize_frequency`, allocated once per run: four float images and
+    """The work images of :func:`regularize_frequency`, allocated once per run: three float images and
     two uint8 selections of shape (ny, nx)."""
 
     def __init__(self, shape: tuple[int, int], dtype: np.dtype):
-        self.ref, self.smooth, self.a, self.b = (np.empty(shape, dtype) for _ in range(4))
+        self.ref, self.smooth, self.ratio = (np.empty(shape, dtype) for _ in range(3))
         self.sel = np.empty(shape, np.uint8)
         self.scratch = np.empty(shape, np.uint8)
 
@@ -225,18 +200,16 @@ def regularize_frequency(planes: NDArray, factor: float, width: int, noise: floa
     """Step 5 in place on ``planes`` (K, ny, nx): see :func:`mpidcr.solver.regularize_frequency`."""
     dt = planes.dtype.type
     floor = dt(3.0 * noise / (2.0 * width))
-    ref, smooth, a, b = work.ref, work.smooth, work.a, work.b
+    ref, smooth, ratio = work.ref, work.smooth, work.ratio
     _plane_mean_positive(planes, ref)
-    gaussian_filter(ref, width, out=smooth)
-    _add_constant(smooth, floor)
+    gaussian_filter(ref, width, out=smooth, add=floor)
     max_diff = math.sqrt(factor)
     for k in range(planes.shape[0]):
         clamp_both_opened(planes[k], smooth, max_diff, False, 1.0 / max_diff, False, width, work.sel, work.scratch)
     for k in range(planes.shape[0]):
-        gaussian_filter(planes[k], width, out=a)
-        _ratio(a, floor, smooth, a)
-        gaussian_filter(a, width / 3.0, out=b)
-        _sharpen(a, b, ref, planes[k])
+        # the ratio and the sharpening are applied to each smoothed row while it is in cache
+        gaussian_ratio(planes[k], width, floor, smooth, out=ratio)
+        gaussian_sharpen(ratio, width / 3.0, ref, out=planes[k])
 
 
 @numba.njit(cache=True, nogil=True)

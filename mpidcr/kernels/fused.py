@@ -96,7 +96,7 @@ def _metric_row(srow, trow, good, converge, significance):  # pragma: no cover
 
     Computed in the template's precision (float32 in the solver: 8 lanes, no conversions) over
     runs of METRIC_RUN pixels whose sums are added in float64, so no float32 sum is longer than
-    256 terms (relative rounding < 1e-5, typically 1e-7: far below the convergence threshold);
+    256 terms (relative rounding below 2e-5, typically 1e-7: far below the convergence threshold);
     reassociating the sums (fastmath) lets them vectorise.  The model planes are finite by
     construction, so is the template."""
     diff_sum = 0.0

@@ -26,8 +26,10 @@ from .shift import _interior, tap_table
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _row_add(orow, r0, r1, w0, w1, ix, wx, xa, xb, offset):  # pragma: no cover - compiled
-    """orow += w0·shift_x(r0) + w1·shift_x(r1), bilinear along x."""
+def _row_add(orow, r0, r1, w0, w1, ix, wx, xa, xb, offset, va, vb):  # pragma: no cover - compiled
+    """orow += w0·shift_x(r0) + w1·shift_x(r1), bilinear along x: columns [xa, xb) in one
+    vectorised loop, the other columns of [va, vb) (at most one at each end) from the tables;
+    columns outside [va, vb) sample outside the row and get nothing."""
     nx = orow.shape[0]
     if xb > xa:
         c0, c1 = wx[xa, 0], wx[xa, 1]
@@ -43,11 +45,20 @@ def _row_add(orow, r0, r1, w0, w1, ix, wx, xa, xb, offset):  # pragma: no cover 
         p1 = r1[xa + offset : xb + offset + 1]
         for j in range(m):
             o[j] += a00 * p0[j] + a01 * p0[j + 1] + a10 * p1[j] + a11 * p1[j + 1]
-    for x in range(0, min(xa, nx)):
-        orow[x] += w0 * (wx[x, 0] * r0[ix[x, 0]] + wx[x, 1] * r0[ix[x, 1]]) + w1 * (
-            wx[x, 0] * r1[ix[x, 0]] + wx[x, 1] * r1[ix[x, 1]]
-        )
-    for x in range(max(xb, 0), nx):
+    # the edge columns, outside the loop above: looping over all columns outside [xa, xb), most
+    # of them with zero weights, cost as much per row as 60 pixels of the loop
+    if xb <= xa:  # no interior run: every valid column from the tables
+        xa = xb = vb
+    if va < xa:
+        _edge(orow, r0, r1, w0, w1, ix, wx, va, min(xa, nx))
+    if xb < vb:
+        _edge(orow, r0, r1, w0, w1, ix, wx, max(xb, 0), vb)
+
+
+@numba.njit(cache=True, nogil=True)
+def _edge(orow, r0, r1, w0, w1, ix, wx, x0, x1):  # pragma: no cover - compiled
+    """orow[x] += the bilinear shift of w0·r0 + w1·r1 at columns [x0, x1), from the tap tables."""
+    for x in range(x0, x1):
         orow[x] += w0 * (wx[x, 0] * r0[ix[x, 0]] + wx[x, 1] * r0[ix[x, 1]]) + w1 * (
             wx[x, 0] * r1[ix[x, 0]] + wx[x, 1] * r1[ix[x, 1]]
         )
@@ -60,10 +71,10 @@ def _forward_row(y, planes, image, good, converge, significance, inner, ftab, tr
     metric sums (Σ|s−t|·S, Σ|s+t|·S/2) over the inner box (else zeros).  ``good`` and ``converge``
     are 0/1 uint8 images; bad pixels of ``image`` hold 0.
 
-    ``ftab`` = (iy, wy, ix, wx, xa, xb, offset, scale) of the K·J forward shifts; shift f belongs
-    to plane f // J.
+    ``ftab`` = (iy, wy, ix, wx, xa, xb, offset, va, vb, scale) of the K·J forward shifts (see
+    :class:`VisitPass`); shift f belongs to plane f // J.
     """
-    fiy, fwy, fix, fwx, fxa, fxb, foff, fscale = ftab
+    fiy, fwy, fix, fwx, fxa, fxb, foff, fva, fvb, fscale = ftab
     nf = fiy.shape[0]
     per = nf // planes.shape[0]
     nx = planes.shape[2]
@@ -74,7 +85,8 @@ def _forward_row(y, planes, image, good, converge, significance, inner, ftab, tr
         if w0 == 0.0 and w1 == 0.0:
             continue
         p = planes[f // per]
-        _row_add(trow, p[fiy[f, y, 0]], p[fiy[f, y, 1]], w0, w1, fix[f], fwx[f], fxa[f], fxb[f], foff[f])
+        _row_add(trow, p[fiy[f, y, 0]], p[fiy[f, y, 1]], w0, w1, fix[f], fwx[f], fxa[f], fxb[f], foff[f], fva[f],
+                 fvb[f])
     srow = image[y]
     grow = good[y]
     for x in range(nx):
@@ -121,14 +133,14 @@ def _metric_row(srow, trow, good, converge, significance):  # pragma: no cover
 def _reverse_row(y, residual, row0, rtab, acc):  # pragma: no cover
     """acc[k, y] += reverse shift k of the residual for every sub-filter k; ``residual[i]`` holds
     residual row ``row0 + i``; ``rtab`` like ``ftab``."""
-    riy, rwy, rix, rwx, rxa, rxb, roff = rtab
+    riy, rwy, rix, rwx, rxa, rxb, roff, rva, rvb = rtab
     for k in range(acc.shape[0]):
         w0 = rwy[k, y, 0]
         w1 = rwy[k, y, 1]
         if w0 == 0.0 and w1 == 0.0:
             continue
         _row_add(acc[k, y], residual[riy[k, y, 0] - row0], residual[riy[k, y, 1] - row0], w0, w1, rix[k], rwx[k], rxa[k],
-                 rxb[k], roff[k])
+                 rxb[k], roff[k], rva[k], rvb[k])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -166,8 +178,8 @@ def _sweep_pass(planes, images, goods, converges, significance, inner, ftabs, rt
     (numba threads) without races.  Returns the per-visit metric sums, (V, 2).
     """
     nv, ny, nx = images.shape
-    fiy, fwy, fix, fwx, fxa, fxb, foff, fscale = ftabs
-    riy, rwy, rix, rwx, rxa, rxb, roff = rtabs
+    fiy, fwy, fix, fwx, fxa, fxb, foff, fva, fvb, fscale = ftabs
+    riy, rwy, rix, rwx, rxa, rxb, roff, rva, rvb = rtabs
     nblocks = (ny + block - 1) // block
     # residual rows each (block, visit) needs: its own rows and those its reverse shifts read
     first = np.empty((nblocks, nv), dtype=np.int64)
@@ -210,8 +222,8 @@ def _sweep_pass(planes, images, goods, converges, significance, inner, ftabs, rt
         for v in range(nv):
             if not active[v]:
                 continue
-            ftab = (fiy[v], fwy[v], fix[v], fwx[v], fxa[v], fxb[v], foff[v], fscale[v])
-            rtab = (riy[v], rwy[v], rix[v], rwx[v], rxa[v], rxb[v], roff[v])
+            ftab = (fiy[v], fwy[v], fix[v], fwx[v], fxa[v], fxb[v], foff[v], fva[v], fvb[v], fscale[v])
+            rtab = (riy[v], rwy[v], rix[v], rwx[v], rxa[v], rxb[v], roff[v], rva[v], rvb[v])
             row0 = first[bi, v]
             for r in range(row0, last[bi, v] + 1):
                 d, m = _forward_row(r, planes, images[v], goods[v], converges[v], significance, inner, ftab, trow,
@@ -225,6 +237,12 @@ def _sweep_pass(planes, images, goods, converges, significance, inner, ftabs, rt
         sums += partial[bi]
     return sums
 # fmt: on
+
+
+def _valid(weight: NDArray[np.float64]) -> tuple[int, int]:
+    """[first, last + 1) of the columns whose taps have any nonzero weight ((0, 0) if none)."""
+    used = np.flatnonzero(np.any(weight != 0.0, axis=1))
+    return (int(used[0]), int(used[-1]) + 1) if used.size else (0, 0)
 
 
 class VisitPass:
@@ -249,6 +267,9 @@ class VisitPass:
         self.fwx = np.ascontiguousarray(np.stack([tabs[i][1][1] for i in order]))
         interiors = [_interior(tabs[i][1][0], tabs[i][1][1]) for i in order]
         self.fxa, self.fxb, self.foff = (np.array(v, dtype=np.int64) for v in zip(*interiors, strict=True))
+        self.fva, self.fvb = (
+            np.array(v, dtype=np.int64) for v in zip(*(_valid(tabs[i][1][1]) for i in order), strict=True)
+        )
         self.fscale = np.array(scales)
         rt = [(tap_table(ny, -float(mean[k, 0]), 1), tap_table(nx, -float(mean[k, 1]), 1)) for k in range(K)]
         self.riy = np.ascontiguousarray(np.stack([t[0][0] for t in rt]))
@@ -257,11 +278,13 @@ class VisitPass:
         self.rwx = np.ascontiguousarray(np.stack([t[1][1] for t in rt]))
         rints = [_interior(t[1][0], t[1][1]) for t in rt]
         self.rxa, self.rxb, self.roff = (np.array(v, dtype=np.int64) for v in zip(*rints, strict=True))
+        self.rva, self.rvb = (np.array(v, dtype=np.int64) for v in zip(*(_valid(t[1][1]) for t in rt), strict=True))
         # residual rows needed by accumulator row y: up to y + lag
         self.lag = max(0, int(np.max(self.riy.max(axis=2) - np.arange(ny)[None, :])))
         self.block = max(block, 1)
-        self.ftab = (self.fiy, self.fwy, self.fix, self.fwx, self.fxa, self.fxb, self.foff, self.fscale)
-        self.rtab = (self.riy, self.rwy, self.rix, self.rwx, self.rxa, self.rxb, self.roff)
+        self.ftab = (self.fiy, self.fwy, self.fix, self.fwx, self.fxa, self.fxb, self.foff, self.fva, self.fvb,
+                     self.fscale)  # fmt: skip
+        self.rtab = (self.riy, self.rwy, self.rix, self.rwx, self.rxa, self.rxb, self.roff, self.rva, self.rvb)
 
     def run(self, planes: NDArray, image: NDArray, good: NDArray, converge: NDArray, significance: NDArray,
             inner: tuple[int, int, int, int], template: NDArray, residual: NDArray,
@@ -308,7 +331,7 @@ def _coverage_pass(goods, rtabs, active, inverse_weights, nimage, determined):  
     cache over all visits in float64, then turned into the outputs in the same pass (rows outside
     and visits outside would stream float64 coverage planes V times, and numpy would make four
     more passes over them)."""
-    riy, rwy, rix, rwx, rxa, rxb, roff = rtabs
+    riy, rwy, rix, rwx, rxa, rxb, roff, rva, rvb = rtabs
     nv = goods.shape[0]
     K, ny, nx = inverse_weights.shape
     row = np.empty(nx)
@@ -329,7 +352,7 @@ def _coverage_pass(goods, rtabs, active, inverse_weights, nimage, determined):  
                 g = goods[v]
                 row[:] = 0.0
                 _row_add(row, g[riy[v, k, y, 0]], g[riy[v, k, y, 1]], w0, w1, rix[v, k], rwx[v, k], rxa[v, k],
-                         rxb[v, k], roff[v, k])  # fmt: skip
+                         rxb[v, k], roff[v, k], rva[v, k], rvb[v, k])  # fmt: skip
                 for x in range(nx):
                     c[x] += row[x]
                     # round half to even, as np.rint, by the 1.5·2^52 trick (|row| ≤ V): vectorises

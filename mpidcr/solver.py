@@ -93,16 +93,6 @@ class NoExchange:
 
 
 # ----------------------------------------------------------------------------- pieces
-def apply_thresholds(image: NDArray, high: NDArray | None, low: NDArray | None, width: int) -> None:
-    """Clamp ``image`` in place to ``[low, high]`` on pixel groups that survive a binary opening by the
-    diamond of radius ``width`` (isolated pixels are left alone)."""
-    sel, scratch = np.empty(image.shape, np.uint8), np.empty(image.shape, np.uint8)
-    if high is not None:
-        regularize.clamp_opened(image, np.asarray(high, image.dtype), 1.0, False, True, width, sel, scratch)
-    if low is not None:
-        regularize.clamp_opened(image, np.asarray(low, image.dtype), 1.0, False, False, width, sel, scratch)
-
-
 def clamp_to_previous(new: NDArray, old: NDArray, factor: float, width: int, sel: NDArray | None = None,
                       scratch: NDArray | None = None) -> None:  # fmt: skip
     """Step 4: limit ``new`` (ny, nx) to [old/f, |old|·f] (in place) where coherent groups exceed it.
@@ -111,7 +101,7 @@ def clamp_to_previous(new: NDArray, old: NDArray, factor: float, width: int, sel
     """
     sel = np.empty(new.shape, np.uint8) if sel is None else sel
     scratch = np.empty(new.shape, np.uint8) if scratch is None else scratch
-    regularize.clamp_both_opened(new, old, factor, True, 1.0 / factor, False, width, sel, scratch)
+    regularize.clamp_opened(new, old, factor, True, 1.0 / factor, False, width, sel, scratch)
 
 
 def regularize_frequency(planes: NDArray, factor: float, width: int, noise: float,

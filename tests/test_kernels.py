@@ -309,20 +309,22 @@ def test_opening_works_on_each_bit(rng):
         assert np.array_equal((sel >> b) & 1, expected) and expected.any()
 
 
-@pytest.mark.parametrize("scales", [(2.0, 0.5), (0.5, 2.0)])  # ordered limits, and not (fallback)
-def test_two_bit_clamp_equals_two_clamps(scales, rng):
-    from mpidcr.kernels.regularize import clamp_both_opened, clamp_opened
+@pytest.mark.parametrize("scales", [(2.0, 0.5), (0.5, 2.0)])  # ordered limits (one pass), and not (two)
+def test_clamp_equals_two_scipy_clamps(scales, rng):
+    """The two-bit clamp against scipy: the upper clamp on its opened selection, then the lower."""
+    from reference import apply_thresholds_reference
+
+    from mpidcr.kernels.regularize import clamp_opened
 
     base = rng.uniform(-1, 4, size=(45, 52)).astype(np.float32)
     image = (base * rng.uniform(0.1, 4.0, size=base.shape)).astype(np.float32)
     image[5:15, 5:15] = 30.0
     image[25:35, 30:40] = -20.0
-    work = [np.empty(base.shape, np.uint8) for _ in range(2)]
     expected = image.copy()
-    clamp_opened(expected, base, scales[0], True, True, 2, *work)
-    clamp_opened(expected, base, scales[1], False, False, 2, *work)
+    apply_thresholds_reference(expected, np.abs(base) * np.float32(scales[0]), base * np.float32(scales[1]), 2)
     fused = image.copy()
-    clamp_both_opened(fused, base, scales[0], True, scales[1], False, 2, *work)
+    work = [np.full(base.shape, 255, np.uint8) for _ in range(2)]  # garbage work images
+    clamp_opened(fused, base, scales[0], True, scales[1], False, 2, *work)
     assert np.array_equal(fused, expected) and not np.array_equal(expected, image)
 
 

@@ -34,49 +34,9 @@ def apply_update(model: NDArray, acc: NDArray, inverse_weights: NDArray, out: ND
 
 
 @numba.njit(cache=True, nogil=True)
-def _select(image, base, scale, absolute, above, sel):  # pragma: no cover - compiled
-    """sel = image beyond limit, limit = |base|·scale (``absolute``) or base·scale; returns whether any."""
-    ny, nx = image.shape
-    found = False
-    for y in range(ny):
-        im, b, s = image[y], base[y], sel[y]
-        row = 0
-        for x in range(nx):
-            limit = (abs(b[x]) if absolute else b[x]) * scale
-            hit = im[x] > limit if above else im[x] < limit
-            s[x] = hit
-            row |= hit
-        found |= row != 0
-    return found
-
-
-@numba.njit(cache=True, nogil=True)
-def _assign(image, base, scale, absolute, sel):  # pragma: no cover - compiled
-    ny, nx = image.shape
-    for y in range(ny):
-        im, b, s = image[y], base[y], sel[y]
-        for x in range(nx):  # a select, not a branch, so the loop vectorises
-            limit = (abs(b[x]) if absolute else b[x]) * scale
-            im[x] = limit if s[x] else im[x]
-
-
-def clamp_opened(image: NDArray, base: NDArray, scale: float, absolute: bool, above: bool, width: int,
-                 sel: NDArray[np.uint8], scratch: NDArray[np.uint8]) -> None:  # fmt: skip
-    """Clamp ``image`` in place to the limit ``(|base| if absolute else base)·scale`` where it is above
-    (or below) the limit on pixel groups that survive a binary opening by the diamond of radius
-    ``width``; isolated pixels are left alone.  ``sel`` and ``scratch`` are uint8 work images."""
-    s = image.dtype.type(scale)
-    if not _select(image, base, s, bool(absolute), bool(above), sel):
-        return
-    if width > 0:
-        open_in_place(sel, width, scratch)
-    _assign(image, base, s, bool(absolute), sel)
-
-
-@numba.njit(cache=True, nogil=True)
-def _select_both(image, base, high_scale, high_abs, low_scale, low_abs, sel):  # pragma: no cover - compiled
-    """sel = bit 1 where image > high limit, bit 2 where image < low limit (limits |base|·scale or
-    base·scale); returns (any bit set, every high limit ≥ its low limit)."""
+def _select(image, base, high_scale, high_abs, low_scale, low_abs, bits, sel):  # pragma: no cover - compiled
+    """sel = bit 1 where image > high limit, bit 2 where image < low limit, of the ``bits`` asked
+    for (limits |base|·scale or base·scale); returns (any bit set, every high limit ≥ its low limit)."""
     ny, nx = image.shape
     found = False
     ordered = True
@@ -87,7 +47,7 @@ def _select_both(image, base, high_scale, high_abs, low_scale, low_abs, sel):  #
         for x in range(nx):
             high = (abs(b[x]) if high_abs else b[x]) * high_scale
             low = (abs(b[x]) if low_abs else b[x]) * low_scale
-            hit = np.uint8(im[x] > high) | (np.uint8(im[x] < low) << np.uint8(1))
+            hit = (np.uint8(im[x] > high) | (np.uint8(im[x] < low) << np.uint8(1))) & bits
             s[x] = hit
             row |= hit
             bad |= high < low
@@ -97,7 +57,7 @@ def _select_both(image, base, high_scale, high_abs, low_scale, low_abs, sel):  #
 
 
 @numba.njit(cache=True, nogil=True)
-def _assign_both(image, base, high_scale, high_abs, low_scale, low_abs, sel):  # pragma: no cover - compiled
+def _assign(image, base, high_scale, high_abs, low_scale, low_abs, sel):  # pragma: no cover - compiled
     ny, nx = image.shape
     for y in range(ny):
         im, b, s = image[y], base[y], sel[y]
@@ -108,27 +68,30 @@ def _assign_both(image, base, high_scale, high_abs, low_scale, low_abs, sel):  #
             im[x] = low if s[x] & 2 else v
 
 
-def clamp_both_opened(image: NDArray, base: NDArray, high_scale: float, high_abs: bool, low_scale: float,
-                      low_abs: bool, width: int, sel: NDArray[np.uint8], scratch: NDArray[np.uint8]) -> None:  # fmt: skip
-    """``clamp_opened`` above the high limit, then below the low limit, in one select, one opening
-    and one assignment: the two selections are bits 1 and 2 of ``sel`` and the opening (ANDs and
-    ORs) works on each bit independently.
+def clamp_opened(image: NDArray, base: NDArray, high_scale: float, high_abs: bool, low_scale: float, low_abs: bool,
+                 width: int, sel: NDArray[np.uint8], scratch: NDArray[np.uint8]) -> None:  # fmt: skip
+    """Clamp ``image`` in place to its high limit where it is above it, then to its low limit where
+    it is below it, on pixel groups that survive a binary opening by the diamond of radius
+    ``width`` (isolated pixels are left alone).  Limits: ``(|base| if abs else base)·scale``.
+    ``sel`` and ``scratch`` are uint8 work images.
 
-    Equal to the two clamps in turn whenever every high limit ≥ its low limit (then a pixel
-    lowered to its high limit is not below its low limit, so the first clamp cannot change the
-    second's selection); otherwise it runs them in turn."""
+    One select, one opening and one assignment: the two selections are bits 1 and 2 of ``sel``, and
+    the opening (ANDs and ORs) works on each bit independently.  That equals the two clamps in turn
+    whenever every high limit ≥ its low limit (a pixel lowered to its high limit is then not below
+    its low limit, so the first clamp cannot change the second's selection); otherwise the two
+    clamps run in turn."""
     dt = image.dtype.type
-    hs, ls = dt(high_scale), dt(low_scale)
-    found, ordered = _select_both(image, base, hs, bool(high_abs), ls, bool(low_abs), sel)
-    if not ordered:
-        clamp_opened(image, base, high_scale, high_abs, True, width, sel, scratch)
-        clamp_opened(image, base, low_scale, low_abs, False, width, sel, scratch)
+    limits = (base, dt(high_scale), bool(high_abs), dt(low_scale), bool(low_abs))
+    found, ordered = _select(image, *limits, np.uint8(3), sel)
+    if not ordered:  # one clamp after the other
+        for bits in (1, 2):
+            if _select(image, *limits, np.uint8(bits), sel)[0]:
+                open_in_place(sel, width, scratch)
+                _assign(image, *limits, sel)
         return
-    if not found:
-        return
-    if width > 0:
+    if found:
         open_in_place(sel, width, scratch)
-    _assign_both(image, base, hs, bool(high_abs), ls, bool(low_abs), sel)
+        _assign(image, *limits, sel)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -205,7 +168,7 @@ def regularize_frequency(planes: NDArray, factor: float, width: int, noise: floa
     gaussian_filter(ref, width, out=smooth, add=floor)
     max_diff = math.sqrt(factor)
     for k in range(planes.shape[0]):
-        clamp_both_opened(planes[k], smooth, max_diff, False, 1.0 / max_diff, False, width, work.sel, work.scratch)
+        clamp_opened(planes[k], smooth, max_diff, False, 1.0 / max_diff, False, width, work.sel, work.scratch)
     for k in range(planes.shape[0]):
         # the ratio and the sharpening are applied to each smoothed row while it is in cache
         gaussian_ratio(planes[k], width, floor, smooth, out=ratio)

@@ -208,13 +208,14 @@ def test_numba_opening_equals_scipy(rng):
         for density in (0.1, 0.4, 0.7, 0.97):
             sel = rng.uniform(size=(60, 70)) > density  # groups, isolated pixels, edges, sparse rows
             full = ndimage.binary_opening(sel, structure=diamond(width))
-            assert np.array_equal(kernels.binary_opening_diamond(sel, width), full)
             inplace = sel.astype(np.uint8)
             open_in_place(inplace, width, np.full_like(inplace, 7))  # garbage in the scratch must not leak
             assert np.array_equal(inplace.astype(bool), full)
             grown = ndimage.binary_dilation(sel, structure=diamond(width))
             assert np.array_equal(kernels.binary_dilation_diamond(sel, width), grown)
-    assert not kernels.binary_opening_diamond(np.zeros((5, 5), bool), 2).any()
+    empty = np.zeros((5, 5), np.uint8)
+    open_in_place(empty, 2, np.ones_like(empty))
+    assert not empty.any()
 
 
 @pytest.mark.parametrize("shape", [(40, 57), (5, 3), (1, 9)])

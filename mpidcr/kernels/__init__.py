@@ -8,7 +8,7 @@ import os
 
 import numba
 
-from .morphology import binary_dilation_diamond, binary_opening_diamond
+from .morphology import binary_dilation_diamond
 from .shift import (
     accumulate_reverse,
     add_shifted,
@@ -24,7 +24,6 @@ __all__ = [
     "accumulate_reverse",
     "add_shifted",
     "binary_dilation_diamond",
-    "binary_opening_diamond",
     "build_template",
     "classify_pixels",
     "prefilter",

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 @numba.njit(cache=True, nogil=True)
 def _cross_pass(src, dst, erode, src_rows, dst_rows):  # pragma: no cover - compiled
-    """One erosion (AND) or dilation (OR) by the 3×3 cross of a 0/1 uint8 image.
+    """One erosion (AND) or dilation (OR) by the 3×3 cross of a uint8 image, bit by bit.
 
     ``src_rows[y]`` says whether row y of ``src`` may have a pixel set (False: it is empty); a row
     whose result must be empty (erosion: it or a vertical neighbour is empty; dilation: all three
@@ -110,12 +110,6 @@ def open_in_place(selection: NDArray[np.uint8], width: int, scratch: NDArray[np.
 def _bytes(selection: NDArray) -> NDArray[np.uint8]:
     a = np.ascontiguousarray(selection)
     return a.view(np.uint8) if a.dtype == np.bool_ else (a != 0).view(np.uint8)
-
-
-def binary_opening_diamond(selection: NDArray[np.bool_], width: int) -> NDArray[np.bool_]:
-    """Opening of a 2-D boolean image by the diamond of radius ``width`` (≥ 1)."""
-    a = _bytes(selection).copy()
-    return _passes(a, np.empty_like(a), int(width), int(width)).view(np.bool_)
 
 
 def binary_dilation_diamond(selection: NDArray[np.bool_], width: int) -> NDArray[np.bool_]:

@@ -56,9 +56,10 @@ def selected_moments(reducer: Reducer, values: NDArray, select: NDArray | None =
 
     One pass: each tile contributes its count, sum and sum of squared deviations about ``guess``
     (the same on every tile); the pooled M2 about the pooled mean is then
-    ``M2_guess − n·(mean − guess)²``, exact in exact arithmetic and free of cancellation while
-    the guess is within a few σ of the mean (the clipping passes pass the previous mean), so
-    the result does not depend on how the pixels are split.  ``select`` (same shape as
+    ``M2_guess − n·(mean − guess)²``, exact in exact arithmetic, so the result does not depend on
+    how the pixels are split.  In float64 its relative rounding grows as ((mean − guess)/σ)²·1e-16:
+    nothing while the guess is within a few σ of the mean (the clipping passes pass the previous
+    mean), still ~1e-8 for a first pass about 0 with the mean 10⁴ σ away.  ``select`` (same shape as
     ``values``; default all) picks pixels; pixels whose ``masks`` value has any ``excluded`` bit
     are left out; ``region`` (y slice, x slice) restricts the sums to part of the images (a tile's inner
     box).  (0, 0, 0) when nothing is selected.

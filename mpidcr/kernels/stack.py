@@ -4,8 +4,9 @@ One pass over the ``(V, ny, nx)`` stack computes, for every pixel, the statistic
 inputs (weighted mean, median, or the sigma-clipped weighted mean), the variance, the count and
 the propagated mask.  numpy's version of the same (``tests/reference.py``, the kernel's twin)
 needs a dozen full-stack float64 temporaries and a per-pixel Python loop for the quantiles; here
-each pixel's ≤ V values are gathered into a small buffer and sorted in place.  Quantiles use
-numpy's default 'linear' rule.  Rows are independent, so they run in parallel with ``--threads``.
+the ≤ V values of a row segment's pixels are gathered into small (V, columns) buffers and sorted
+by a sorting network whose comparators are vectorised over the columns.  Quantiles use numpy's
+default 'linear' rule.  Rows are independent, so they run in parallel with ``--threads``.
 """
 
 from __future__ import annotations

@@ -165,6 +165,15 @@ def test_sweep_pass_threads_match_one_thread(rng):
         numba.set_num_threads(previous)
     assert np.array_equal(results[0][0], results[1][0])  # blocks own disjoint rows: no reordering
     assert np.array_equal(results[0][1], results[1][1])  # sums added in block order
+    # two threads split the blocks into two chunks, each with its own residual rings: still the
+    # per-visit twin's result
+    expected = np.zeros((K, ny, nx))
+    for v in range(V):
+        t, r = np.zeros((ny, nx)), np.zeros((ny, nx))
+        VisitPass((ny, nx), forward[v], forward[v].mean(axis=1)).run(
+            planes, images[v], goods[v], goods[v], sig, (0, ny, 0, nx), t, r, expected
+        )
+    assert np.max(np.abs(results[1][0] - expected)) < 1e-10 * np.max(np.abs(expected))
 
 
 @pytest.mark.parametrize("integer_rows", [False, True])

@@ -26,16 +26,18 @@ def make_case(size: int, visits: int, K: int, seed: int = 0):
     return planes, images, fwd, mean
 
 
-def fused_iteration(planes, images, fwd, mean, order, plan=None, flags=None):
+def fused_iteration(planes, images, fwd, mean, order, plan=None, flags=None, buffers=None):
     """The solver's shift work of one iteration.  Order 1: the all-visit sweep in the solver's
-    precision (float32 model, float32 accumulators), including allocating the accumulators (the
-    solver reuses two buffers; ``flags``: the good-pixel and convergence flags, which the solver
-    computes once per run).  Order 3: the per-shift kernels (float64, spline prefilter)."""
+    precision (float32 model, float32 accumulators); ``flags``: the good-pixel and convergence
+    flags and ``buffers``: (accumulators, significance), which the solver makes once per run and
+    reuses (allocated here when not given).  Order 3: the per-shift kernels (float64, spline
+    prefilter)."""
     if order == 1 and plan is not None:
         model = planes.astype(np.float32) if planes.dtype != np.float32 else planes
-        acc = np.empty_like(model)  # the sweep sets every pixel
         good = np.ones(images.shape, dtype=bool) if flags is None else flags
-        sig = np.ones(model.shape[1:], dtype=np.float32)
+        if buffers is None:  # the sweep sets every accumulator pixel
+            buffers = (np.empty_like(model), np.ones(model.shape[1:], dtype=np.float32))
+        acc, sig = buffers
         inner = (0, model.shape[1], 0, model.shape[2])
         plan.run(model, images, good, good, sig, inner, np.ones(images.shape[0], dtype=bool), acc)
         return acc
@@ -74,10 +76,11 @@ def bench(size=1024, visits=12, K=3, orders=(1, 3), repeats=3):
         fused_iteration(planes[:, :64, :64].copy(), images[:, :64, :64].copy(), fwd, mean, order, small)  # warm up
         model = planes.astype(np.float32) if order == 1 else planes  # the solver's model state
         flags = np.ones(images.shape, dtype=bool)
+        buffers = (np.empty(planes.shape, np.float32), np.ones(planes.shape[1:], np.float32)) if order == 1 else None
         t = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            a = fused_iteration(model, images, fwd, mean, order, passes, flags)
+            a = fused_iteration(model, images, fwd, mean, order, passes, flags, buffers)
             t.append(time.perf_counter() - t0)
         t_fused = min(t)
         t0 = time.perf_counter()

@@ -213,38 +213,28 @@ def _residual(srow, trow, grow, rrow):  # pragma: no cover
         rrow[x] = (srow[x] - trow[x]) * rrow.dtype.type(grow[x])
 
 
-METRIC_RUN = 256  # pixels summed in the row's precision before adding to the float64 totals
-
-
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
 def _metric_row(srow, trow, good, converge, significance, rrow):  # pragma: no cover
     """(Σ|s−t|·S·u, Σ|s+t|·S·u/2) over one row, u = good·converge (0/1, so the loop has no branch),
     and the residual row (s − t)·good into ``rrow`` in the same loop.
 
-    Computed in the template's precision (float32 in the solver: 8 lanes, no conversions) over
-    runs of METRIC_RUN pixels whose sums are added in float64, so no float32 sum is longer than
-    256 terms (relative rounding below 2e-5, typically 1e-7: far below the convergence threshold);
-    reassociating the sums (fastmath) lets them vectorise.  The model planes are finite by
-    construction, so is the template."""
+    The residual and the terms are computed in the template's precision (float32 in the solver)
+    and each term's product in float64 (exact for float32 factors), summed in float64: the sums
+    then hardly depend on how the columns are split into tiles, so the gain — and the model —
+    are the same for any number of ranks (float32 partial sums differed by ~1e-7 between
+    decompositions, which reached the model through the gain).  Reassociating the sums
+    (fastmath) lets them vectorise.  The flags are converted to the row's type explicitly:
+    numba types ``uint8 & uint8`` as int64 and float32 × int64 as float64, which once made this
+    loop float64 and scalar.  The model planes are finite by construction, so is the template."""
     diff_sum = 0.0
     ref_sum = 0.0
     real = trow.dtype.type
-    n = srow.shape[0]
-    for c0 in range(0, n, METRIC_RUN):
-        c1 = min(c0 + METRIC_RUN, n)
-        s, t, g, c, w, o = srow[c0:c1], trow[c0:c1], good[c0:c1], converge[c0:c1], significance[c0:c1], rrow[c0:c1]
-        d = real(0)
-        r = real(0)
-        for x in range(c1 - c0):
-            e = s[x] - t[x]
-            o[x] = e * real(g[x])
-            # the flag product converted to the row's type explicitly: numba types uint8 & uint8 as
-            # int64, and float32 × int64 as float64, which made this loop float64 and scalar
-            m = w[x] * real(g[x] & c[x])
-            d += abs(e) * m
-            r += abs(s[x] + t[x]) * m
-        diff_sum += d
-        ref_sum += r
+    for x in range(srow.shape[0]):
+        e = srow[x] - trow[x]
+        rrow[x] = e * real(good[x])
+        m = np.float64(significance[x] * real(good[x] & converge[x]))
+        diff_sum += np.float64(abs(e)) * m
+        ref_sum += np.float64(abs(srow[x] + trow[x])) * m
     return diff_sum, ref_sum * 0.5
 
 

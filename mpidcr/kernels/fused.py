@@ -284,8 +284,7 @@ def _forward_span(start, end, planes, image, good, converge, significance, inner
     """Template and residual rows [start, end] of one visit into the ring (row r at r % len(ring)),
     two at a time (see :func:`_forward_rows`), the last one alone.  The metric sums of rows in
     [owned0, owned1) beyond ``counted`` are added to ``partial[r // block]`` (row order); returns
-    the last row counted.  One call per block and visit: the arguments (some 20 arrays) cost about
-    as much to pass as a short row's work, so the row loop is here rather than in the caller."""
+    the last row counted.  One call per block and visit."""
     rows = ring.shape[0]
     r = start
     while r <= end:

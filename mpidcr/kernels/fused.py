@@ -567,9 +567,8 @@ def _coverage_pass(goods, rtabs, active, inverse_weights, nimage, determined):  
                 if not active[v] or (w0 == 0.0 and w1 == 0.0):
                     continue
                 g = goods[v]
-                row[:] = 0.0
                 _row_add(row, g[riy[v, k, y, 0]], g[riy[v, k, y, 1]], w0, w1, rix[v, k], rwx[v, k], rxa[v, k],
-                         rxb[v, k], roff[v, k], rva[v, k], rvb[v, k])  # fmt: skip
+                         rxb[v, k], roff[v, k], rva[v, k], rvb[v, k], True)  # fmt: skip
                 for x in range(nx):
                     c[x] += row[x]
                     # round half to even, as np.rint, by the 1.5·2^52 trick (|row| ≤ V): vectorises

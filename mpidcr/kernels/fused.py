@@ -2,13 +2,14 @@
 and reverse shifts into every sub-filter accumulator, cache-blocked by rows.
 
 :class:`SweepPlan` (what the solver uses) runs all visits in one call with row blocks outside
-and visits inside, in parallel over blocks when numba has several threads; :class:`VisitPass`
+and visits inside, in parallel over runs of blocks when numba has several threads; :class:`VisitPass`
 does one visit at a time and is the simpler twin the tests compare it with.  Per visit:
 
 For a block of rows the kernel builds the template rows (K sub-filters × 2 split shifts, each
 a bilinear shift), the residual rows, the visit's metric sums over the inner box, and then the
 reverse shifts of every residual row whose neighbours are ready into the K accumulators.  Each
-warp row is read once and the block's rows stay in cache; the results equal the per-shift path
+warp row is read once (the sweep keeps the residual rows a neighbouring block also needs) and
+the block's rows stay in cache; the results equal the per-shift path
 (`shift.build_template` + `shift.accumulate_reverse`) to rounding.  Axis order (y, x).
 
 Precision: template, residual and accumulators are computed in the dtype of the model planes
@@ -239,9 +240,9 @@ def _metric_row(srow, trow, good, converge, significance, rrow):  # pragma: no c
 
 
 @numba.njit(cache=True, nogil=True)
-def _reverse_row(y, residual, row0, rtab, acc):  # pragma: no cover
+def _reverse_row(y, residual, rtab, acc):  # pragma: no cover
     """acc[k, y] += reverse shift k of the residual for every sub-filter k; residual row ``i`` is
-    ``residual[(i − row0) % len(residual)]`` (a ring of rows, or the whole image with row0 = 0);
+    ``residual[i % len(residual)]`` (a ring of rows, or the whole residual image);
     ``rtab`` like ``ftab``."""
     riy, rwy, rix, rwx, rxa, rxb, roff, rva, rvb = rtab
     n = residual.shape[0]
@@ -250,12 +251,12 @@ def _reverse_row(y, residual, row0, rtab, acc):  # pragma: no cover
         w1 = rwy[k, y, 1]
         if w0 == 0.0 and w1 == 0.0:
             continue
-        _row_add(acc[k, y], residual[(riy[k, y, 0] - row0) % n], residual[(riy[k, y, 1] - row0) % n], w0, w1, rix[k],
+        _row_add(acc[k, y], residual[riy[k, y, 0] % n], residual[riy[k, y, 1] % n], w0, w1, rix[k],
                  rwx[k], rxa[k], rxb[k], roff[k], rva[k], rvb[k])
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _reverse_rows(y, residual, row0, rtab, rpair, acc):  # pragma: no cover
+def _reverse_rows(y, residual, rtab, rpair, acc):  # pragma: no cover
     """Rows ``y`` and ``y + 1`` of :func:`_reverse_row`, a sub-filter with ``rpair[k, y]`` in one pass."""
     riy, rwy, rix, rwx, rxa, rxb, roff, rva, rvb = rtab
     n = residual.shape[0]
@@ -264,17 +265,17 @@ def _reverse_rows(y, residual, row0, rtab, rpair, acc):  # pragma: no cover
         w1 = rwy[k, y, 1]
         if rpair[k, y]:
             if w0 != 0.0 or w1 != 0.0:
-                _rows_add(acc[k, y], acc[k, y + 1], residual[(riy[k, y, 0] - row0) % n],
-                          residual[(riy[k, y, 1] - row0) % n], residual[(riy[k, y + 1, 1] - row0) % n], w0, w1, rix[k],
+                _rows_add(acc[k, y], acc[k, y + 1], residual[riy[k, y, 0] % n],
+                          residual[riy[k, y, 1] % n], residual[riy[k, y + 1, 1] % n], w0, w1, rix[k],
                           rwx[k], rxa[k], rxb[k], roff[k], rva[k], rvb[k])
             continue
         if w0 != 0.0 or w1 != 0.0:
-            _row_add(acc[k, y], residual[(riy[k, y, 0] - row0) % n], residual[(riy[k, y, 1] - row0) % n], w0, w1,
+            _row_add(acc[k, y], residual[riy[k, y, 0] % n], residual[riy[k, y, 1] % n], w0, w1,
                      rix[k], rwx[k], rxa[k], rxb[k], roff[k], rva[k], rvb[k])
         u0 = rwy[k, y + 1, 0]
         u1 = rwy[k, y + 1, 1]
         if u0 != 0.0 or u1 != 0.0:
-            _row_add(acc[k, y + 1], residual[(riy[k, y + 1, 0] - row0) % n], residual[(riy[k, y + 1, 1] - row0) % n],
+            _row_add(acc[k, y + 1], residual[riy[k, y + 1, 0] % n], residual[riy[k, y + 1, 1] % n],
                      u0, u1, rix[k], rwx[k], rxa[k], rxb[k], roff[k], rva[k], rvb[k])
 
 
@@ -294,22 +295,24 @@ def _forward_span(start, end, planes, image, good, converge, significance, inner
             d, m, d1, m1 = _forward_rows(r, planes, image, good, converge, significance, inner, ftab, fpair, t0, t1,
                                          ring[r % rows], ring[(r + 1) % rows], count0, count1)
             if count0:
-                partial[r // block, 0] += d
-                partial[r // block, 1] += m
-                counted = r
+                counted = _tally(partial, r, block, d, m)
             if count1:
-                partial[(r + 1) // block, 0] += d1
-                partial[(r + 1) // block, 1] += m1
-                counted = r + 1
+                counted = _tally(partial, r + 1, block, d1, m1)
             r += 2
         else:
             d, m = _forward_row(r, planes, image, good, converge, significance, inner, ftab, t0, ring[r % rows], count0)
             if count0:
-                partial[r // block, 0] += d
-                partial[r // block, 1] += m
-                counted = r
+                counted = _tally(partial, r, block, d, m)
             r += 1
     return counted
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _tally(partial, row, block, d, m):  # pragma: no cover
+    """Adds a row's metric sums to its block's; returns the row (now counted)."""
+    partial[row // block, 0] += d
+    partial[row // block, 1] += m
+    return row
 
 
 @numba.njit(cache=True, nogil=True)
@@ -317,9 +320,9 @@ def _reverse_span(b0, b1, ring, rtab, rpair, acc):  # pragma: no cover
     """Accumulator rows [b0, b1) of one visit from its residual ring (see :func:`_reverse_row`)."""
     for y in range(b0, b1, 2):
         if y + 1 < b1:
-            _reverse_rows(y, ring, 0, rtab, rpair, acc)
+            _reverse_rows(y, ring, rtab, rpair, acc)
         else:
-            _reverse_row(y, ring, 0, rtab, acc)
+            _reverse_row(y, ring, rtab, acc)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -339,7 +342,7 @@ def _visit_pass(planes, image, good, converge, significance, inner, ftab, rtab, 
         # accumulator rows whose residual rows (≤ y + lag) are all computed
         ready = ny if b1 >= ny else max(b1 - lag, 0)
         for y in range(done, ready):
-            _reverse_row(y, residual, 0, rtab, acc)
+            _reverse_row(y, residual, rtab, acc)
         done = max(done, ready)
         if done >= ny:
             break

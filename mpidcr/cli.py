@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .errors import MpidcrError
@@ -19,7 +20,8 @@ log = logging.getLogger("mpidcr")
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from .config import defaults_table, load_config
+    from .config import defaults_table
+    from .io.configfile import load_config
 
     if args.defaults:
         sys.stdout.write(defaults_table(markdown=args.markdown))
@@ -34,84 +36,66 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_shifts(args: argparse.Namespace) -> int:
-    from .dcr import Observation, Site, Weather, dcr_shifts, elevation_from_airmass
+def _shift_observation(args: argparse.Namespace):
+    """The Observation ``mpidcr shifts`` describes (weather defaults: a standard atmosphere)."""
+    from .dcr import Observation, Site, Weather, check_elevation, elevation_from_airmass, physical_problem
 
+    for name, value in (("latitude", args.latitude), ("height", args.height), ("temperature", args.temperature),
+                        ("pressure", args.pressure), ("humidity", args.humidity)):  # fmt: skip
+        problem = None if value is None else physical_problem(name, value)
+        if problem:
+            raise MpidcrError(f"--{name} = {value:g}{problem}")
     site = Site(latitude=args.latitude, height=args.height)
     if args.elevation is None and args.airmass is None:
         raise MpidcrError("give --elevation or --airmass")
     elevation = args.elevation if args.elevation is not None else elevation_from_airmass(args.airmass)
+    check_elevation(elevation)
     std = Weather.standard(site.height)
     weather = Weather(
         temperature=std.temperature if args.temperature is None else args.temperature,
         pressure=std.pressure if args.pressure is None else args.pressure,
         humidity=std.humidity if args.humidity is None else args.humidity,
     )
-    obs = Observation(
-        elevation=elevation,
-        parallactic_angle=args.parallactic_angle,
-        rotation_angle=args.rotation_angle,
-        weather=weather,
-        site=site,
-    )
-    s = dcr_shifts(
-        obs,
-        args.wavelength,
-        args.bandwidth,
-        args.subfilters,
-        args.pixel_scale,
-        split_subfilters=args.split,
-        split_threshold=args.split_threshold,
-    )
-    edges = [
-        args.wavelength - args.bandwidth / 2 + i * args.bandwidth / args.subfilters for i in range(args.subfilters + 1)
-    ]
-    if args.split:
-        shifts = [[[float(v) for v in s.forward[k, j]] for j in range(2)] for k in range(args.subfilters)]
-    else:
-        shifts = [[float(v) for v in s.mean[k]] for k in range(args.subfilters)]
+    return Observation(elevation, args.parallactic_angle, args.rotation_angle, weather, site)
+
+
+def _cmd_shifts(args: argparse.Namespace) -> int:
+    from .dcr import dcr_buffer, dcr_shifts, subfilter_edges
+
+    obs = _shift_observation(args)
+    K = args.subfilters
+    s = dcr_shifts(obs, args.wavelength, args.bandwidth, K, args.pixel_scale, args.split, args.split_threshold)
+    edges = subfilter_edges(args.wavelength, args.bandwidth, K)
+    w = obs.resolved_weather
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "shifts": shifts,
-                    "split": [bool(b) for b in s.split] if args.split else None,
-                    "subfilter_edges_nm": edges,
-                    "refraction_arcsec": [float(v) for v in s.refraction_arcsec],
-                    "elevation_deg": elevation,
-                    "weather": {
-                        "temperature_C": weather.temperature,
-                        "pressure_Pa": weather.pressure,
-                        "humidity_pct": weather.humidity,
-                    },
-                    "buffer_pixels": int(__import__("math").ceil(s.max_abs)) + 1,
-                },
-                indent=2,
-            )
-        )
+        shifts = s.forward.tolist() if args.split else s.mean.tolist()
+        print(json.dumps({
+            "shifts": shifts,
+            "split": s.split.tolist() if args.split else None,
+            "subfilter_edges_nm": edges.tolist(),
+            "refraction_arcsec": s.refraction_arcsec.tolist(),
+            "elevation_deg": obs.elevation,
+            "weather": {"temperature_C": w.temperature, "pressure_Pa": w.pressure, "humidity_pct": w.humidity},
+            "buffer_pixels": dcr_buffer(s.max_abs),
+        }, indent=2))  # fmt: skip
         return 0
-    print(
-        f"elevation {elevation:.3f} deg, airmass {obs.airmass:.4f}, T {weather.temperature:.2f} C, "
-        f"P {weather.pressure:.0f} Pa, RH {weather.humidity:.0f} %"
-    )
+    print(f"elevation {obs.elevation:.3f} deg, airmass {obs.airmass:.4f}, T {w.temperature:.2f} C, "
+          f"P {w.pressure:.0f} Pa, RH {w.humidity:.0f} %")  # fmt: skip
     print("ΔR at sub-filter edges (arcsec): " + ", ".join(f"{v:+.4f}" for v in s.refraction_arcsec))
-    for k in range(args.subfilters):
+    for k in range(K):
         band = f"{edges[k]:7.2f}-{edges[k + 1]:7.2f} nm"
         if args.split:
             a, b = s.forward[k]
-            print(
-                f"sub-filter {k} {band}: ({a[0]:+.4f}, {a[1]:+.4f}) and ({b[0]:+.4f}, {b[1]:+.4f}) px"
-                + ("" if s.split[k] else "  [below splitThreshold: mean used]")
-            )
+            note = "" if s.split[k] else "  [below splitThreshold: mean used]"
+            print(f"sub-filter {k} {band}: ({a[0]:+.4f}, {a[1]:+.4f}) and ({b[0]:+.4f}, {b[1]:+.4f}) px{note}")
         else:
-            m = s.mean[k]
-            print(f"sub-filter {k} {band}: dy {m[0]:+.4f} px, dx {m[1]:+.4f} px")
+            print(f"sub-filter {k} {band}: dy {s.mean[k][0]:+.4f} px, dx {s.mean[k][1]:+.4f} px")
     return 0
 
 
 def _resolve_config(args: argparse.Namespace, manifest_config: dict | None = None, band: dict | None = None):
     """Defaults < manifest [config] < manifest [band] < --effective-wavelength/--bandwidth < --config < --set."""
-    from .config import load_config
+    from .io.configfile import load_config
 
     base: dict = dict(manifest_config or {})
     base.update(band or {})
@@ -123,35 +107,32 @@ def _resolve_config(args: argparse.Namespace, manifest_config: dict | None = Non
 
 
 def _cmd_run(args: argparse.Namespace, comm) -> int:
-    from .driver import inputs_from_manifest, on_root, parse_bytes, prepare_inputs, run
-    from .io.manifest import Manifest, WarpEntry, read_manifest
+    from .driver import RunOptions, inputs_from_manifest, on_root, prepare_inputs, run
+    from .io.manifest import Manifest, WarpEntry, merge_entries, read_manifest
+    from .io.paths import expand_pattern
+    from .resources import parse_bytes
 
     if (args.manifest is None) == (not args.warps):
-        raise MpidcrError("give a manifest or --warps PATTERN (not both)")
+        raise MpidcrError("give a manifest or --warps FILE... (not both)")
+    sources = [args.config] if args.config else []
 
     def load():
         if args.manifest:
             manifest = read_manifest(args.manifest)
         else:
-            import glob
-
-            paths = sorted(p for pattern in args.warps for p in (glob.glob(pattern) or [pattern]))
-            manifest = Manifest(warps=[WarpEntry(path=p) for p in paths])
+            entries = [WarpEntry(path=p) for pattern in args.warps for p in expand_pattern(pattern, where="--warps")]
+            manifest = Manifest(warps=merge_entries(entries, "--warps"))
         cfg = _resolve_config(args, manifest.config, manifest.band)
-        return (
-            inputs_from_manifest(manifest, cfg, args.pixel_scale)
-            if args.manifest
-            else prepare_inputs(manifest.warps, cfg, None, args.pixel_scale)
-        )
+        if args.manifest:
+            return inputs_from_manifest(manifest, cfg, args.pixel_scale, sources)
+        return prepare_inputs(manifest.warps, cfg, None, args.pixel_scale, sources)
 
     from .kernels import set_threads
 
     set_threads(args.threads)
     inputs = on_root(comm, load)
-    summary = run(
-        inputs,
-        args.output,
-        comm,
+    options = RunOptions(
+        output=args.output,
         tiles=args.tiles,
         output_mode=args.output_mode,
         overwrite=args.overwrite,
@@ -160,16 +141,27 @@ def _cmd_run(args: argparse.Namespace, comm) -> int:
         resume=args.resume,
         max_memory=parse_bytes(args.max_memory) if args.max_memory else None,
     )
+    summary = run(inputs, options, comm)
     if comm.rank == 0:
         if args.json:
-            print(json.dumps(summary, indent=2))
+            print(json.dumps(summary.as_dict(), indent=2))
         else:
             print(
-                f"{summary['output']}: {summary['iterations']} iterations ({summary['stop_reason']}), "
-                f"final metric {summary['metric']:.5g}, {summary['ranks']} rank(s) as "
-                f"{summary['tiles'][0]}x{summary['tiles'][1]} tiles, {summary['seconds']['total']:.1f} s"
+                f"{summary.output}: {summary.iterations} iterations ({summary.stop_reason}), "
+                f"final metric {summary.metric:.5g}, {summary.ranks} rank(s) as "
+                f"{summary.tiles[0]}x{summary.tiles[1]} tiles, {summary.seconds['total']:.1f} s"
             )
     return 0
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; use 0 to turn it off")
+    return value
 
 
 def _patch_size(text: str) -> int | tuple[int, int]:
@@ -239,9 +231,13 @@ def _cmd_template(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .io.modelfile import read_model
+    from .io.modelfile import model_is_complete, read_model
     from .quicklook import format_summary, quicklooks, summary
 
+    if args.check:  # for job scripts: no arrays are read
+        ok = model_is_complete(args.model)
+        print(f"{args.model}: {'complete' if ok else 'missing or incomplete'}")
+        return 0 if ok else 1
     s = summary(read_model(args.model))
     print(json.dumps(s, indent=2) if args.json else format_summary(s))
     if args.png:
@@ -260,8 +256,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with usage errors as one line (``mpidcr: error: …``, exit 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("mpidcr").strip()
+        self.exit(2, f"mpidcr: error: {command + ': ' if command else ''}{message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from .dcr import Site
+
+    RUBIN = Site()  # the default site of every command
+    p = _OneLineErrorParser(
         prog="mpidcr",
         description="DCR (differential chromatic refraction) sky models of a sky patch from many warps, and "
         "DCR-matched templates for image differencing; one process or many MPI ranks.",
@@ -304,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--parallactic-angle", type=float, default=0.0, help="deg (default 0)")
     s.add_argument("--rotation-angle", type=float, default=0.0, help="sky rotation angle of the image axes, deg")
     s.add_argument("--pixel-scale", type=float, default=0.2, help="arcsec/pixel (default 0.2)")
-    s.add_argument("--latitude", type=float, default=-30.2446, help="site latitude, deg (default Rubin)")
-    s.add_argument("--height", type=float, default=2662.75, help="site height, m (default Rubin)")
+    s.add_argument("--latitude", type=float, default=RUBIN.latitude, help="site latitude, deg (default Rubin)")
+    s.add_argument("--height", type=float, default=RUBIN.height, help="site height, m (default Rubin)")
     s.add_argument("--temperature", type=float, help="air temperature, C (default: standard atmosphere)")
     s.add_argument("--pressure", type=float, help="air pressure, Pa (default: standard atmosphere)")
     s.add_argument("--humidity", type=float, help="relative humidity, %% (default 40)")
@@ -322,7 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("manifest", nargs="?", help="TOML manifest (band, site, warps, config)")
     r.add_argument("-o", "--output", required=True, help="output HDF5 model file")
-    r.add_argument("--warps", action="append", metavar="PATTERN", help="warp files (glob), instead of a manifest")
+    r.add_argument(
+        "--warps",
+        nargs="+",
+        action="extend",
+        metavar="FILE",
+        help="warp files or quoted glob patterns, instead of a manifest",
+    )
     r.add_argument("--effective-wavelength", type=float, help="effectiveWavelength, nm")
     r.add_argument("--bandwidth", type=float, help="bandwidth, nm")
     r.add_argument("--pixel-scale", type=float, help="arcsec/pixel, if the warps carry no celestial WCS")
@@ -338,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     r.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=_non_negative,
         default=0,
         metavar="K",
         help="write a checkpoint every K iterations (also written on SIGTERM)",
@@ -426,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", help="HDF5 model file")
     i.add_argument("--png", metavar="DIR", help="write RGB, convergence and nImage PNGs to DIR")
     i.add_argument("--json", action="store_true")
+    i.add_argument("--check", action="store_true", help="only check that the file is a complete model (exit 0, else 1)")
     i.set_defaults(func=_cmd_inspect)
 
     v = sub.add_parser(
@@ -445,9 +459,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    stop = None
+    if args.command == "run":  # first thing: a SIGTERM from now on stops the run cleanly (exit 75)
+        from .preemption import STOP as stop
+
+        stop.install()
+    try:
+        return _dispatch(args)
+    finally:
+        if stop is not None:
+            stop.restore()
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the subcommand of ``args``; every MpidcrError becomes one line and an exit code."""
     from .logs import setup_logging
 
-    args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     comm = None
     if getattr(args, "needs_comm", False):
@@ -458,7 +486,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
     setup_logging(rank=rank, size=size, level=level, all_ranks=args.log_all_ranks)
     try:
-        return int((args.func(args, comm) if comm is not None else args.func(args)) or 0)
+        try:
+            return int((args.func(args, comm) if comm is not None else args.func(args)) or 0)
+        except MemoryError:
+            raise MpidcrError("out of memory; use more ranks (or nodes), or a smaller patch") from None
     except MpidcrError as exc:
         code = getattr(exc, "exit_code", 2)
         if getattr(exc, "collective", False) or size == 1:

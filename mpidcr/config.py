@@ -33,7 +33,6 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
@@ -114,19 +113,19 @@ F, U, L, P = FieldSpec, "used", "lsst-only", "planned"
 
 #: The 68 fields of the seed task, alphabetical as in its listing.
 FIELDS: tuple[FieldSpec, ...] = (
-    F("accelerateModel", "float", 3.0, "Factor A (≥1) amplifying the differences between sub-filter planes in the forward model and the output.", check=_range(1.0, None)),
+    F("accelerateModel", "float", 3.0, "Factor A (1 to 100) amplifying the differences between sub-filter planes in the forward model and the output.", check=_range(1.0, 100.0)),
     F("badMaskPlanes", "list", ("NO_DATA",), "Mask planes whose pixels are excluded from the coadd and the fit."),
     F("bandwidth", "float", None, "Width of the band in nm (required).", optional=True, check=_range(0.0, None, lo_open=True)),
     F("baseGain", "float", None, "Weight of the new solution against the last one (1 = equal); None: 1/(K-1).", optional=True, check=_range(0.0, None, lo_open=True)),
     F("brightObjectMaskName", "str", "BRIGHT_OBJECT", "Mask plane name for bright-object regions.", status=P),
     F("calcErrorFromInputVariance", "bool", True, "Coadd variance from the input variances (True) or from the scatter of the inputs (False)."),
-    F("clipIter", "int", 2, "Number of sigma-clipping passes of the MEANCLIP statistic.", check=_range(1, None)),
+    F("clipIter", "int", 2, "Number of sigma-clipping passes of the MEANCLIP statistic.", check=_range(1, 100)),
     F("coaddName", "str", "deep", "Butler name of the coadd (deep, goodSeeing); only labels the output.", status=L),
     F("coaddPsf", "dict", {}, "CoaddPsf configuration of the LSST stack.", status=L),
     F("connections", "dict", {}, "Butler dataset connections of the LSST PipelineTask.", status=L),
     F("convergenceMaskPlanes", "list", ("DETECTED",), "Mask planes whose pixels enter the convergence metric and the model weights."),
     F("convergenceThreshold", "float", 0.001, "Stop when the relative improvement of the metric per iteration falls below this.", check=_range(0.0, None)),
-    F("dcrNumSubfilters", "int", 3, "Number K of sub-filters the band is split into.", check=_range(2, None)),
+    F("dcrNumSubfilters", "int", 3, "Number K of sub-filters the band is split into (2 to 32).", check=_range(2, 32)),
     F("doAirmassWeight", "bool", False, "Multiply each visit's weight by its airmass."),
     F("doApplyExternalPhotoCalib", "bool", False, "Apply an external PhotoCalib from the butler.", status=L),
     F("doApplyExternalSkyWcs", "bool", False, "Apply an external SkyWcs from the butler.", status=L),
@@ -158,12 +157,12 @@ FIELDS: tuple[FieldSpec, ...] = (
     F("maxFractionEpochsHigh", "float", 0.03, "Artifact rejection: fraction of N epochs added to maxNumEpochs at high N.", check=_range(0.0, 1.0, hi_open=True), status=P),
     F("maxFractionEpochsLow", "float", 0.4, "Artifact rejection: fraction of N epochs allowed at low N.", check=_range(0.0, 1.0, hi_open=True), status=P),
     F("maxNumEpochs", "int", 2, "Artifact rejection: epochs in which a transient may appear and still be masked.", check=_range(0, None), status=P),
-    F("maxNumIter", "int", None, "Maximum number of forward-model iterations; None: 3K.", optional=True, check=_range(1, None)),
-    F("minNumIter", "int", None, "Minimum number of forward-model iterations; None: K.", optional=True, check=_range(1, None)),
-    F("modelWeightsWidth", "float", 3.0, "Gaussian sigma in pixels of the region around detected sources that the model may change.", check=_range(0.0, None)),
+    F("maxNumIter", "int", None, "Maximum number of forward-model iterations (at most 1000); None: 3K.", optional=True, check=_range(1, 1000)),
+    F("minNumIter", "int", None, "Minimum number of forward-model iterations (at most 1000); None: K.", optional=True, check=_range(1, 1000)),
+    F("modelWeightsWidth", "float", 3.0, "Gaussian sigma in pixels (0 to 100) of the region around detected sources that the model may change.", check=_range(0.0, 100.0)),
     F("prefilterArtifactsMaskPlanes", "list", ("NO_DATA", "BAD", "SAT", "SUSPECT"), "Mask planes used by doPrefilterArtifacts.", status=P),
     F("prefilterArtifactsRatio", "float", 0.05, "Minimum good-pixel fraction for an artifact candidate to be kept.", check=_range(0.0, 1.0), status=P),
-    F("regularizationWidth", "int", 2, "Radius in pixels of the smallest region the regularizations act on.", check=_range(1, None)),
+    F("regularizationWidth", "int", 2, "Radius in pixels (1 to 64) of the smallest region the regularizations act on.", check=_range(1, 64)),
     F("regularizeModelFrequency", "float", 4.0, "Maximum relative change between sub-filters (0 disables).", check=_range(0.0, None)),
     F("regularizeModelIterations", "float", 2.0, "Maximum relative change of the model between iterations (0 disables).", check=_range(0.0, None)),
     F("removeMaskPlanes", "list", ("NOT_DEBLENDED",), "Mask planes cleared from the warps before coadding."),
@@ -204,7 +203,7 @@ def _detect(threshold: float, grow: int) -> tuple[FieldSpec, ...]:
             "Detection threshold in sigma of the background noise.",
             check=_range(0.0, None, lo_open=True),
         ),
-        F("growRadius", "int", grow, "Grow detected footprints by this many pixels.", check=_range(0, None)),
+        F("growRadius", "int", grow, "Grow detected footprints by this many pixels (at most 100).", check=_range(0, 100)),
         F("minPixels", "int", 1, "Smallest footprint kept, in pixels.", check=_range(1, None)),
     )
 
@@ -276,6 +275,12 @@ def canonical_name(name: str, table: Mapping[str, str] | None = None, where: str
     raise ConfigError(f"unknown configuration field '{where}{name}'{hint}; see 'mpidcr config --defaults'")
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (messages stay one readable line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def coerce(spec: FieldSpec, value: Any, where: str = "") -> Any:
     """Check ``value`` against ``spec`` and return it in canonical form.
 
@@ -289,7 +294,7 @@ def coerce(spec: FieldSpec, value: Any, where: str = "") -> Any:
         raise ConfigError(f"configuration field '{full}' may not be None; expected {spec.type_name}")
 
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"configuration field '{full}' = {value!r}: expected {expected}")
+        return ConfigError(f"configuration field '{full}' = {_short(value)}: expected {expected}")
 
     kind = spec.kind
     if kind == "bool":
@@ -306,7 +311,10 @@ def coerce(spec: FieldSpec, value: Any, where: str = "") -> Any:
     elif kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
-        out = float(value)
+        try:
+            out = float(value)
+        except OverflowError:
+            raise bad("a finite number") from None
         if not math.isfinite(out):
             raise bad("a finite number")
     elif kind == "str":
@@ -338,7 +346,7 @@ def coerce(spec: FieldSpec, value: Any, where: str = "") -> Any:
     if spec.check is not None:
         allowed = spec.check(out)
         if allowed is not None:
-            raise ConfigError(f"configuration field '{full}' = {value!r} is out of range; expected {allowed}")
+            raise ConfigError(f"configuration field '{full}' = {_short(value)} is out of range; expected {allowed}")
     return out
 
 
@@ -567,83 +575,22 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def _read_lsst_override_file(path: Path) -> dict[str, Any]:
-    """Read ``config.name = literal`` lines of an LSST config file without executing it."""
-    out: dict[str, Any] = {}
-    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
-        line = raw.split("#", 1)[0].strip() if "'" not in raw and '"' not in raw else raw.strip()
-        if not line or line.startswith("#") or line.startswith(("import ", "from ")):
-            continue
-        m = re.fullmatch(r"config\.([A-Za-z_][\w.]*)\s*=\s*(.+)", line)
-        if not m:
-            raise ConfigError(f"{path}:{lineno}: only 'config.<field> = <literal>' lines are understood")
-        try:
-            out[m.group(1)] = ast.literal_eval(m.group(2))
-        except (ValueError, SyntaxError):
-            raise ConfigError(f"{path}:{lineno}: value of '{m.group(1)}' is not a literal") from None
-    return out
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML (.toml), YAML (.yaml/.yml, safe loading) or LSST override (.py) file.
-
-    A top-level ``[config]`` table, if present, is what is read (so a manifest's
-    config section and a standalone config file look alike).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: configuration file not found")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            data = _load_toml(path)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(path.read_text()) or {}
-        elif suffix == ".py":
-            data = _read_lsst_override_file(path)
-        else:
-            raise ConfigError(f"{path}: unknown configuration format '{suffix}' (use .toml, .yaml or .py)")
-    except ConfigError:
-        raise
-    except Exception as exc:  # parse errors of tomllib / yaml
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{path}: cannot parse: {first}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a table of configuration fields")
-    if "config" in data and isinstance(data["config"], dict):
-        data = data["config"]
-    return data
-
-
-def _load_toml(path: Path) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    with path.open("rb") as fh:
-        return tomllib.load(fh)
-
-
-def load_config(
-    path: str | Path | None = None,
-    overrides: Iterable[str] | Mapping[str, Any] = (),
+def resolve_config(
     base: Mapping[str, Any] | None = None,
+    file_values: Mapping[str, Any] | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
 ) -> DcrConfig:
-    """Build a DcrConfig from ``base`` values, then a file, then overrides.
+    """A DcrConfig from ``base`` values, then a file's values, then overrides (later ones win).
 
-    Notices for LSST-only and not-yet-implemented fields are logged once here.
+    Notices for LSST-only and not-yet-implemented fields are logged once here.  Reading files is
+    :func:`mpidcr.io.configfile.load_config`'s.
     """
     cfg = DcrConfig()
     if base:
         cfg.update(base)
-    if path is not None:
-        cfg.update(read_config_file(path))
-    if isinstance(overrides, Mapping):
-        cfg.update(overrides)
-    else:
-        cfg.update(parse_overrides(overrides))
+    if file_values:
+        cfg.update(file_values)
+    cfg.update(overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
     for msg in cfg.notices():
         log.warning(msg)
     return cfg

@@ -22,11 +22,61 @@ from .errors import PhysicsError
 #: Validity range of the refraction formula, nm (open interval).
 WAVELENGTH_MIN_NM = 230.2
 WAVELENGTH_MAX_NM = 2058.6
+#: Lowest elevation (deg) at which the refraction formula is used.  Stone's two-term series in
+#: tan z loses accuracy towards the horizon (its tan³z term is 4 % of the first at 10°, 17 % at
+#: 5°) and its DCR turns over near 3.6° (1.8″ at 2° against 8.7″ at 3°), so lower elevations
+#: (airmass above 5.76) are refused rather than silently mis-modelled.
+MIN_ELEVATION_DEG = 10.0
+
+#: Physical ranges of site and weather values: name → (low, high, unit).  Values outside are
+#: refused, with a hint when they look like another unit.
+PHYSICAL_RANGES: dict[str, tuple[float, float, str]] = {
+    "temperature": (-90.0, 60.0, "°C"),
+    "pressure": (10_000.0, 120_000.0, "Pa"),
+    "humidity": (0.0, 100.0, "%"),
+    "latitude": (-90.0, 90.0, "deg"),
+    "longitude": (-360.0, 360.0, "deg"),
+    "height": (-500.0, 9_000.0, "m"),
+}
+_UNIT_HINTS: dict[str, tuple[tuple[float, float, str], ...]] = {
+    "temperature": ((173.15, 333.15, "this looks like kelvin"),),
+    "pressure": (
+        (100.0, 1_200.0, "this looks like hPa (mbar)"),
+        (10.0, 120.0, "this looks like kPa"),
+        (0.1, 1.2, "this looks like bar or atm"),
+    ),
+}
 
 _G = 9.80665  # m s^-2
 _M_AIR = 0.0289644  # kg/mol
 _R_GAS = 8.31447  # J/(mol K)
 _ARCSEC_PER_RAD = 180.0 / math.pi * 3600.0
+
+
+def physical_problem(name: str, value: float) -> str | None:
+    """Why ``value`` of site/weather quantity ``name`` (a key of :data:`PHYSICAL_RANGES`) is
+    impossible, as text to follow ``"<field> = value"`` (e.g. ``": Pa expected, this looks like
+    hPa (mbar)"``), or None when it is within range."""
+    lo, hi, unit = PHYSICAL_RANGES[name]
+    if not math.isfinite(value):
+        return " is not a finite number"
+    if lo <= value <= hi:
+        return None
+    for a, b, hint in _UNIT_HINTS.get(name, ()):
+        if a <= value <= b:
+            return f": {unit} expected, {hint}"
+    return f" {unit} is outside the physical range [{lo:g}, {hi:g}] {unit}"
+
+
+def check_elevation(elevation: float) -> None:
+    """PhysicsError unless ``elevation`` (deg) is within [MIN_ELEVATION_DEG, 90]."""
+    if not math.isfinite(elevation) or elevation > 90.0 or elevation <= 0.0:
+        raise PhysicsError(f"elevation {elevation} deg is outside (0, 90]")
+    if elevation < MIN_ELEVATION_DEG:
+        raise PhysicsError(
+            f"elevation {elevation:g} deg (airmass {1 / math.sin(math.radians(elevation)):.2f}) is below "
+            f"{MIN_ELEVATION_DEG:g} deg, where the refraction formula (Stone 1996) is no longer valid"
+        )
 
 
 @dataclass(frozen=True)
@@ -107,9 +157,10 @@ def water_vapour_pressure(humidity: float, temperature: float) -> float:
 
     Via the dew point (Stone 1996 eqs. 18 and 20).  0 for 0 % humidity.
     """
-    if humidity <= 0:
+    fraction = humidity / 100.0
+    if fraction <= 0.0:  # (also a humidity so small that the fraction underflows)
         return 0.0
-    x = math.log(humidity / 100.0)
+    x = math.log(fraction)
     t = temperature
     td = 238.3 * ((t + 238.3) * x + 17.2694 * t) / ((t + 238.3) * (17.2694 - x) - 17.2694 * t)
     mmhg = 4.50874 + 0.341724 * td + 0.0106778 * td**2 + 0.184889e-3 * td**3 + 0.238294e-5 * td**4 + 0.203447e-7 * td**5
@@ -161,8 +212,8 @@ def refraction(
     site = site or Site()
     weather = weather or Weather.standard(site.height)
     elev = np.asarray(elevation, dtype=np.float64)
-    if np.any(~np.isfinite(elev)) or np.any(elev <= 0) or np.any(elev > 90):
-        raise PhysicsError(f"elevation {elevation} deg is outside (0, 90]")
+    for e in np.unique(elev):
+        check_elevation(float(e))
     n1 = refractivity(wavelength, weather)
     phi = math.radians(site.latitude)
     kappa = 1.0 + 0.005302 * math.sin(phi) ** 2 - 0.00000583 * math.sin(2 * phi) ** 2 - 0.000000315 * site.height

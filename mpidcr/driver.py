@@ -1,7 +1,11 @@
-"""The data flow of a run: inputs → plan → windowed reads → solver → one output file.
+"""The data flow of a run, in phases: claim outputs → decompose → compile → read → solve → write.
 
-The only module that holds the communicator, the decomposition plan and the
-model together.  Serial runs use the same path with a one-tile plan.
+The only module that holds the communicator, the decomposition and the model together; serial
+runs take the same path with a one-tile plan.  :func:`run` calls the phases in order and times
+each (:class:`RunSummary`).  Everything that can refuse a run (paths, locks, disk space,
+decomposition, memory) is checked before any pixel is read, on rank 0 where it concerns files,
+and reported once; a SIGTERM is honoured at the phase boundaries and after every iteration
+(exit 75), except during the final write, which is finished.
 """
 
 from __future__ import annotations
@@ -10,10 +14,10 @@ import logging
 import math
 import os
 import resource
-import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -22,9 +26,11 @@ from . import __version__
 from .config import DcrConfig
 from .dcr import Observation, Site, VisitShifts, dcr_buffer, dcr_shifts, subfilter_edges
 from .errors import InputError, MpidcrError, Preempted
-from .io.checkpoint import inputs_digest, read_checkpoint, write_checkpoint
+from .io.checkpoint import inputs_digest, read_checkpoint, verify_checkpoint, write_checkpoint
 from .io.manifest import Manifest, WarpEntry
-from .io.modelfile import ModelMeta, ModelTile, write_model
+from .io.modelfile import ModelMeta, ModelTile, model_file_bytes, write_model
+from .io.outputs import OutputLock, SpaceReservation, free_bytes
+from .io.paths import check_output_path, same_file
 from .io.warps import (
     WarpInfo,
     check_consistent,
@@ -35,19 +41,24 @@ from .io.warps import (
     scan_warp,
     union_mask_planes,
 )
-from .parallel.comm import SerialComm, choose_dims
-from .reduction import SerialReducer
+from .parallel.comm import Comm, SerialComm, choose_dims
+from .preemption import STOP
+from .resources import BASELINE_BYTES, memory_per_rank, memory_problem
 from .solver import DcrResult, DcrSolver, SolverState, WarpStack, halo_width
-from .tiling import Plan, parse_tiles
+from .tiling import Plan, Tile, parse_tiles
 from .warmup import warm_up
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# ----------------------------------------------------------------------------- records
 @dataclass
 class RunInputs:
-    """Validated inputs of a run, identical on every rank."""
+    """Validated inputs of a run, identical on every rank.
+
+    ``sources``: other files the run reads (manifest, configuration file), never to be written.
+    """
 
     infos: list[WarpInfo]
     observations: list[Observation]
@@ -56,71 +67,90 @@ class RunInputs:
     shape: tuple[int, int]
     pixel_scale: float
     config: DcrConfig
+    sources: list[str] = field(default_factory=list)
+
+    def files(self) -> list[str]:
+        """Every pixel file the run reads, in order (for the resume digest)."""
+        out: list[str] = []
+        for info in self.infos:
+            out += [f for f in (info.path, info.variance_path, info.mask_path) if f]
+        return out
 
 
-class TermFlag:
-    """Records SIGTERM instead of dying at once, so the iteration can end with a checkpoint."""
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: output, decomposition, checkpoints and limits (the ``mpidcr run`` options).
+
+    checkpoint_every : write a checkpoint every so many iterations (0: only on SIGTERM).
+    max_memory : bytes a rank may use (None: what the machine allows).
+    """
+
+    output: str
+    tiles: str | None = None
+    output_mode: str = "auto"
+    overwrite: bool = False
+    checkpoint: str | None = None
+    checkpoint_every: int = 0
+    resume: str | None = None
+    max_memory: int | None = None
+
+    @property
+    def checkpoint_path(self) -> str:
+        return self.checkpoint or f"{self.output}.ckpt"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The decomposition of a run: plan, this rank's tile, DCR buffer and halo (pixels)."""
+
+    plan: Plan
+    tile: Tile
+    buffer: int
+    halo: int
+    max_shift: float
+
+
+@dataclass
+class RunSummary:
+    """What a run did: its result, decomposition and the seconds of each phase."""
+
+    output: str
+    iterations: int
+    stop_reason: str
+    metric: float
+    ranks: int
+    tiles: tuple[int, int]
+    halo: int
+    output_mode: str
+    peak_memory_bytes: int | None
+    seconds: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PhaseTimer:
+    """Wall-clock seconds of named phases."""
 
     def __init__(self) -> None:
-        self.raised = False
-        self._previous: Any = None
+        self.seconds: dict[str, float] = {}
 
-    @classmethod
-    def install(cls) -> TermFlag:
-        flag = cls()
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
         try:
-            flag._previous = signal.signal(signal.SIGTERM, flag._handle)
-        except ValueError:  # not the main thread (e.g. embedded use): no handler
-            flag._previous = None
-        return flag
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.raised = True
-        log.warning("SIGTERM received: will checkpoint and stop at the end of this iteration")
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
-#: Bytes per outer-box pixel: per visit (image f4, variance f4, mask i4, good and convergence
-#: flags), and per sub-filter (float32 model state: two model and two accumulator buffers,
-#: inverse weights, amplified planes, output planes; nImage i4; with a share of the per-pixel
-#: images: static model, weights, work images).  Measured on 2048×4096 × 12 visits × 3
-#: sub-filters: one rank 3.07 GiB (3.17 while numba compiles; this rule: 3.30 GiB), two ranks
-#: 1.71 GiB (rule: 1.90 GiB).
-BYTES_PER_PIXEL_VISIT = 4 + 4 + 4 + 1 + 1
-BYTES_PER_PIXEL_SUBFILTER = 68
-#: the interpreter with numpy, scipy, astropy, numba and h5py loaded, and numba's compiler at work
-BASELINE_BYTES = 400 * 2**20
+# ----------------------------------------------------------------------------- collective helpers
+def _collective(error: MpidcrError) -> MpidcrError:
+    error.collective = True  # type: ignore[attr-defined]  # every rank raises it: rank 0 reports
+    return error
 
 
-def memory_per_rank(plan: Plan, num_visits: int, num_subfilters: int) -> int:
-    """Peak bytes a rank of ``plan`` needs (largest outer box), by the rule of docs/performance.md."""
-    pixels = max(plan.tile(r).outer.size for r in range(plan.size))
-    return BASELINE_BYTES + pixels * (num_visits * BYTES_PER_PIXEL_VISIT + num_subfilters * BYTES_PER_PIXEL_SUBFILTER)
-
-
-def parse_bytes(text: str) -> int:
-    """``"4G"``, ``"500M"``, ``"2.5GB"``, ``"123456"`` → bytes."""
-    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = t[-1] if t and t[-1] in units else ""
-    try:
-        return int(float(t[: len(t) - len(unit)]) * units[unit])
-    except ValueError:
-        raise InputError(f"--max-memory '{text}' is not a size like 4G or 500M") from None
-
-
-def input_files(inputs: RunInputs) -> list[str]:
-    """Every file the run reads, in order (for the checkpoint's input digest)."""
-    files: list[str] = []
-    for info in inputs.infos:
-        files += [f for f in (info.path, info.variance_path, info.mask_path) if f]
-    return files
-
-
-def on_root(comm: Any, fn: Callable[[], T]) -> T:
+def on_root(comm: Comm, fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 and broadcast its result; an MpidcrError there is raised on every rank."""
     outcome: tuple[str, Any] = ("ok", None)
     if comm.rank == 0:
@@ -131,10 +161,27 @@ def on_root(comm: Any, fn: Callable[[], T]) -> T:
     outcome = comm.bcast(outcome, root=0)
     if outcome[0] == "error":
         exc_type, message = outcome[1]
-        error = exc_type(message)
-        error.collective = True  # every rank raises it: no abort needed, rank 0 reports
-        raise error
+        raise _collective(exc_type(message))
     return outcome[1]
+
+
+def stop_point(comm: Comm, where: str) -> None:
+    """Raise Preempted on every rank if any rank has received SIGTERM (a collective call)."""
+    if comm.any_rank(STOP.requested):
+        raise Preempted(f"SIGTERM {where}: nothing to checkpoint yet; rerun the same command")
+
+
+# ----------------------------------------------------------------------------- inputs
+def _check_unique_visits(infos: list[WarpInfo]) -> None:
+    """Two files of one visit (same explicit visit id) cannot both be used."""
+    seen: dict[str, str] = {}
+    for info in infos:
+        visit = info.meta.get("visit")
+        if visit is None:
+            continue
+        if visit in seen:
+            raise InputError(f"{info.path}: visit {visit} is also given by {seen[visit]}; each visit may appear once")
+        seen[visit] = info.path
 
 
 def prepare_inputs(
@@ -142,6 +189,7 @@ def prepare_inputs(
     config: DcrConfig,
     site: Site | None = None,
     pixel_scale: float | None = None,
+    sources: list[str] | None = None,
 ) -> RunInputs:
     """Read every warp's headers, resolve metadata and DCR shifts, and validate (before any pixels)."""
     config.validate()
@@ -149,60 +197,272 @@ def prepare_inputs(
         raise InputError(f"{len(entries)} warp(s) given; at least 2 visits are needed")
     site = site or Site()
     infos = [resolve_geometry(scan_warp(e.path, e.overrides, e.plain), site) for e in entries]
+    _check_unique_visits(infos)
     check_consistent(infos)
     scale = pixel_scale if pixel_scale is not None else pixel_scale_arcsec(infos[0].wcs_header)
     if scale is None:
         raise InputError(f"{infos[0].path}: no celestial WCS to give the pixel scale; pass --pixel-scale")
     notices: set[str] = set()
     observations = [observation_or_error(i, site, notices) for i in infos]
-    K = config.num_subfilters
+    cfg = config
     shifts = []
     for info, obs in zip(infos, observations, strict=True):
         try:
-            shifts.append(
-                dcr_shifts(
-                    obs,
-                    config.effectiveWavelength,
-                    config.bandwidth,
-                    K,
-                    scale,
-                    config.splitSubfilters,
-                    config.splitThreshold,
-                )
-            )
+            shifts.append(dcr_shifts(obs, cfg.effectiveWavelength, cfg.bandwidth, cfg.num_subfilters, scale,
+                                     cfg.splitSubfilters, cfg.splitThreshold))  # fmt: skip
         except MpidcrError as exc:
             raise InputError(f"{info.path}: {exc}") from None
-    return RunInputs(infos, observations, shifts, union_mask_planes(infos), infos[0].shape, scale, config)
+    return RunInputs(infos, observations, shifts, union_mask_planes(infos), infos[0].shape, scale, config,
+                     list(sources or []))  # fmt: skip
 
 
-def inputs_from_manifest(manifest: Manifest, config: DcrConfig, pixel_scale: float | None = None) -> RunInputs:
-    return prepare_inputs(manifest.warps, config, manifest.site, pixel_scale)
+def inputs_from_manifest(manifest: Manifest, config: DcrConfig, pixel_scale: float | None = None,
+                         sources: list[str] | None = None) -> RunInputs:  # fmt: skip
+    extra = ([manifest.source] if manifest.source else []) + list(sources or [])
+    return prepare_inputs(manifest.warps, config, manifest.site, pixel_scale, extra)
 
 
-def _visits_table(inputs: RunInputs, result: DcrResult) -> np.ndarray:
-    K = inputs.config.num_subfilters
-    dtype = np.dtype(
-        [
-            ("visit", "S32"),
-            ("file", "S256"),
-            ("airmass", "f8"),
-            ("elevation", "f8"),
-            ("parallactic_angle", "f8"),
-            ("rotation_angle", "f8"),
-            ("weight", "f8"),
-            ("psf_fwhm", "f8"),
-            ("max_shift", "f8"),
-            ("metric", "f8"),
-            ("variance_scale", "f8"),
-            ("shift", "f8", (K, 2)),
-        ]
+# ----------------------------------------------------------------------------- phase: claim outputs
+class OutputClaim:
+    """Rank 0's hold on the output for the duration of a run: its lock and a space reservation."""
+
+    def __init__(self, lock: OutputLock | None = None, reservation: SpaceReservation | None = None):
+        self.lock, self.reservation = lock, reservation
+
+    def release_space(self) -> None:
+        if self.reservation is not None:
+            self.reservation.release()
+
+    def close(self) -> None:
+        self.release_space()
+        if self.lock is not None:
+            self.lock.release()
+
+
+def claim_outputs(inputs: RunInputs, options: RunOptions, comm: Comm) -> OutputClaim:
+    """Check the output and checkpoint paths and lock the output (rank 0).
+
+    Refused, before any work: an output that is an input, a directory, unwritable or existing
+    without ``overwrite``; a checkpoint path equal to the output or naming an input; a locked
+    output (another run writes it).
+    """
+    claim = OutputClaim()
+
+    def check() -> None:
+        sources = inputs.files() + inputs.sources
+        check_output_path(options.output, sources, options.overwrite)
+        ckpt = options.checkpoint_path
+        if same_file(ckpt, options.output):
+            raise InputError(f"{ckpt}: the checkpoint path is the output path; give another --checkpoint")
+        resumed = options.resume
+        check_output_path(ckpt, [s for s in sources if not (resumed and same_file(s, resumed))], True, "checkpoint")
+        claim.lock = OutputLock(options.output).acquire()
+
+    on_root(comm, check)
+    return claim
+
+
+def reserve_space(inputs: RunInputs, options: RunOptions, claim: OutputClaim, comm: Comm) -> None:
+    """Allocate the model file's bytes beside the output until the write (rank 0): a file system
+    too full for the model, or a quota, is found now rather than after the solve."""
+
+    def reserve() -> None:
+        need = model_file_bytes(inputs.shape, inputs.config.num_subfilters, len(inputs.infos))
+        directory = os.path.dirname(os.path.abspath(options.output))
+        claim.reservation = SpaceReservation(directory, need, options.output)
+
+    on_root(comm, reserve)
+
+
+# ----------------------------------------------------------------------------- phase: decompose
+def decompose(inputs: RunInputs, options: RunOptions, comm: Comm) -> Layout:
+    """The tile grid, this rank's tile, the halo, and the memory check (collective errors)."""
+    cfg = inputs.config
+    max_shift = max(s.max_abs for s in inputs.shifts)
+    buffer = dcr_buffer(max_shift)
+    halo = halo_width(cfg, buffer)
+    try:  # the same on every rank: a collective error, reported once
+        dims = parse_tiles(options.tiles) if options.tiles else choose_dims(comm.size, inputs.shape)
+        if dims[0] * dims[1] != comm.size:
+            raise InputError(f"--tiles {dims[0]}x{dims[1]} needs {dims[0] * dims[1]} ranks, not {comm.size}")
+        plan = Plan(inputs.shape, dims, halo if comm.size > 1 else 0).validate()
+        need = memory_per_rank(plan, len(inputs.infos), cfg.num_subfilters)
+        _check_memory_limit(inputs, plan, need, options.max_memory)
+    except MpidcrError as exc:
+        raise _collective(exc) from None
+    problem = memory_problem(need, comm.node_size())
+    if comm.any_rank(problem is not None):
+        worst = on_root(comm, lambda: problem or ("another node is short of memory", need))
+        allowed = worst[1]
+        hint = (f"ranks of at most {allowed / 2**30:.1f} GiB: about {ranks_within(inputs, plan, allowed)} of them"
+                if allowed > BASELINE_BYTES else "")  # fmt: skip
+        raise _collective(InputError(f"not enough memory for this decomposition: {worst[0]}; use more nodes or "
+                                     f"ranks{f' ({hint})' if hint else ''}"))  # fmt: skip
+    if comm.rank == 0:
+        log.info(
+            "%d visits, patch %dx%d, K=%d, max DCR shift %.2f px (buffer %d), halo %d px, tiles %dx%d on %d "
+            "rank(s), about %.2f GiB per rank",
+            len(inputs.infos), *inputs.shape, cfg.num_subfilters, max_shift, buffer, halo, *dims, comm.size,
+            need / 2**30,
+        )  # fmt: skip
+    return Layout(plan, plan.tile(comm.rank), buffer, halo, max_shift)
+
+
+def _check_memory_limit(inputs: RunInputs, plan: Plan, need: int, max_memory: int | None) -> None:
+    """``--max-memory``: refuse a plan needing more per rank, suggesting a rank count."""
+    if max_memory is None:
+        return
+    if max_memory <= BASELINE_BYTES:
+        raise InputError(
+            f"--max-memory {max_memory / 2**30:.2f} GiB is below the {BASELINE_BYTES / 2**30:.2f} GiB "
+            "a rank needs before it holds any pixels"
+        )
+    if need <= max_memory:
+        return
+    raise InputError(
+        f"a rank needs about {need / 2**30:.2f} GiB but --max-memory is {max_memory / 2**30:.2f} GiB; "
+        f"use about {ranks_within(inputs, plan, max_memory)} ranks"
     )
+
+
+def ranks_within(inputs: RunInputs, plan: Plan, limit: int) -> int:
+    """The smallest power-of-two multiple of ``plan``'s rank count whose ranks need at most ``limit`` bytes."""
+    V, K = len(inputs.infos), inputs.config.num_subfilters
+    ranks = plan.size
+    while ranks < 4096 and memory_per_rank(Plan(inputs.shape, choose_dims(ranks, inputs.shape), plan.halo), V,
+                                           K) > limit:  # fmt: skip
+        ranks *= 2
+    return ranks
+
+
+# ----------------------------------------------------------------------------- phase: read
+def read_tile(inputs: RunInputs, tile: Tile) -> WarpStack:
+    """Every warp's window of this rank's outer box (no whole image is ever read)."""
+    shape = (len(inputs.infos), *tile.outer.shape)
+    try:
+        images, variances = np.empty(shape, np.float32), np.empty(shape, np.float32)
+        masks = np.empty(shape, np.int32)
+    except MemoryError:
+        raise InputError(
+            f"not enough memory for this rank's {shape[0]} warp windows of {shape[1]}x{shape[2]} pixels; "
+            "use more ranks"
+        ) from None
+    for v, info in enumerate(inputs.infos):
+        read_window(info, tile.outer, inputs.mask_planes, out=(images[v], variances[v], masks[v]))
+    airmass = np.array([o.airmass for o in inputs.observations])
+    return WarpStack(images, variances, masks, dict(inputs.mask_planes), inputs.shifts, airmass,
+                     [i.visit for i in inputs.infos])  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- phase: solve
+class CheckpointSchedule:
+    """Called after every iteration: a checkpoint every ``every`` iterations, and on SIGTERM a
+    checkpoint and :class:`Preempted` (exit 75) on every rank.
+
+    The input digest (file contents, shared out over the ranks) is computed when first needed.
+    A periodic checkpoint that cannot be written (no space, a write error) is skipped with a
+    warning and the run goes on.
+    """
+
+    def __init__(self, path: str, every: int, inputs: RunInputs, layout: Layout, comm: Comm, mode: str):
+        self.path, self.every, self.inputs, self.layout, self.comm, self.mode = path, every, inputs, layout, comm, mode
+        self.config_digest = inputs.config.digest()
+        self._input_digest: str | None = None
+
+    def input_digest(self) -> str:
+        if self._input_digest is None:
+            self._input_digest = inputs_digest(self.inputs.files(), self.comm)
+        return self._input_digest
+
+    def __call__(self, state: SolverState) -> None:
+        stop = self.comm.any_rank(STOP.requested)
+        written, why = False, "no checkpoint was due"
+        if stop or (self.every > 0 and state.iteration % self.every == 0):
+            written, why = self.write(state)
+        if stop:
+            if written:
+                raise Preempted(
+                    f"SIGTERM: stopped after iteration {state.iteration}; checkpoint {self.path}; "
+                    f"continue with --resume {self.path}"
+                )
+            raise Preempted(f"SIGTERM: stopped after iteration {state.iteration}, but {why}; rerun from the start")
+
+    def write(self, state: SolverState) -> tuple[bool, str]:
+        """Write the checkpoint of ``state``; (written, why not)."""
+        K = state.model.shape[0]
+        need = K * self.inputs.shape[0] * self.inputs.shape[1] * state.model.dtype.itemsize + 2**20
+        free = on_root(self.comm, lambda: free_bytes(os.path.dirname(os.path.abspath(self.path))))
+        if free < need:
+            why = f"the checkpoint could not be written ({free / 2**20:.1f} MiB free, {need / 2**20:.1f} needed)"
+            log.warning("iteration %d: %s", state.iteration, why)
+            return False, why
+        tile = self.layout.tile
+        try:
+            write_checkpoint(self.path, state, tile.inner_local, tile.inner, self.inputs.shape, self.config_digest,
+                             self.input_digest(), self.comm, self.mode)  # fmt: skip
+        except InputError as exc:
+            why = f"the checkpoint could not be written ({exc})"
+            log.warning("iteration %d: %s; the run goes on", state.iteration, why)
+            return False, why
+        if self.comm.rank == 0:
+            log.info("checkpoint of iteration %d written to %s", state.iteration, self.path)
+        return True, ""
+
+
+def resume_state(path: str, schedule: CheckpointSchedule, tile: Tile, comm: Comm) -> SolverState:
+    """The checkpointed state of this rank's tile, after rank 0 has verified the checkpoint."""
+    digest = schedule.input_digest()
+    iteration = on_root(comm, lambda: verify_checkpoint(path, schedule.config_digest, digest))
+    if comm.rank == 0:
+        log.info("resuming from %s at iteration %d", path, iteration)
+    return read_checkpoint(path, tile.outer)
+
+
+def solve_tile(inputs: RunInputs, warps: WarpStack, layout: Layout, options: RunOptions, comm: Comm) -> DcrResult:
+    """Iterate the model of this rank's tile to the end condition (checkpoints on schedule)."""
+    cfg = inputs.config
+    reducer, exchanger = comm.decompose(layout.plan)
+    schedule = CheckpointSchedule(options.checkpoint_path, options.checkpoint_every, inputs, layout, comm,
+                                  options.output_mode)  # fmt: skip
+    state = resume_state(options.resume, schedule, layout.tile, comm) if options.resume else None
+
+    def progress(n: int, metric: float, gain: float) -> None:
+        log.info("iteration %d/%d: metric %.6g, gain %.3f", n, cfg.max_iterations, metric, gain)
+
+    solver = DcrSolver(warps, cfg, tile=layout.tile, reducer=reducer, exchanger=exchanger, buffer=layout.buffer,
+                       progress=progress)  # fmt: skip
+    return solver.run(resume=state, after_iteration=schedule)
+
+
+# ----------------------------------------------------------------------------- phase: write
+#: The visits table: one row per visit (shift: per sub-filter mean shift (dy, dx), pixels)
+VISIT_COLUMNS: list[tuple[str, Any]] = [
+    ("visit", object),  # variable-length UTF-8 in the file
+    ("file", object),
+    ("airmass", "f8"),
+    ("elevation", "f8"),
+    ("parallactic_angle", "f8"),
+    ("rotation_angle", "f8"),
+    ("weight", "f8"),
+    ("psf_fwhm", "f8"),
+    ("max_shift", "f8"),
+    ("metric", "f8"),
+    ("variance_scale", "f8"),
+]
+
+
+def visits_table(inputs: RunInputs, result: DcrResult) -> np.ndarray:
+    import h5py
+
+    K = inputs.config.num_subfilters
+    text = h5py.string_dtype("utf-8")
+    dtype = np.dtype([(n, text if t is object else t) for n, t in VISIT_COLUMNS] + [("shift", "f8", (K, 2))])
     rows = np.zeros(len(inputs.infos), dtype=dtype)
     for v, (info, obs, sh) in enumerate(zip(inputs.infos, inputs.observations, inputs.shifts, strict=True)):
         psf = info.meta.get("psfFwhm")
         rows[v] = (
-            info.visit.encode()[:32],
-            info.path.encode()[:256],
+            info.visit,
+            info.path,
             obs.airmass,
             obs.elevation,
             obs.parallactic_angle,
@@ -217,173 +477,40 @@ def _visits_table(inputs: RunInputs, result: DcrResult) -> np.ndarray:
     return rows
 
 
-def _convergence_table(result: DcrResult) -> np.ndarray:
+def convergence_table(result: DcrResult) -> np.ndarray:
     dtype = np.dtype([("iteration", "i4"), ("metric", "f8"), ("gain", "f8"), ("seconds", "f8")])
     return np.array([(h.iteration, h.metric, h.gain, h.seconds) for h in result.history], dtype=dtype)
 
 
-def run(
-    inputs: RunInputs,
-    output: str,
-    comm: Any | None = None,
-    tiles: str | None = None,
-    output_mode: str = "auto",
-    overwrite: bool = False,
-    checkpoint: str | None = None,
-    checkpoint_every: int = 0,
-    resume: str | None = None,
-    max_memory: int | None = None,
-) -> dict[str, Any]:
-    """Build the DCR model of ``inputs`` on all ranks of ``comm`` and write ``output``; returns a summary.
+def _model_meta(inputs: RunInputs, result: DcrResult, layout: Layout, comm: Comm) -> ModelMeta:
+    cfg, dims = inputs.config, layout.plan.dims
+    attrs = {
+        "effective_wavelength": float(cfg.effectiveWavelength),
+        "bandwidth": float(cfg.bandwidth),
+        "subfilter_edges": subfilter_edges(cfg.effectiveWavelength, cfg.bandwidth, cfg.num_subfilters),
+        "num_subfilters": cfg.num_subfilters,
+        "config": cfg.to_json(),
+        "wcs_header": inputs.infos[0].wcs_header,
+        "pixel_scale": inputs.pixel_scale,
+        "software_version": __version__,
+        "num_ranks": comm.size,
+        "tile_grid": np.array(dims),
+        "halo": layout.halo,
+        "buffer": layout.buffer,
+        "stop_reason": result.stop_reason,
+        "iterations": result.iterations,
+        "image_interp_order": int(cfg.imageInterpOrder),
+        "accelerate_model": float(cfg.accelerateModel),
+    }
+    chunk = (min(256, max(1, math.ceil(inputs.shape[0] / dims[0]))),
+             min(256, max(1, math.ceil(inputs.shape[1] / dims[1]))))  # fmt: skip
+    return ModelMeta(inputs.shape, cfg.num_subfilters, chunk, visits_table(inputs, result), convergence_table(result),
+                     attrs, result.mask_planes)  # fmt: skip
 
-    With ``checkpoint_every`` K > 0 a checkpoint is written every K iterations;
-    SIGTERM (what Slurm sends before a kill) makes the run checkpoint at the end
-    of the current iteration and stop with :class:`Preempted` (exit code 75).
-    ``resume`` continues from such a checkpoint.  ``max_memory`` (bytes per rank) refuses a
-    decomposition whose estimated peak memory exceeds it, suggesting a rank count.
-    """
-    comm = comm or SerialComm()
-    checkpoint = checkpoint or f"{output}.ckpt"
-    cfg = inputs.config
-    t0 = time.perf_counter()
 
-    def check_output() -> None:
-        if os.path.exists(output) and not overwrite:
-            raise InputError(f"{output}: output file exists (use --overwrite)")
-        parent = os.path.dirname(os.path.abspath(output))
-        if not os.path.isdir(parent):
-            raise InputError(f"{output}: directory {parent} does not exist")
-
-    on_root(comm, check_output)
-    max_shift = max(s.max_abs for s in inputs.shifts)
-    buffer = dcr_buffer(max_shift)
-    halo = halo_width(cfg, buffer)
-    try:  # the same on every rank: a collective error, reported once
-        dims = parse_tiles(tiles) if tiles else choose_dims(comm.size, inputs.shape)
-        if dims[0] * dims[1] != comm.size:
-            raise InputError(f"--tiles {dims[0]}x{dims[1]} needs {dims[0] * dims[1]} ranks, not {comm.size}")
-        plan = Plan(inputs.shape, dims, halo if comm.size > 1 else 0).validate()
-    except MpidcrError as exc:
-        exc.collective = True  # type: ignore[attr-defined]
-        raise
-    if comm.rank == 0:
-        log.info(
-            "%d visits, patch %dx%d, K=%d, max DCR shift %.2f px (buffer %d), halo %d px, tiles %dx%d on %d rank(s)",
-            len(inputs.infos),
-            *inputs.shape,
-            cfg.num_subfilters,
-            max_shift,
-            buffer,
-            halo,
-            *dims,
-            comm.size,
-        )
-    need = memory_per_rank(plan, len(inputs.infos), cfg.num_subfilters)
-    if max_memory is not None and max_memory <= BASELINE_BYTES:
-        error = InputError(
-            f"--max-memory {max_memory / 2**30:.2f} GiB is below the {BASELINE_BYTES / 2**30:.2f} GiB "
-            "a rank needs before it holds any pixels"
-        )
-        error.collective = True  # type: ignore[attr-defined]
-        raise error
-    if max_memory is not None and need > max_memory:
-        ranks = comm.size
-        while (
-            memory_per_rank(
-                Plan(inputs.shape, choose_dims(ranks, inputs.shape), halo), len(inputs.infos), cfg.num_subfilters
-            )
-            > max_memory
-            and ranks < 4096
-        ):
-            ranks *= 2
-        error = InputError(
-            f"a rank needs about {need / 2**30:.2f} GiB but --max-memory is "
-            f"{max_memory / 2**30:.2f} GiB; use about {ranks} ranks"
-        )
-        error.collective = True  # type: ignore[attr-defined]
-        raise error
-    if comm.rank == 0:
-        log.info("memory per rank: about %.2f GiB", need / 2**30)
-    tile = plan.tile(comm.rank)
-
-    # the numba kernels are compiled (or read back from the on-disk cache) here, after every check
-    # that can refuse the run; the timings exclude it
-    compile_seconds = warm_up(cfg, tiled=comm.size > 1)
-    if comm.rank == 0:
-        log.info("kernels ready in %.1f s (compiled, or read back from the on-disk cache)", compile_seconds)
-    t_read = time.perf_counter()
-    shape = (len(inputs.infos), *tile.outer.shape)
-    images, variances, masks = np.empty(shape, np.float32), np.empty(shape, np.float32), np.empty(shape, np.int32)
-    for v, info in enumerate(inputs.infos):
-        read_window(info, tile.outer, inputs.mask_planes, out=(images[v], variances[v], masks[v]))
-    warps = WarpStack(
-        images,
-        variances,
-        masks,
-        inputs.mask_planes,
-        inputs.shifts,
-        np.array([o.airmass for o in inputs.observations]),
-        [i.visit for i in inputs.infos],
-    )
-    read_seconds = time.perf_counter() - t_read
-
-    if comm.size > 1:
-        from .parallel.halo import MpiHaloExchanger
-        from .parallel.reduce import MpiReducer
-
-        cart = comm.mpi.Create_cart(list(dims), periods=[False, False], reorder=False)
-        reducer: Any = MpiReducer(cart)
-        exchanger: Any = MpiHaloExchanger(cart, plan, comm.rank)
-    else:
-        reducer, exchanger = SerialReducer(), None
-
-    config_digest = cfg.digest()
-    input_digest = inputs_digest(input_files(inputs))
-    state = None
-    if resume:
-        try:
-            state = read_checkpoint(resume, tile.outer, config_digest, input_digest)
-        except MpidcrError as exc:  # every rank reads the same attributes: report once
-            exc.collective = True  # type: ignore[attr-defined]
-            raise
-        if comm.rank == 0:
-            log.info("resuming from %s at iteration %d", resume, state.iteration)
-    term = TermFlag.install()
-
-    def after_iteration(st: SolverState) -> None:
-        stop = float(reducer.max([1.0 if term.raised else 0.0])[0]) > 0  # all ranks decide together
-        if stop or (checkpoint_every > 0 and st.iteration % checkpoint_every == 0):
-            write_checkpoint(
-                checkpoint,
-                st,
-                tile.inner_local,
-                tile.inner,
-                inputs.shape,
-                config_digest,
-                input_digest,
-                comm,
-                output_mode,
-            )
-            if comm.rank == 0:
-                log.info("checkpoint of iteration %d written to %s", st.iteration, checkpoint)
-        if stop:
-            raise Preempted(
-                f"SIGTERM: stopped after iteration {st.iteration}; checkpoint {checkpoint}; "
-                f"continue with --resume {checkpoint}"
-            )
-
-    def progress(n: int, metric: float, gain: float) -> None:
-        log.info("iteration %d/%d: metric %.6g, gain %.3f", n, cfg.max_iterations, metric, gain)
-
-    solver = DcrSolver(warps, cfg, tile=tile, reducer=reducer, exchanger=exchanger, buffer=buffer, progress=progress)
-    try:
-        result = solver.run(resume=state, after_iteration=after_iteration)
-    finally:
-        term.restore()
-    solve_seconds = time.perf_counter() - t0 - compile_seconds - read_seconds
-
-    t_write = time.perf_counter()
-    inner = tile.inner_local
+def write_output(inputs: RunInputs, result: DcrResult, layout: Layout, options: RunOptions, comm: Comm) -> str:
+    """Write the model file (collectively or through rank 0); returns the output mode used."""
+    inner = layout.tile.inner_local
     # views of the inner box in the file's dtypes (a copy only where the dtype differs): copying
     # ~400 MB of fresh pages for 2048x4096 took longer than writing them
     arrays = {
@@ -395,70 +522,68 @@ def run(
         "nimage": np.asarray(result.nimage[(..., *inner)], np.int32),
         "nimage_total": np.asarray(result.nimage_total[inner], np.int32),
     }
+    meta = comm.bcast(_model_meta(inputs, result, layout, comm) if comm.rank == 0 else None, root=0)
+    return write_model(options.output, ModelTile(layout.tile.inner, arrays), meta, comm, options.output_mode)
 
-    def build_meta() -> ModelMeta:
-        attrs = {
-            "effective_wavelength": float(cfg.effectiveWavelength),
-            "bandwidth": float(cfg.bandwidth),
-            "subfilter_edges": subfilter_edges(cfg.effectiveWavelength, cfg.bandwidth, cfg.num_subfilters),
-            "num_subfilters": cfg.num_subfilters,
-            "config": cfg.to_json(),
-            "wcs_header": inputs.infos[0].wcs_header,
-            "pixel_scale": inputs.pixel_scale,
-            "software_version": __version__,
-            "num_ranks": comm.size,
-            "tile_grid": np.array(dims),
-            "halo": halo,
-            "buffer": buffer,
-            "stop_reason": result.stop_reason,
-            "iterations": result.iterations,
-            "image_interp_order": int(cfg.imageInterpOrder),
-            "accelerate_model": float(cfg.accelerateModel),
-        }
-        chunk = (
-            min(256, max(1, math.ceil(inputs.shape[0] / dims[0]))),
-            min(256, max(1, math.ceil(inputs.shape[1] / dims[1]))),
-        )
-        return ModelMeta(
-            inputs.shape,
-            cfg.num_subfilters,
-            chunk,
-            _visits_table(inputs, result),
-            _convergence_table(result),
-            attrs,
-            inputs.mask_planes,
-        )
 
-    meta = comm.bcast(build_meta() if comm.rank == 0 else None, root=0)
-    mode = write_model(output, ModelTile(tile.inner, arrays), meta, comm, output_mode)
-    write_seconds = time.perf_counter() - t_write
+# ----------------------------------------------------------------------------- the run
+def run(inputs: RunInputs, options: RunOptions, comm: Comm | None = None) -> RunSummary:
+    """Build the DCR model of ``inputs`` on all ranks of ``comm`` and write ``options.output``.
+
+    With ``checkpoint_every`` K > 0 a checkpoint is written every K iterations; SIGTERM (what
+    Slurm sends before a kill) makes the run checkpoint at the end of the current iteration and
+    stop with :class:`Preempted` (exit code 75); ``resume`` continues from such a checkpoint.
+    """
+    comm = comm or SerialComm()
+    timer = PhaseTimer()
+    with timer.phase("check"):
+        claim = claim_outputs(inputs, options, comm)
+    try:
+        with timer.phase("decompose"):
+            layout = decompose(inputs, options, comm)
+            reserve_space(inputs, options, claim, comm)
+        stop_point(comm, "before the kernels were ready")
+        # the numba kernels are compiled (or read back from the on-disk cache) here, after every
+        # check that can refuse the run
+        with timer.phase("compile"):
+            warm_up(inputs.config, tiled=comm.size > 1)
+        if comm.rank == 0:
+            log.info("kernels ready in %.1f s (compiled, or read back from the on-disk cache)", timer.seconds["compile"])
+        with timer.phase("read"):
+            warps = read_tile(inputs, layout.tile)
+        stop_point(comm, "while the warps were read")
+        with timer.phase("solve"):
+            result = solve_tile(inputs, warps, layout, options, comm)
+        if comm.rank == 0:
+            claim.release_space()  # the reserved bytes are now the model file's
+        with timer.phase("write"):  # a SIGTERM now is answered after the write: the model is complete
+            mode = write_output(inputs, result, layout, options, comm)
+    finally:
+        claim.close()
+    if STOP.requested and comm.rank == 0:
+        log.warning("SIGTERM arrived after the last iteration: the model was written and is complete")
+    return _summary(result, layout, mode, options, timer, comm)
+
+
+def _summary(result: DcrResult, layout: Layout, mode: str, options: RunOptions, timer: PhaseTimer,
+             comm: Comm) -> RunSummary:  # fmt: skip
     # peak resident memory of the largest rank (ru_maxrss is in KiB on Linux)
     peaks = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    summary = {
-        "output": output,
-        "iterations": result.iterations,
-        "stop_reason": result.stop_reason,
-        "metric": result.history[min(result.iterations, len(result.history) - 1)].metric,
-        "ranks": comm.size,
-        "tiles": dims,
-        "halo": halo,
-        "output_mode": mode,
-        "peak_memory_bytes": max(peaks) if peaks else None,
-        "seconds": {
-            "compile": compile_seconds,
-            "read": read_seconds,
-            "solve": solve_seconds,
-            "write": write_seconds,
-            "total": time.perf_counter() - t0 - compile_seconds,
-        },
-    }
+    seconds = dict(timer.seconds)
+    seconds["total"] = sum(v for k, v in seconds.items() if k != "compile")
+    summary = RunSummary(
+        output=options.output,
+        iterations=result.iterations,
+        stop_reason=result.stop_reason,
+        metric=result.history[min(result.iterations, len(result.history) - 1)].metric,
+        ranks=comm.size,
+        tiles=layout.plan.dims,
+        halo=layout.halo,
+        output_mode=mode,
+        peak_memory_bytes=max(peaks) if peaks else None,
+        seconds=seconds,
+    )
     if comm.rank == 0:
-        log.info(
-            "wrote %s (%s): %d iterations, stop: %s, %.1f s",
-            output,
-            mode,
-            result.iterations,
-            result.stop_reason,
-            summary["seconds"]["total"],
-        )
+        log.info("wrote %s (%s): %d iterations, stop: %s, %.1f s", options.output, mode, result.iterations,
+                 result.stop_reason, seconds["total"])  # fmt: skip
     return summary

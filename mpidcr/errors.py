@@ -19,7 +19,14 @@ from __future__ import annotations
 
 
 class MpidcrError(Exception):
-    """Base class: an error whose message is fit to show a user as one line."""
+    """Base class: an error whose message is fit to show a user as one line.
+
+    Line breaks that reach a message (from a file name or a value in an input) are shown as
+    spaces, so the message stays one line.
+    """
+
+    def __str__(self) -> str:
+        return super().__str__().replace("\r", " ").replace("\n", " ")
 
 
 class ConfigError(MpidcrError, ValueError):

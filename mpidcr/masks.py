@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-import numpy as np
-from numpy.typing import NDArray
+from .errors import InputError
 
 #: The planes of a default LSST mask, name → bit.
 DEFAULT_PLANES: dict[str, int] = {
@@ -38,6 +37,20 @@ def plane_bits(planes: Mapping[str, int], names: Iterable[str]) -> int:
     return bits
 
 
-def has_any(mask: NDArray, bits: int) -> NDArray[np.bool_]:
-    """Pixels of ``mask`` with any of ``bits`` set."""
-    return (mask & bits) != 0
+#: Bits of an int32 mask that can carry planes (the sign bit is left alone)
+MASK_BITS = 31
+
+
+def add_plane(planes: dict[str, int], name: str, bit: int | None = None) -> int:
+    """Add plane ``name`` to ``planes`` (in place) at ``bit`` or, if that is taken or None, at the
+    lowest free bit; returns its bit.  An existing plane keeps its bit."""
+    if name in planes:
+        return planes[name]
+    used = set(planes.values())
+    if bit is None or bit in used:
+        free = [b for b in range(MASK_BITS) if b not in used]
+        if not free:
+            raise InputError(f"no free mask bit for plane {name}: all {MASK_BITS} bits are in use")
+        bit = free[0]
+    planes[name] = bit
+    return bit

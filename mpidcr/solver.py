@@ -20,7 +20,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,14 +29,19 @@ from .coadd import StaticModel, static_sky_model, visit_weights_from_sums
 from .config import DcrConfig
 from .dcr import VisitShifts, dcr_buffer
 from .errors import InputError, SolverError
+from .halo import HaloExchanger, NoExchange
 from .kernels import fused, moments, regularize
 from .kernels.fused import SweepPlan, VisitPass
 from .kernels.gaussian import gaussian_filter
-from .masks import plane_bits
+from .masks import add_plane, plane_bits
 from .reduction import Reducer, SerialReducer, clipped_std, merged_std
 from .tiling import Tile
 
 log = logging.getLogger(__name__)
+
+#: Pixel values beyond this magnitude (image or variance) are missing data, like NaN: some
+#: pipelines mark blank pixels with ±1e30, and float32 sums overflow near 3e38.
+MAX_PIXEL_MAGNITUDE = 1e30
 
 #: Precision of the model state, the warps' pixels and the per-iteration arrays.  The inputs are
 #: float32 and every per-pixel quantity of an iteration is a short sum (K·V terms at most), so
@@ -77,19 +81,6 @@ class WarpStack:
     @property
     def num_visits(self) -> int:
         return int(self.images.shape[0])
-
-
-class HaloExchanger(Protocol):
-    """Refreshes the ghost pixels of outer-box arrays ``(..., ny, nx)`` from their owners."""
-
-    def exchange(self, array: NDArray) -> None: ...
-
-
-class NoExchange:
-    """The halo exchange of a single tile covering the patch: nothing to do."""
-
-    def exchange(self, array: NDArray) -> None:
-        return None
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -267,10 +258,11 @@ class DcrSolver:
         warps.variances = np.ascontiguousarray(warps.variances)
         warps.masks = np.ascontiguousarray(warps.masks, dtype=np.int32)
         # Good-pixel indicators g_v (bad pixels' values are set to 0) and convergence pixels, in one
-        # pass that also clears the removeMaskPlanes bits
+        # pass that also clears the removeMaskPlanes bits and marks missing (non-finite) pixels NO_DATA
         self.good, self.converge_pixels = kernels.classify_pixels(
-            warps.images, warps.variances, warps.masks, remove, self.bad_bits, self.converge_bits
-        )
+            warps.images, warps.variances, warps.masks, remove, self.bad_bits, self.converge_bits,
+            plane_bits(planes, ["NO_DATA"]), MAX_PIXEL_MAGNITUDE,
+        )  # fmt: skip
         # order 1: one cache-blocked pass per visit (kernels.fused); order 3: per-shift kernels
         self.fused = fused and self.order == 1
         self._amplified: NDArray | None = None
@@ -361,9 +353,14 @@ class DcrSolver:
         sums = [moments.selected_sums(w.variances[v], self.good[v], region=self.inner) for v in range(V)]
         tot = self.reducer.sum([s for _, s, _ in sums] + [float(n) for n, _, _ in sums])
         self.visit_weights = visit_weights_from_sums(tot[:V], tot[V:], w.airmass if cfg.doAirmassWeight else None)
-        usable = int(np.sum(self.visit_weights > 0))
+        empty = [w.names[v] for v in np.flatnonzero(self.visit_weights <= 0)]
+        usable = V - len(empty)
         if usable < 2:
-            raise InputError(f"only {usable} visit(s) have usable pixels; at least 2 are needed")
+            raise InputError(
+                f"only {usable} visit(s) have usable pixels ({', '.join(empty[:5])} have none); at least 2 are needed"
+            )
+        for name in empty:
+            log.warning("%s: no usable pixel (all masked, NaN or without variance): visit left out of the model", name)
 
         self.static = static_sky_model(
             w.images,
@@ -449,9 +446,7 @@ class DcrSolver:
         if float(self.reducer.max([1.0 if carried.any() else 0.0])[0]) > 0 or not cfg.convergenceMaskPlanes:
             return
         name = cfg.convergenceMaskPlanes[0]
-        if name not in planes:
-            planes[name] = next(b for b in range(31) if b not in planes.values())
-        bit = np.int32(1 << planes[name])
+        bit = np.int32(1 << add_plane(planes, name))
         self.converge_bits |= int(bit)
         with np.errstate(divide="ignore", invalid="ignore"):
             significance = self.static.image / np.sqrt(self.static.variance)

@@ -1,5 +1,6 @@
 """Checkpoint/restart: SIGTERM mid-run, resume, and the same model as an uninterrupted run."""
 
+import os
 import shutil
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from mpidcr.simulate import simulate
 
@@ -105,11 +107,17 @@ def test_periodic_checkpoints_and_mismatched_resume(field, tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().endswith("checkpoint was made with a different configuration; resume with the same one")
-    # other inputs (a warp modified since)
-    warp = sorted((field / "warps").glob("*.fits"))[0]
-    warp.touch()
+    # other inputs: one pixel of a warp changed, its size and modification time kept
+    copy = tmp_path / "field"
+    shutil.copytree(field, copy)
+    warp = sorted((copy / "warps").glob("*.fits"))[0]
+    stat = warp.stat()
+    with fits.open(warp, mode="update") as hdul:
+        hdul["IMAGE"].data[5, 5] += 1.0
+    os.utime(warp, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert warp.stat().st_size == stat.st_size
     proc = subprocess.run(
-        [*_cmd(1), "-q", "run", manifest, "-o", tmp_path / "y.h5", "--resume", ck, *FIXED],
+        [*_cmd(1), "-q", "run", copy / "manifest.toml", "-o", tmp_path / "y.h5", "--resume", ck, *FIXED],
         capture_output=True,
         text=True,
     )

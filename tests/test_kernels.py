@@ -393,11 +393,16 @@ def test_classify_pixels(rng):
     masks = rng.integers(0, 16, size=images.shape).astype(np.int32)
     images[0, 1, 1] = np.nan
     variances[1, 2, 2] = np.inf
-    expected_masks = masks & ~np.int32(4)
-    good_ref = ((expected_masks & 1) == 0) & np.isfinite(images) & np.isfinite(variances)
+    variances[2, 3, 3] = np.nan
+    images[2, 4, 4] = 3e38  # not data: beyond the magnitude limit
+    missing = ~np.isfinite(images) | ~np.isfinite(variances) | (np.abs(images) > 1e30)
+    expected_masks = (masks & ~np.int32(4)) | np.where(missing, 32, 0).astype(np.int32)
+    good_ref = ((expected_masks & 1) == 0) & ~missing
     img_ref = np.where(good_ref, images, 0)
-    good, converge = kernels.classify_pixels(images, variances, masks, 4, 1, 2 | 4)
+    var_ref = np.where(good_ref, variances, 0)
+    good, converge = kernels.classify_pixels(images, variances, masks, 4, 1, 2 | 4, 32, 1e30)
     assert np.array_equal(good, good_ref) and np.array_equal(images, img_ref)
+    assert np.array_equal(variances, var_ref) and np.array_equal(masks, expected_masks)
     assert np.array_equal(masks, expected_masks) and np.array_equal(converge, (expected_masks & 2) != 0)
 
 

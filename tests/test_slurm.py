@@ -145,3 +145,28 @@ def test_resume_template(patches):
     sbatch("dcr_resume.sbatch", {"MANIFEST": str(manifest), "OUTPUT": str(out)}, patches)
     assert time.time() - t0 < 600
     same(out, ref)
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+def test_preempted_job_exits_75_with_a_checkpoint(patches, tmp_path, launcher):
+    """The time-limit signal (--signal=B:TERM, here sent by scancel --batch) ends the job with exit
+    code 75 and a checkpoint, whichever launcher; a resume then completes the model."""
+    out = tmp_path / "pre.h5"
+    env = {**os.environ, "MPIDCR": MPIDCR, "MANIFEST": str(patches / "p1" / "manifest.toml"), "OUTPUT": str(out),
+           "LAUNCHER": launcher, "CHECKPOINT_EVERY": "0",
+           "SETTINGS": "useConvergence=false maxNumIter=400 regularizeModelFrequency=0"}  # fmt: skip
+    proc = subprocess.Popen(["sbatch", "--parsable", "--wait", "-O", "--ntasks=2", f"--chdir={tmp_path}",
+                             f"--output={tmp_path}/slurm-%j.out", str(JOBS / "dcr_patch.sbatch")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+        if "iteration 2/" in logs:
+            break
+        time.sleep(0.5)
+    job = next(tmp_path.glob("slurm-*.out")).stem.split("-")[1]
+    subprocess.run(["scancel", "--batch", "--signal=TERM", job], check=True)
+    code = proc.wait(timeout=300)
+    logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert code == 75, logs
+    assert Path(f"{out}.ckpt").exists() and not out.exists(), logs

@@ -28,20 +28,28 @@ Example::
     [config]                       # any configuration field
     dcrNumSubfilters = 3
 
-Relative paths are relative to the manifest's directory.  ``warps`` may also
-be a plain list of path patterns.
+Relative paths are relative to the manifest's directory; a path that exists is taken literally
+(so file names holding ``[`` work), otherwise it is a glob pattern.  ``warps`` may also be a
+plain list of path patterns.  A file named twice (a glob, then an entry with overrides for it)
+is used once, with the overrides.
 """
 
 from __future__ import annotations
 
-import glob
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..dcr import Site
+from ..dcr import Site, physical_problem
 from ..errors import InputError
+from .paths import expand_pattern, read_text_file
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 
 @dataclass
@@ -65,67 +73,126 @@ class Manifest:
 
 
 _PLAIN_KEYS = ("image", "variance", "weight", "mask")
+_SECTIONS = ("band", "site", "warps", "config")
+_BAND_FIELDS = ("effectiveWavelength", "bandwidth", "effective_wavelength")
 
 
-def _expand(pattern: str, base: Path, where: str) -> list[str]:
-    full = pattern if os.path.isabs(pattern) else str(base / pattern)
-    if any(c in pattern for c in "*?["):
-        found = sorted(glob.glob(full))
-        if not found:
-            raise InputError(f"{where}: pattern '{pattern}' matches no file")
-        return found
-    return [full]
+def _table(data: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: [{name}] must be a table (name = value lines), not {type(value).__name__}")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where} = {value!r} is not a number")
+    if not math.isfinite(value):
+        raise InputError(f"{where} = {value!r} is not a finite number")
+    return float(value)
+
+
+def _read_site(table: dict[str, Any], path: Path) -> Site:
+    values = {}
+    for key, value in table.items():
+        if key not in ("latitude", "longitude", "height"):
+            raise InputError(f"{path}: unknown [site] field '{key}' (latitude, longitude, height)")
+        number = _number(value, f"{path}: [site] {key}")
+        problem = physical_problem(key, number)
+        if problem:
+            raise InputError(f"{path}: [site] {key} = {number:g}{problem}")
+        values[key] = number
+    return Site(**values)
+
+
+def _read_band(table: dict[str, Any], path: Path) -> dict[str, float]:
+    for key, value in table.items():
+        if key not in _BAND_FIELDS:
+            raise InputError(f"{path}: unknown [band] field '{key}' (effectiveWavelength, bandwidth)")
+        _number(value, f"{path}: [band] {key}")
+    return dict(table)
+
+
+def _path_field(item: dict[str, Any], key: str, where: str) -> str:
+    value = item.pop(key)
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{where}: '{key}' must be a file name or pattern (a string), not {value!r}")
+    return value
+
+
+def _read_entry(item: Any, base: Path, where: str) -> list[WarpEntry]:
+    """The warps of one ``[[warps]]`` item (a pattern, or a table with ``path`` or ``image``)."""
+    if isinstance(item, str):
+        return [WarpEntry(path=p) for p in expand_pattern(item, base, where)]
+    if not isinstance(item, dict):
+        raise InputError(f"{where}: expected a path or a table, not {type(item).__name__}")
+    item = dict(item)
+    if "image" in item:
+        plain = {}
+        for key in _PLAIN_KEYS:
+            if key in item:
+                plain[key] = expand_pattern(_path_field(item, key, where), base, where)[0]
+        if not plain.get("variance") and not plain.get("weight"):
+            raise InputError(f"{where}: a plain-layout warp needs 'variance' or 'weight'")
+        return [WarpEntry(path=plain["image"], plain=plain, overrides=item)]
+    if "path" in item:
+        pattern = _path_field(item, "path", where)
+        return [WarpEntry(path=p, overrides=dict(item)) for p in expand_pattern(pattern, base, where)]
+    raise InputError(f"{where}: needs 'path' (LSST layout) or 'image' (plain layout)")
+
+
+def merge_entries(entries: list[WarpEntry], source: str) -> list[WarpEntry]:
+    """One entry per file: a file named twice (a glob, then an entry with overrides for it) is
+    used once, with the overrides of both; two different values for one field are an InputError."""
+    merged: dict[str, WarpEntry] = {}
+    order: list[str] = []
+    for entry in entries:
+        key = os.path.realpath(entry.path)
+        if key not in merged:
+            merged[key] = WarpEntry(entry.path, entry.plain, dict(entry.overrides))
+            order.append(key)
+            continue
+        kept = merged[key]
+        if entry.plain != kept.plain and entry.plain and kept.plain:
+            raise InputError(f"{source}: {entry.path} is named twice with different variance/mask files")
+        for name, value in entry.overrides.items():
+            if name in kept.overrides and kept.overrides[name] != value:
+                raise InputError(
+                    f"{source}: {entry.path} is named twice with different values of '{name}' "
+                    f"({kept.overrides[name]!r} and {value!r})"
+                )
+            kept.overrides[name] = value
+        kept.plain = kept.plain or entry.plain
+    return [merged[k] for k in order]
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:
     """Parse a TOML manifest; InputError naming the file and the offending entry."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: manifest not found")
+    text = read_text_file(path, "manifest")
     try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(text)
     except Exception as exc:
         raise InputError(f"{path}: cannot parse TOML ({str(exc).splitlines()[0]})") from None
-    unknown = set(data) - {"band", "site", "warps", "config"}
+    unknown = set(data) - set(_SECTIONS)
     if unknown:
         raise InputError(f"{path}: unknown manifest section(s) {sorted(unknown)}; expected band, site, warps, config")
-    base = path.parent
-    band = dict(data.get("band", {}))
-    for key in band:
-        if key not in ("effectiveWavelength", "bandwidth", "effective_wavelength"):
-            raise InputError(f"{path}: unknown [band] field '{key}' (effectiveWavelength, bandwidth)")
-    site_tab = data.get("site", {})
-    try:
-        site = Site(**{k: float(v) for k, v in site_tab.items()})
-    except TypeError:
-        raise InputError(f"{path}: [site] takes latitude, longitude and height") from None
+    band = _read_band(_table(data, "band", path), path)
+    site = _read_site(_table(data, "site", path), path)
+    config = _table(data, "config", path)
     raw = data.get("warps")
     if not raw:
         raise InputError(f"{path}: no [[warps]] entries")
+    if isinstance(raw, (str, dict)):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise InputError(f"{path}: 'warps' must be a list of paths or [[warps]] tables")
     entries: list[WarpEntry] = []
     for i, item in enumerate(raw):
-        where = f"{path}: warps[{i}]"
-        if isinstance(item, str):
-            entries += [WarpEntry(path=p) for p in _expand(item, base, where)]
-            continue
-        if not isinstance(item, dict):
-            raise InputError(f"{where}: expected a path or a table")
-        item = dict(item)
-        if "image" in item:
-            plain = {k: (_expand(item.pop(k), base, where)[0] if item.get(k) else "") for k in _PLAIN_KEYS if k in item}
-            if not plain.get("variance") and not plain.get("weight"):
-                raise InputError(f"{where}: a plain-layout warp needs 'variance' or 'weight'")
-            entries.append(WarpEntry(path=plain["image"], plain=plain, overrides=item))
-        elif "path" in item:
-            pattern = item.pop("path")
-            entries += [WarpEntry(path=p, overrides=dict(item)) for p in _expand(pattern, base, where)]
-        else:
-            raise InputError(f"{where}: needs 'path' (LSST layout) or 'image' (plain layout)")
-    return Manifest(warps=entries, band=band, site=site, config=dict(data.get("config", {})), source=str(path))
+        entries += _read_entry(item, path.parent, f"{path}: warps[{i}]")
+    return Manifest(
+        warps=merge_entries(entries, str(path)), band=band, site=site, config=dict(config), source=str(path)
+    )
 
 
 def write_manifest(

@@ -18,14 +18,15 @@ Schema (axis order ``(subfilter, y, x)``)::
                          stop_reason, iterations, pixel_scale, complete (written last)
 
 Image datasets are chunked by tile, so a rank's window is a few chunks.  The
-file is written as ``<name>.tmp`` and renamed after a final barrier; readers
-refuse files whose ``complete`` attribute is missing.
+file is written under a new temporary name beside it (``.<name>.<random>.tmp``) and renamed
+when complete; readers refuse files whose ``complete`` attribute is missing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from numpy.typing import NDArray
 
 from ..errors import InputError
 from ..tiling import Box
+from .outputs import StickyFile, exclusive_temp, remove_quietly
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,13 @@ class DatasetSpec:
     chunks: tuple[int, ...]
 
 
+def model_file_bytes(shape: tuple[int, int], num_subfilters: int, num_visits: int) -> int:
+    """Bytes of a model file of a patch of ``shape`` (an upper estimate: data, tables, metadata)."""
+    per_pixel = sum(dt.itemsize * (num_subfilters if lead else 1) for dt, lead in IMAGE_DATASETS.values())
+    data = shape[0] * shape[1] * per_pixel
+    return int(data * 1.02) + num_visits * (64 * num_subfilters + 1024) + 2**20
+
+
 def model_layout(meta: ModelMeta) -> dict[str, DatasetSpec]:
     ny, nx = meta.shape
     K = meta.num_subfilters
@@ -105,15 +114,20 @@ def write_collective(
     comm: Any,
     mode: str = "auto",
     dataset_attrs: dict[str, dict[str, Any]] | None = None,
+    finish: Callable[[h5py.File], None] | None = None,
 ) -> str:
     """Write per-pixel ``layout`` datasets (each rank its ``box`` of ``arrays``), small ``tables`` and ``attrs``.
 
     All ranks call this.  ``mode``: auto (mpio when h5py has MPI and there are
     several ranks), mpio, or gather (tiles travel to rank 0 in chunks of at most
-    32 MiB; same file contents).  Written as ``path.tmp``, ``complete = True``
-    last, renamed by rank 0 after a final barrier.  Returns the mode used.
+    32 MiB; same file contents).  The file is written under a new, exclusive temporary name
+    beside ``path``; rank 0 then reopens it, writes the tables and attributes, calls
+    ``finish(file)`` (e.g. to add a checksum), sets ``complete = True``, flushes it to disk and
+    renames it over ``path``.  A write error (a full disk, a quota) removes the temporary file
+    and raises one InputError on every rank; an error inside an MPI-IO write is raised on the
+    rank that saw it (the CLI then aborts all ranks).
+    Returns the mode used.
     """
-    tmp = f"{path}.tmp"
     size, rank = comm.size, comm.rank
     if size == 1:
         used = "serial"
@@ -125,62 +139,137 @@ def write_collective(
         used = mode
     if used == "mpio" and not h5py_has_mpi():
         raise InputError("h5py was built without MPI; use --output-mode gather (or auto)")
+    tmp = _collective(comm, lambda: exclusive_temp(path))
 
     def create(f: h5py.File) -> None:
         for name, spec in layout.items():
             # every pixel is written: no fill values (parallel HDF5 allocates early and would write them)
             f.create_dataset(name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks, fill_time="never")
+
+    def describe(f: h5py.File) -> None:
+        # tables, attributes and ``finish`` by rank 0 alone: parallel HDF5 cannot write
+        # variable-length strings, and the metadata then needs no collective calls
         for name, table in tables.items():
-            f.create_dataset(name, shape=table.shape, dtype=table.dtype)
+            f.create_dataset(name, data=table)
         for name, extra in (dataset_attrs or {}).items():
             for key, value in extra.items():
                 f[name].attrs[key] = value
         for key, value in attrs.items():
             f.attrs[key] = value
+        if finish is not None:
+            finish(f)
 
-    def write_box(f: h5py.File, b: Box, data: dict[str, NDArray], collective: bool = False) -> None:
-        ys, xs = b.slices()
-        for name in layout:
-            dset = f[name]
-            values = data[name]
-            # a (K, ny, nx) dataset is written one plane at a time: HDF5's MPI-IO path is about
-            # four times slower for one 3-D hyperslab than for its K 2-D slices (measured, 2 ranks)
-            planes = (
-                [((k, ys, xs), values[k]) for k in range(dset.shape[0])] if dset.ndim == 3 else [((ys, xs), values)]
-            )
-            for where, plane in planes:
-                if collective:
-                    with dset.collective:
-                        dset[where] = plane
-                else:
-                    dset[where] = plane
-
+    status: str | None = None
     if used == "mpio":
-        with h5py.File(tmp, "w", driver="mpio", comm=comm.mpi) as f:
-            create(f)
-            write_box(f, box, arrays, collective=True)
-            if rank == 0:
-                for name, table in tables.items():
-                    f[name][...] = table
-            comm.barrier()
-            f.attrs["complete"] = True
+        try:
+            with h5py.File(tmp, "w", driver="mpio", comm=comm.mpi) as f:
+                create(f)
+                _write_box(f, layout, box, arrays, collective=True)
+        except Exception as exc:  # the other ranks may wait inside a collective call: abort them
+            remove_quietly(tmp)
+            raise InputError(f"{path}: writing failed ({_first_line(exc)}); the temporary file was removed") from None
+        comm.barrier()
     elif rank == 0:
-        with h5py.File(tmp, "w") as f:
-            create(f)
-            write_box(f, box, arrays)
-            for source in range(1, size):
-                for b, data in comm.recv_tile_chunks(source):
-                    write_box(f, b, data)
-            for name, table in tables.items():
-                f[name][...] = table
-            f.attrs["complete"] = True
+        sticky = StickyFile(tmp)
+        try:
+            with h5py.File(sticky, "w") as f:
+                create(f)
+                _write_box(f, layout, box, arrays)
+                for source in range(1, size):  # received even after a write error, so no sender blocks
+                    for b, data in comm.recv_tile_chunks(source):
+                        _write_box(f, layout, b, data)
+        except BaseException:
+            sticky.close()
+            remove_quietly(tmp)
+            raise
+        status = _close_sticky(sticky)
     else:
         comm.send_tile_chunks(box, arrays, dest=0, max_bytes=GATHER_CHUNK_BYTES)
-    comm.barrier()
     if rank == 0:
-        os.replace(tmp, path)
-    comm.barrier()
+        status = status or _finish_file(tmp, path, describe)
+        if status is not None:
+            remove_quietly(tmp)
+    status = comm.bcast(status, root=0)
+    if status is not None:
+        error = InputError(f"{path}: {status}; nothing was written")
+        error.collective = True  # type: ignore[attr-defined]
+        raise error
     return used
+
+
+def _collective(comm: Any, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0, its result (or its InputError, raised on every rank) broadcast."""
+    result: tuple[bool, Any] = (True, None)
+    if comm.rank == 0:
+        try:
+            result = (True, fn())
+        except InputError as exc:
+            result = (False, str(exc))
+    ok, value = comm.bcast(result, root=0)
+    if not ok:
+        error = InputError(value)
+        error.collective = True  # type: ignore[attr-defined]
+        raise error
+    return value
+
+
+def _write_box(f: h5py.File, layout: dict[str, DatasetSpec], b: Box, data: dict[str, NDArray],
+               collective: bool = False) -> None:  # fmt: skip
+    ys, xs = b.slices()
+    for name in layout:
+        dset = f[name]
+        values = data[name]
+        # a (K, ny, nx) dataset is written one plane at a time: HDF5's MPI-IO path is about
+        # four times slower for one 3-D hyperslab than for its K 2-D slices (measured, 2 ranks)
+        planes = [((k, ys, xs), values[k]) for k in range(dset.shape[0])] if dset.ndim == 3 else [((ys, xs), values)]
+        for where, plane in planes:
+            if collective:
+                with dset.collective:
+                    dset[where] = plane
+            else:
+                dset[where] = plane
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def _close_sticky(sticky: StickyFile) -> str | None:
+    """fsync and close a StickyFile; its first OS error as text, or None."""
+    sticky.sync()
+    sticky.close()
+    if sticky.error is None:
+        return None
+    return f"writing failed ({sticky.error.strerror or sticky.error})"
+
+
+def _finish_file(tmp: str, path: str, describe: Callable[[h5py.File], None]) -> str | None:
+    """Rank 0: reopen ``tmp``, ``describe`` it, mark it complete, flush, rename to ``path``; error text or None."""
+    sticky = StickyFile(tmp)
+    try:
+        with h5py.File(sticky, "r+") as f:
+            describe(f)
+            f.attrs["complete"] = True
+    except Exception as exc:  # HDF5 reading back what was just written: report, do not crash
+        sticky.close()
+        return f"finishing the file failed ({_first_line(exc)})"
+    status = _close_sticky(sticky)
+    if status is not None:
+        return status
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        return f"renaming {tmp} failed ({exc.strerror})"
+    try:  # make the rename durable where the file system allows
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    return None
 
 
 def write_model(path: str, tile: ModelTile, meta: ModelMeta, comm: Any, mode: str = "auto") -> str:
@@ -214,6 +303,15 @@ class ModelFile:
     convergence: np.ndarray
     attrs: dict[str, Any]
     mask_planes: dict[str, int]
+
+
+def model_is_complete(path: str) -> bool:
+    """Whether ``path`` is a model file marked complete (only its attributes are read)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return bool(f.attrs.get("complete", False)) and "model" in f
+    except (OSError, KeyError):
+        return False
 
 
 def read_model(path: str) -> ModelFile:

@@ -27,14 +27,19 @@ from astropy.io import fits
 from numpy.typing import NDArray
 
 from ..dcr import (
+    MIN_ELEVATION_DEG,
+    PHYSICAL_RANGES,
     Observation,
     Site,
     Weather,
     elevation_from_airmass,
     parallactic_angle_from_altaz,
+    physical_problem,
 )
 from ..errors import InputError, PhysicsError
+from ..masks import add_plane
 from ..tiling import Box
+from .paths import regular_file_problem
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,6 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "visit": ("VISIT", ""),
     "mjd": ("MJD-OBS", "d"),
 }
-NUMERIC_FIELDS = [k for k in KEYWORDS if k != "visit"]
 
 
 @dataclass
@@ -121,8 +125,9 @@ class WarpInfo:
 
 def _file_problem(path: str) -> str | None:
     """A one-line description of why ``path`` cannot be read as FITS, or None."""
-    if not os.path.exists(path):
-        return "file not found"
+    problem = regular_file_problem(path)
+    if problem:
+        return problem
     try:
         size = os.path.getsize(path)
         with warnings.catch_warnings():
@@ -141,19 +146,35 @@ def _file_problem(path: str) -> str | None:
 
 def _finite_number(value: Any, what: str) -> float:
     """``value`` as a finite float, else InputError ``"<what> = value is not a number"`` / ``"<what> is nan"``."""
+    if isinstance(value, bool):
+        raise InputError(f"{what} = {value!r} is not a number")
     try:
         out = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} = {value!r} is not a number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{what} = {str(value)[:40]!r} is not a number") from None
     if not math.isfinite(out):
         raise InputError(f"{what} is {value}")
     return out
 
 
-def _header_number(header: fits.Header, key: str, path: str, name: str) -> float | None:
+def header_value(header: fits.Header, key: str, path: str) -> Any:
+    """``header[key]`` (None when absent); InputError naming the card when it cannot be parsed."""
     if key not in header:
         return None
-    value = header[key]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # astropy warns about the card before failing on it
+            return header[key]
+    except Exception:  # astropy's VerifyError and ValueError for unparsable cards
+        try:
+            image = header.cards[key].image.strip()
+        except Exception:
+            image = key
+        raise InputError(f"{path}: header card {image[:60]!r} cannot be parsed") from None
+
+
+def _header_number(header: fits.Header, key: str, path: str, name: str) -> float | None:
+    value = header_value(header, key, path)
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     return _finite_number(value, f"{path}: header keyword {key} ({name})")
@@ -228,20 +249,46 @@ def scan_warp(
         )
         if not info.variance_path:
             raise InputError(f"{image_path}: the manifest names no variance or weight file for this image")
+    info.meta = visit_metadata(primary, path, overrides)
+    return info
+
+
+def _checked(name: str, value: float, what: str) -> float:
+    if name in PHYSICAL_RANGES:
+        problem = physical_problem(name, value)
+        if problem:
+            raise InputError(f"{what} = {value:g}{problem}")
+    return value
+
+
+def visit_metadata(header: fits.Header, path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The visit metadata of a primary ``header`` (:data:`KEYWORDS`), with manifest ``overrides``.
+
+    Numbers are checked: finite, and site and weather values within their physical ranges
+    (with a unit hint, e.g. ``AIRPRESS = 743: Pa expected, this looks like hPa``).  InputError
+    naming ``path``, the keyword and the value otherwise.  ``"_overrides"`` lists the fields the
+    manifest set.
+    """
+    overrides = dict(overrides or {})
     meta: dict[str, Any] = {}
     for name, (key, _unit) in KEYWORDS.items():
         if name == "visit":
-            if key in primary:
-                meta["visit"] = primary[key]
+            visit = header_value(header, key, path)
+            if visit is not None and str(visit).strip():
+                meta["visit"] = str(visit).strip()
             continue
-        meta[name] = _header_number(primary, key, path, name)
+        value = _header_number(header, key, path, name)
+        meta[name] = None if value is None else _checked(name, value, f"{path}: header keyword {key} ({name})")
     for name, value in overrides.items():
         if name not in KEYWORDS:
             raise InputError(f"{path}: unknown per-visit override '{name}' (known: {', '.join(KEYWORDS)})")
-        meta[name] = value if name == "visit" else _finite_number(value, f"{path}: override {name}")
+        if name == "visit":
+            meta[name] = str(value)
+            continue
+        number = _finite_number(value, f"{path}: override {name}")
+        meta[name] = _checked(name, number, f"{path}: override {name}")
     meta["_overrides"] = sorted(overrides)
-    info.meta = meta
-    return info
+    return meta
 
 
 def resolve_geometry(info: WarpInfo, site: Site) -> WarpInfo:
@@ -256,6 +303,11 @@ def resolve_geometry(info: WarpInfo, site: Site) -> WarpInfo:
         m["elevation"] = elevation_from_airmass(m["airmass"])
     if not 0.0 < m["elevation"] <= 90.0:
         raise InputError(f"{path}: elevation (BORE-ALT) = {m['elevation']} deg is not in (0, 90]")
+    if m["elevation"] < MIN_ELEVATION_DEG:
+        raise InputError(
+            f"{path}: elevation (BORE-ALT/BORE-AIRMASS) = {m['elevation']:.3g} deg is below {MIN_ELEVATION_DEG:g} deg, "
+            "where the refraction formula (Stone 1996) is no longer valid"
+        )
     if m.get("airmass") is not None and m["airmass"] < 1.0:
         raise InputError(f"{path}: airmass (BORE-AIRMASS) = {m['airmass']} is below 1")
     m["airmass"] = 1.0 / math.sin(math.radians(m["elevation"])) if m.get("airmass") is None else m["airmass"]
@@ -338,14 +390,13 @@ def check_consistent(infos: list[WarpInfo]) -> None:
 
 
 def union_mask_planes(infos: list[WarpInfo]) -> dict[str, int]:
-    """One name → bit mapping covering every warp's planes (first warp's bits win)."""
+    """One name → bit mapping covering every warp's planes (first warp's bits win), with NO_DATA
+    always present (missing pixels are marked with it)."""
     planes: dict[str, int] = {}
     for info in infos:
         for name, bit in sorted(info.mask_planes.items(), key=lambda kv: kv[1]):
-            if name in planes:
-                continue
-            used = set(planes.values())
-            planes[name] = bit if bit not in used else next(b for b in range(31) if b not in used)
+            add_plane(planes, name, bit)
+    add_plane(planes, "NO_DATA")
     return planes
 
 

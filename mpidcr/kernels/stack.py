@@ -241,15 +241,34 @@ def _classify(images, variances, masks, remove_bits, bad_bits, converge_bits, go
 
 
 def classify_pixels(images: NDArray, variances: NDArray, masks: NDArray, remove_bits: int, bad_bits: int,
-                    converge_bits: int) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:  # fmt: skip
-    """One pass over a (V, ny, nx) stack: clear ``remove_bits`` from ``masks``, find the good pixels
-    (none of ``bad_bits``, finite image and variance) and set the others' image to 0, in place;
-    returns (good, convergence pixels) as boolean stacks."""
+                    converge_bits: int, nodata_bit: int = 0,
+                    max_magnitude: float = 1e30) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:  # fmt: skip
+    """One pass over a (V, ny, nx) stack, in place: clear ``remove_bits`` from ``masks``; mark
+    ``nodata_bit`` where the image or the variance is not finite or beyond ``max_magnitude``
+    (missing data, as LSST marks uncovered pixels); find the good pixels (none of ``bad_bits``,
+    image and variance present) and set the others' image and variance to 0, so no sum over
+    visits meets a NaN (0·NaN is NaN).  Returns (good, convergence pixels) as boolean stacks."""
     for a in (images, variances, masks):
         if not a.flags.c_contiguous:
             raise ValueError("classify_pixels needs C-contiguous stacks")
     good = np.empty(images.shape, dtype=np.bool_)
     converge = np.empty(images.shape, dtype=np.bool_)
-    _classify(images, variances, masks, np.int32(remove_bits), np.int32(bad_bits), np.int32(converge_bits), good,
-              converge)  # fmt: skip
+    _classify(images, variances, masks, np.int32(remove_bits), np.int32(bad_bits), np.int32(converge_bits),
+              np.int32(nodata_bit), float(max_magnitude), good, converge)  # fmt: skip
     return good, converge
+
+
+@numba.njit(cache=True, nogil=True)
+def _classify(images, variances, masks, remove_bits, bad_bits, converge_bits, nodata_bit, limit, good,
+              converge):  # pragma: no cover - compiled
+    img, var, msk, gd, cv = images.ravel(), variances.ravel(), masks.ravel(), good.ravel(), converge.ravel()
+    keep = ~remove_bits
+    for i in range(img.shape[0]):
+        present = (abs(img[i]) <= limit) & (abs(var[i]) <= limit)  # False for NaN and ±inf too
+        m = (msk[i] & keep) | (0 if present else nodata_bit)
+        msk[i] = m
+        ok = ((m & bad_bits) == 0) & present
+        gd[i] = ok
+        img[i] = img[i] if ok else 0  # selects, not branches: the loop vectorises
+        var[i] = var[i] if ok else 0
+        cv[i] = (m & converge_bits) != 0

@@ -9,21 +9,37 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any, Protocol
 
-from ..tiling import block_range
+from ..errors import DecompositionError
+from ..halo import HaloExchanger, NoExchange
+from ..reduction import Reducer, SerialReducer
+from ..tiling import Box, Plan, block_range
 
 log = logging.getLogger(__name__)
 
 
+#: MPI tag of the tile bands that travel to rank 0 on the gather output path
+TILE_BAND_TAG = 7201
+
+
 class Comm(Protocol):
+    """What the driver and the writers need of a communicator (:class:`SerialComm`, :class:`MpiComm`)."""
+
     rank: int
     size: int
+    mpi: Any  # the underlying mpi4py communicator (None for SerialComm)
 
     def bcast(self, obj: Any, root: int = 0) -> Any: ...
+    def gather(self, obj: Any, root: int = 0) -> list[Any] | None: ...
     def barrier(self) -> None: ...
     def abort(self, code: int) -> None: ...
-    def allreduce_flag(self, ok: bool) -> bool: ...
+    def node_size(self) -> int: ...
+    def any_rank(self, flag: bool) -> bool: ...
+    def decompose(self, plan: Plan) -> tuple[Reducer, HaloExchanger]: ...
+    def send_tile_chunks(self, box: Box, arrays: dict[str, Any], dest: int, max_bytes: int) -> None: ...
+    def recv_tile_chunks(self, source: int) -> Iterator[tuple[Box, dict[str, Any]]]: ...
 
 
 class SerialComm:
@@ -42,11 +58,24 @@ class SerialComm:
     def abort(self, code: int) -> None:
         sys.exit(code)
 
-    def allreduce_flag(self, ok: bool) -> bool:
-        return ok
-
     def gather(self, obj: Any, root: int = 0) -> list[Any]:
         return [obj]
+
+    def node_size(self) -> int:
+        return 1
+
+    def any_rank(self, flag: bool) -> bool:
+        return bool(flag)
+
+    def decompose(self, plan: Plan) -> tuple[Reducer, HaloExchanger]:
+        """The reductions and halo refresh of a one-tile plan: identities."""
+        return SerialReducer(), NoExchange()
+
+    def send_tile_chunks(self, box: Box, arrays: dict[str, Any], dest: int, max_bytes: int) -> None:
+        raise RuntimeError("a one-process communicator has no other rank to send to")
+
+    def recv_tile_chunks(self, source: int) -> Iterator[tuple[Box, dict[str, Any]]]:
+        raise RuntimeError("a one-process communicator has no other rank to receive from")
 
 
 class MpiComm:
@@ -68,32 +97,48 @@ class MpiComm:
         sys.stderr.flush()
         self.mpi.Abort(code)
 
-    def allreduce_flag(self, ok: bool) -> bool:
-        """True only if ``ok`` on every rank."""
-        from mpi4py import MPI
-
-        return bool(self.mpi.allreduce(bool(ok), op=MPI.LAND))
-
     def gather(self, obj: Any, root: int = 0) -> list[Any] | None:
         return self.mpi.gather(obj, root=root)
 
-    def send_tile_chunks(self, box: Any, arrays: dict[str, Any], dest: int, max_bytes: int) -> None:
-        """Send a tile's arrays to ``dest`` as row bands of at most ~``max_bytes``, then an end marker."""
-        from ..tiling import Box
+    def node_size(self) -> int:
+        """Ranks of this communicator that share this rank's node (its memory)."""
+        from mpi4py import MPI
 
+        local = self.mpi.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            return int(local.Get_size())
+        finally:
+            local.Free()
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any rank (a collective call)."""
+        from mpi4py import MPI
+
+        return bool(self.mpi.allreduce(bool(flag), op=MPI.LOR))
+
+    def decompose(self, plan: Plan) -> tuple[Reducer, HaloExchanger]:
+        """A Cartesian communicator for ``plan``'s tile grid, its reducer and its halo exchanger."""
+        from .halo import MpiHaloExchanger
+        from .reduce import MpiReducer
+
+        cart = self.mpi.Create_cart(list(plan.dims), periods=[False, False], reorder=False)
+        return MpiReducer(cart), MpiHaloExchanger(cart, plan, self.rank)
+
+    def send_tile_chunks(self, box: Box, arrays: dict[str, Any], dest: int, max_bytes: int) -> None:
+        """Send a tile's arrays to ``dest`` as row bands of at most ~``max_bytes``, then an end marker."""
         ny = box.y1 - box.y0
         row_bytes = sum(a.nbytes for a in arrays.values()) / max(ny, 1)
         rows = max(1, int(max_bytes // max(row_bytes, 1)))
         for y in range(0, ny, rows):
             band = Box(box.y0 + y, min(box.y0 + y + rows, box.y1), box.x0, box.x1)
             part = {k: a[..., y : y + rows, :] for k, a in arrays.items()}
-            self.mpi.send((band, part), dest=dest, tag=7201)
-        self.mpi.send(None, dest=dest, tag=7201)
+            self.mpi.send((band, part), dest=dest, tag=TILE_BAND_TAG)
+        self.mpi.send(None, dest=dest, tag=TILE_BAND_TAG)
 
-    def recv_tile_chunks(self, source: int) -> Any:
+    def recv_tile_chunks(self, source: int) -> Iterator[tuple[Box, dict[str, Any]]]:
         """Yield (box, arrays) bands sent by :meth:`send_tile_chunks` from ``source``."""
         while True:
-            item = self.mpi.recv(source=source, tag=7201)
+            item = self.mpi.recv(source=source, tag=TILE_BAND_TAG)
             if item is None:
                 return
             yield item
@@ -113,7 +158,7 @@ def get_comm(serial: bool = False) -> SerialComm | MpiComm:
     return MpiComm(world)
 
 
-def install_abort_hook(comm: Any) -> None:
+def install_abort_hook(comm: Comm) -> None:
     """On an uncaught exception in a multi-rank run, print it and abort every rank (no hang)."""
     if comm.size == 1:
         return
@@ -156,7 +201,5 @@ def choose_dims(size: int, shape: tuple[int, int]) -> tuple[int, int]:
         if best is None or key > best[0]:
             best = (key, (py, px))
     if best is None:
-        from ..errors import DecompositionError
-
         raise DecompositionError(f"cannot split a {shape[0]}x{shape[1]} patch over {size} ranks")
     return best[1]

@@ -3,8 +3,8 @@
 import json
 import sys
 
-from mpidcr.config import load_config
-from mpidcr.driver import inputs_from_manifest, on_root, run
+from mpidcr.driver import RunOptions, inputs_from_manifest, on_root, run
+from mpidcr.io.configfile import load_config
 from mpidcr.io.manifest import read_manifest
 from mpidcr.io.warps import READ_STATS
 from mpidcr.parallel.comm import get_comm
@@ -21,7 +21,7 @@ def load():
 
 inputs = on_root(comm, load)
 READ_STATS.reset()
-run(inputs, output, comm, overwrite=True)
+run(inputs, RunOptions(output, overwrite=True), comm)
 with open(f"{report}.{comm.rank}", "w") as fh:
     json.dump(
         {

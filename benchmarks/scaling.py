@@ -37,7 +37,7 @@ def run(n: int, manifest: Path, out: Path, iterations: int | None = None) -> dic
 
 def scaling(workdir: Path, shape: tuple[int, int] = (2048, 4096), visits: int = 12, iterations: int | None = None,
             ranks: tuple[int, ...] = (1, 2), repeats: int = 3) -> dict:  # fmt: skip
-    from mpidcr.simulate import simulate
+    from mpidcr.sim.simulate import simulate
 
     workdir.mkdir(parents=True, exist_ok=True)
     manifest = workdir / "manifest.toml"

@@ -11,12 +11,30 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .errors import MpidcrError
 
+if TYPE_CHECKING:
+    from .parallel.comm import Comm
+
 log = logging.getLogger("mpidcr")
+
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    """The ``config`` subcommand's arguments."""
+    c = sub.add_parser(
+        "config",
+        help="show, check or document the configuration",
+        description="Print the configuration resolved from FILE and --set overrides, or every field's default.",
+    )
+    c.add_argument("file", nargs="?", help="TOML, YAML or LSST-style .py override file")
+    c.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a field (repeatable)")
+    c.add_argument("--defaults", action="store_true", help="list every field with type, default, status and doc")
+    c.add_argument("--markdown", action="store_true", help="with --defaults: a Markdown table (docs/config.md)")
+    c.add_argument("--json", action="store_true", help="print the resolved configuration as JSON")
+    c.set_defaults(func=_cmd_config)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -57,6 +75,35 @@ def _shift_observation(args: argparse.Namespace):
         humidity=std.humidity if args.humidity is None else args.humidity,
     )
     return Observation(elevation, args.parallactic_angle, args.rotation_angle, weather, site)
+
+
+def _add_shifts(sub: argparse._SubParsersAction) -> None:
+    """The ``shifts`` subcommand's arguments."""
+    from .dcr import Site
+
+    RUBIN = Site()  # the default site
+    s = sub.add_parser(
+        "shifts",
+        help="DCR shifts of the sub-filters for one visit",
+        description="Print the per-sub-filter DCR shift (dy, dx) in pixels of one visit.",
+    )
+    s.add_argument("--wavelength", type=float, required=True, help="effective wavelength of the band, nm")
+    s.add_argument("--bandwidth", type=float, required=True, help="bandwidth, nm")
+    s.add_argument("--subfilters", type=int, default=3, help="number of sub-filters K (default 3)")
+    s.add_argument("--elevation", type=float, help="elevation of the field, deg")
+    s.add_argument("--airmass", type=float, help="airmass (instead of --elevation)")
+    s.add_argument("--parallactic-angle", type=float, default=0.0, help="deg (default 0)")
+    s.add_argument("--rotation-angle", type=float, default=0.0, help="sky rotation angle of the image axes, deg")
+    s.add_argument("--pixel-scale", type=float, default=0.2, help="arcsec/pixel (default 0.2)")
+    s.add_argument("--latitude", type=float, default=RUBIN.latitude, help="site latitude, deg (default Rubin)")
+    s.add_argument("--height", type=float, default=RUBIN.height, help="site height, m (default Rubin)")
+    s.add_argument("--temperature", type=float, help="air temperature, C (default: standard atmosphere)")
+    s.add_argument("--pressure", type=float, help="air pressure, Pa (default: standard atmosphere)")
+    s.add_argument("--humidity", type=float, help="relative humidity, %% (default 40)")
+    s.add_argument("--split", action="store_true", help="split each sub-filter into two shifts (splitSubfilters)")
+    s.add_argument("--split-threshold", type=float, default=0.1, help="splitThreshold, pixels (default 0.1)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=_cmd_shifts)
 
 
 def _cmd_shifts(args: argparse.Namespace) -> int:
@@ -104,6 +151,57 @@ def _resolve_config(args: argparse.Namespace, manifest_config: dict | None = Non
     if getattr(args, "bandwidth", None) is not None:
         base["bandwidth"] = args.bandwidth
     return load_config(args.config, args.set or [], base=base)
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    """The ``run`` subcommand's arguments."""
+    r = sub.add_parser(
+        "run",
+        help="build the DCR model of a patch (under mpiexec/srun for several ranks)",
+        description="Build the DCR sky model of the warps named by MANIFEST (or --warps) and "
+        "write one HDF5 model file.  Run under mpiexec/srun for several ranks.",
+    )
+    r.add_argument("manifest", nargs="?", help="TOML manifest (band, site, warps, config)")
+    r.add_argument("-o", "--output", required=True, help="output HDF5 model file")
+    r.add_argument(
+        "--warps",
+        nargs="+",
+        action="extend",
+        metavar="FILE",
+        help="warp files or quoted glob patterns, instead of a manifest",
+    )
+    r.add_argument("--effective-wavelength", type=float, help="effectiveWavelength, nm")
+    r.add_argument("--bandwidth", type=float, help="bandwidth, nm")
+    r.add_argument("--pixel-scale", type=float, help="arcsec/pixel, if the warps carry no celestial WCS")
+    r.add_argument("--config", help="configuration file (TOML, YAML or LSST .py overrides)")
+    r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a configuration field")
+    r.add_argument("--tiles", metavar="PYxPX", help="tile grid (default: chosen from the patch shape)")
+    r.add_argument(
+        "--output-mode",
+        choices=["auto", "mpio", "gather"],
+        default="auto",
+        help="parallel HDF5 (mpio) or through rank 0 (gather); auto picks mpio when h5py has MPI",
+    )
+    r.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    r.add_argument(
+        "--checkpoint-every",
+        type=_non_negative,
+        default=0,
+        metavar="K",
+        help="write a checkpoint every K iterations (also written on SIGTERM)",
+    )
+    r.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: OUTPUT.ckpt)")
+    r.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint of the same inputs and configuration")
+    r.add_argument(
+        "--threads", type=int, default=1, help="numba threads per rank for hybrid MPI+threads runs (default 1: off)"
+    )
+    r.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="refuse to start if a rank would need more than SIZE (e.g. 4G); suggests a rank count",
+    )
+    r.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    r.set_defaults(func=_cmd_run)
 
 
 def _cmd_run(args: argparse.Namespace, comm) -> int:
@@ -177,198 +275,8 @@ def _patch_size(text: str) -> int | tuple[int, int]:
     raise argparse.ArgumentTypeError(f"'{text}' is not a size: use N or NYxNX (e.g. 2048x4096)")
 
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .simulate import simulate
-
-    info = simulate(
-        args.outdir,
-        size=args.size,
-        num_visits=args.visits,
-        num_science=args.science,
-        num_stars=args.stars,
-        airmass_range=(args.airmass_min, args.airmass_max),
-        seed=args.seed,
-        seeing_fwhm_arcsec=args.seeing,
-        seeing_max_arcsec=args.seeing_max,
-        overwrite=args.overwrite,
-        engine=args.engine,
-        angle_spread=args.angle_spread,
-        num_galaxies=args.galaxies,
-        cosmic_rays=args.cosmic_rays,
-        satellite_fraction=args.satellites,
-    )
-    print(f"wrote {info['num_visits']} warps, {info['num_science']} science visits, manifest {info['manifest']}")
-    return 0
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from .io.products import export_fits
-
-    for path in export_fits(args.model, args.fits, overwrite=args.overwrite):
-        print(path)
-    return 0
-
-
-def _visit_overrides(args: argparse.Namespace) -> dict:
-    fields = {
-        "airmass": args.airmass,
-        "elevation": args.elevation,
-        "parallacticAngle": args.parallactic_angle,
-        "rotationAngle": args.rotation_angle,
-    }
-    return {k: v for k, v in fields.items() if v is not None}
-
-
-def _cmd_template(args: argparse.Namespace) -> int:
-    from .io.products import write_template
-
-    info = write_template(args.model, args.warp, args.output, _visit_overrides(args), overwrite=args.overwrite)
-    print(
-        f"wrote {info['output']} (elevation {info['elevation']:.2f} deg, parallactic angle "
-        f"{info['parallactic_angle']:.2f} deg)"
-    )
-    return 0
-
-
-def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .io.modelfile import model_is_complete, read_model
-    from .quicklook import format_summary, quicklooks, summary
-
-    if args.check:  # for job scripts: no arrays are read
-        ok = model_is_complete(args.model)
-        print(f"{args.model}: {'complete' if ok else 'missing or incomplete'}")
-        return 0 if ok else 1
-    s = summary(read_model(args.model))
-    print(json.dumps(s, indent=2) if args.json else format_summary(s))
-    if args.png:
-        for path in quicklooks(args.model, args.png):
-            print(path)
-    return 0
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, format_table, residual_plot
-
-    result = evaluate(args.model, args.warps, truth=args.truth)
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
-    if args.png:
-        print(residual_plot(result, args.png))
-    return 0
-
-
-class _OneLineErrorParser(argparse.ArgumentParser):
-    """argparse with usage errors as one line (``mpidcr: error: …``, exit 2), like every other error."""
-
-    def error(self, message: str) -> NoReturn:
-        command = self.prog.removeprefix("mpidcr").strip()
-        self.exit(2, f"mpidcr: error: {command + ': ' if command else ''}{message} (see '{self.prog} --help')\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .dcr import Site
-
-    RUBIN = Site()  # the default site of every command
-    p = _OneLineErrorParser(
-        prog="mpidcr",
-        description="DCR (differential chromatic refraction) sky models of a sky patch from many warps, and "
-        "DCR-matched templates for image differencing; one process or many MPI ranks.",
-        epilog="examples:\n"
-        "  mpidcr simulate sim/ && mpidcr run sim/manifest.toml -o model.h5\n"
-        "  mpiexec -n 4 mpidcr run manifest.toml -o model.h5\n"
-        "  mpidcr template model.h5 science.fits -o template.fits\n"
-        "see 'mpidcr COMMAND --help' and docs/usage.md",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--version", action="version", version=f"mpidcr {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    p.add_argument("--log-all-ranks", action="store_true", help="let every MPI rank log, prefixed with its rank")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    c = sub.add_parser(
-        "config",
-        help="show, check or document the configuration",
-        description="Print the configuration resolved from FILE and --set overrides, or every field's default.",
-    )
-    c.add_argument("file", nargs="?", help="TOML, YAML or LSST-style .py override file")
-    c.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a field (repeatable)")
-    c.add_argument("--defaults", action="store_true", help="list every field with type, default, status and doc")
-    c.add_argument("--markdown", action="store_true", help="with --defaults: a Markdown table (docs/config.md)")
-    c.add_argument("--json", action="store_true", help="print the resolved configuration as JSON")
-    c.set_defaults(func=_cmd_config)
-
-    s = sub.add_parser(
-        "shifts",
-        help="DCR shifts of the sub-filters for one visit",
-        description="Print the per-sub-filter DCR shift (dy, dx) in pixels of one visit.",
-    )
-    s.add_argument("--wavelength", type=float, required=True, help="effective wavelength of the band, nm")
-    s.add_argument("--bandwidth", type=float, required=True, help="bandwidth, nm")
-    s.add_argument("--subfilters", type=int, default=3, help="number of sub-filters K (default 3)")
-    s.add_argument("--elevation", type=float, help="elevation of the field, deg")
-    s.add_argument("--airmass", type=float, help="airmass (instead of --elevation)")
-    s.add_argument("--parallactic-angle", type=float, default=0.0, help="deg (default 0)")
-    s.add_argument("--rotation-angle", type=float, default=0.0, help="sky rotation angle of the image axes, deg")
-    s.add_argument("--pixel-scale", type=float, default=0.2, help="arcsec/pixel (default 0.2)")
-    s.add_argument("--latitude", type=float, default=RUBIN.latitude, help="site latitude, deg (default Rubin)")
-    s.add_argument("--height", type=float, default=RUBIN.height, help="site height, m (default Rubin)")
-    s.add_argument("--temperature", type=float, help="air temperature, C (default: standard atmosphere)")
-    s.add_argument("--pressure", type=float, help="air pressure, Pa (default: standard atmosphere)")
-    s.add_argument("--humidity", type=float, help="relative humidity, %% (default 40)")
-    s.add_argument("--split", action="store_true", help="split each sub-filter into two shifts (splitSubfilters)")
-    s.add_argument("--split-threshold", type=float, default=0.1, help="splitThreshold, pixels (default 0.1)")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.set_defaults(func=_cmd_shifts)
-
-    r = sub.add_parser(
-        "run",
-        help="build the DCR model of a patch (under mpiexec/srun for several ranks)",
-        description="Build the DCR sky model of the warps named by MANIFEST (or --warps) and "
-        "write one HDF5 model file.  Run under mpiexec/srun for several ranks.",
-    )
-    r.add_argument("manifest", nargs="?", help="TOML manifest (band, site, warps, config)")
-    r.add_argument("-o", "--output", required=True, help="output HDF5 model file")
-    r.add_argument(
-        "--warps",
-        nargs="+",
-        action="extend",
-        metavar="FILE",
-        help="warp files or quoted glob patterns, instead of a manifest",
-    )
-    r.add_argument("--effective-wavelength", type=float, help="effectiveWavelength, nm")
-    r.add_argument("--bandwidth", type=float, help="bandwidth, nm")
-    r.add_argument("--pixel-scale", type=float, help="arcsec/pixel, if the warps carry no celestial WCS")
-    r.add_argument("--config", help="configuration file (TOML, YAML or LSST .py overrides)")
-    r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a configuration field")
-    r.add_argument("--tiles", metavar="PYxPX", help="tile grid (default: chosen from the patch shape)")
-    r.add_argument(
-        "--output-mode",
-        choices=["auto", "mpio", "gather"],
-        default="auto",
-        help="parallel HDF5 (mpio) or through rank 0 (gather); auto picks mpio when h5py has MPI",
-    )
-    r.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    r.add_argument(
-        "--checkpoint-every",
-        type=_non_negative,
-        default=0,
-        metavar="K",
-        help="write a checkpoint every K iterations (also written on SIGTERM)",
-    )
-    r.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: OUTPUT.ckpt)")
-    r.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint of the same inputs and configuration")
-    r.add_argument(
-        "--threads", type=int, default=1, help="numba threads per rank for hybrid MPI+threads runs (default 1: off)"
-    )
-    r.add_argument(
-        "--max-memory",
-        metavar="SIZE",
-        help="refuse to start if a rank would need more than SIZE (e.g. 4G); suggests a rank count",
-    )
-    r.add_argument("--json", action="store_true", help="print the run summary as JSON")
-    r.set_defaults(func=_cmd_run, needs_comm=True)
-
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    """The ``simulate`` subcommand's arguments."""
     m = sub.add_parser(
         "simulate",
         help="simulate warps of a star field with DCR (known truth)",
@@ -404,6 +312,33 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action="store_true")
     m.set_defaults(func=_cmd_simulate)
 
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .sim import simulate
+
+    info = simulate(
+        args.outdir,
+        size=args.size,
+        num_visits=args.visits,
+        num_science=args.science,
+        num_stars=args.stars,
+        airmass_range=(args.airmass_min, args.airmass_max),
+        seed=args.seed,
+        seeing_fwhm_arcsec=args.seeing,
+        seeing_max_arcsec=args.seeing_max,
+        overwrite=args.overwrite,
+        engine=args.engine,
+        angle_spread=args.angle_spread,
+        num_galaxies=args.galaxies,
+        cosmic_rays=args.cosmic_rays,
+        satellite_fraction=args.satellites,
+    )
+    print(f"wrote {info['num_visits']} warps, {info['num_science']} science visits, manifest {info['manifest']}")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    """The ``export`` subcommand's arguments."""
     e = sub.add_parser(
         "export",
         help="write the model's sub-filter planes and coadd as FITS",
@@ -415,6 +350,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=_cmd_export)
 
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .io.products import export_fits
+
+    for path in export_fits(args.model, args.fits, overwrite=args.overwrite):
+        print(path)
+    return 0
+
+
+def _visit_overrides(args: argparse.Namespace) -> dict:
+    fields = {
+        "airmass": args.airmass,
+        "elevation": args.elevation,
+        "parallacticAngle": args.parallactic_angle,
+        "rotationAngle": args.rotation_angle,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _add_template(sub: argparse._SubParsersAction) -> None:
+    """The ``template`` subcommand's arguments."""
     t = sub.add_parser(
         "template",
         help="DCR-matched template for a visit",
@@ -431,6 +387,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=_cmd_template)
 
+
+def _cmd_template(args: argparse.Namespace) -> int:
+    from .io.products import write_template
+
+    info = write_template(args.model, args.warp, args.output, _visit_overrides(args), overwrite=args.overwrite)
+    print(
+        f"wrote {info['output']} (elevation {info['elevation']:.2f} deg, parallactic angle "
+        f"{info['parallactic_angle']:.2f} deg)"
+    )
+    return 0
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    """The ``inspect`` subcommand's arguments."""
     i = sub.add_parser(
         "inspect",
         help="summary and quicklook PNGs of a model file",
@@ -442,6 +412,25 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--check", action="store_true", help="only check that the file is a complete model (exit 0, else 1)")
     i.set_defaults(func=_cmd_inspect)
 
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .analysis.quicklook import format_summary, quicklooks, summary
+    from .io.modelfile import model_is_complete, read_model
+
+    if args.check:  # for job scripts: no arrays are read
+        ok = model_is_complete(args.model)
+        print(f"{args.model}: {'complete' if ok else 'missing or incomplete'}")
+        return 0 if ok else 1
+    s = summary(read_model(args.model))
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    if args.png:
+        for path in quicklooks(args.model, args.png):
+            print(path)
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    """The ``evaluate`` subcommand's arguments."""
     v = sub.add_parser(
         "evaluate",
         help="DCR-matched vs plain-coadd templates on held-out science warps",
@@ -454,35 +443,73 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--png", metavar="FILE", help="plot of residuals vs airmass")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .analysis.evaluate import evaluate, format_table, residual_plot
+
+    result = evaluate(args.model, args.warps, truth=args.truth)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    if args.png:
+        print(residual_plot(result, args.png))
+    return 0
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with usage errors as one line (``mpidcr: error: …``, exit 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("mpidcr").strip()
+        self.exit(2, f"mpidcr: error: {command + ': ' if command else ''}{message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineErrorParser(
+        prog="mpidcr",
+        description="DCR (differential chromatic refraction) sky models of a sky patch from many warps, and "
+        "DCR-matched templates for image differencing; one process or many MPI ranks.",
+        epilog="examples:\n"
+        "  mpidcr simulate sim/ && mpidcr run sim/manifest.toml -o model.h5\n"
+        "  mpiexec -n 4 mpidcr run manifest.toml -o model.h5\n"
+        "  mpidcr template model.h5 science.fits -o template.fits\n"
+        "see 'mpidcr COMMAND --help' and docs/usage.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"mpidcr {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.add_argument("--log-all-ranks", action="store_true", help="let every MPI rank log, prefixed with its rank")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    for add in (_add_config, _add_shifts, _add_run, _add_simulate, _add_export, _add_template, _add_inspect,
+                _add_evaluate):  # fmt: skip
+        add(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
-    stop = None
-    if args.command == "run":  # first thing: a SIGTERM from now on stops the run cleanly (exit 75)
-        from .preemption import STOP as stop
+    if args.command != "run":
+        return _dispatch(args, None)
+    from .parallel.comm import get_comm, install_abort_hook
+    from .preemption import STOP
 
-        stop.install()
+    STOP.install()  # first thing: a SIGTERM from now on stops the run cleanly (exit 75)
     try:
-        return _dispatch(args)
+        comm = get_comm()
+        install_abort_hook(comm)
+        return _dispatch(args, comm)
     finally:
-        if stop is not None:
-            stop.restore()
+        STOP.restore()
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, comm: Comm | None) -> int:
     """Run the subcommand of ``args``; every MpidcrError becomes one line and an exit code."""
     from .logs import setup_logging
 
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    comm = None
-    if getattr(args, "needs_comm", False):
-        from .parallel.comm import get_comm, install_abort_hook
-
-        comm = get_comm()
-        install_abort_hook(comm)
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
     setup_logging(rank=rank, size=size, level=level, all_ranks=args.log_all_ranks)
     try:
@@ -491,15 +518,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         except MemoryError:
             raise MpidcrError("out of memory; use more ranks (or nodes), or a smaller patch") from None
     except MpidcrError as exc:
-        code = getattr(exc, "exit_code", 2)
-        if getattr(exc, "collective", False) or size == 1:
-            if rank == 0:
-                print(f"mpidcr: {'stopped' if code != 2 else 'error'}: {exc}", file=sys.stderr)
-            return code
-        # raised on this rank only: report it and take the others down rather than leave them waiting
-        print(f"mpidcr: error: [rank {rank}] {exc}", file=sys.stderr)
-        comm.abort(2)
-        return 2
+        return _report(exc, comm)
+
+
+def _report(exc: MpidcrError, comm: Comm | None) -> int:
+    """Print ``exc`` as one line (once, for an error every rank raised) and return its exit code;
+    an error of one rank alone takes the others down rather than leave them waiting."""
+    code = int(getattr(exc, "exit_code", 2))
+    if comm is None or comm.size == 1 or getattr(exc, "collective", False):
+        if comm is None or comm.rank == 0:
+            print(f"mpidcr: {'stopped' if code != 2 else 'error'}: {exc}", file=sys.stderr)
+        return code
+    print(f"mpidcr: error: [rank {comm.rank}] {exc}", file=sys.stderr)
+    comm.abort(2)
+    return 2
 
 
 def run_main() -> None:

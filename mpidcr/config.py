@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .dcr import WAVELENGTH_MAX_NM, WAVELENGTH_MIN_NM
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     F("doSigmaClip", "bool", False, "Deprecated in the seed: same as statistic = MEANCLIP."),
     F("doUsePsfMatchedPolygons", "bool", False, "Use valid polygons of PSF-matched calexps (CompareWarp only).", status=L),
     F("doWrite", "bool", True, "Persist the coadd through the butler (mpidcr always writes its output file).", status=L),
-    F("effectiveWavelength", "float", None, "Effective wavelength of the band in nm (required), within 230.2–2058.6.", optional=True, check=_range(230.2, 2058.6, True, True)),
+    F("effectiveWavelength", "float", None, f"Effective wavelength of the band in nm (required), within {WAVELENGTH_MIN_NM}–{WAVELENGTH_MAX_NM}.", optional=True, check=_range(WAVELENGTH_MIN_NM, WAVELENGTH_MAX_NM, True, True)),
     F("externalPhotoCalibName", "str", "jointcal", "Gen2 name of the external PhotoCalib.", optional=True, check=_choice("jointcal", "fgcm", "fgcm_tract", None), status=L),
     F("externalSkyWcsName", "str", "jointcal", "Gen2 name of the external SkyWcs.", optional=True, check=_choice("jointcal", None), status=L),
     F("growStreakFp", "float", 5.0, "Grow streak footprints by this many PSF widths.", check=_range(0.0, None), status=P),
@@ -281,6 +282,79 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+class _Bad(Exception):
+    """What a value should have been (raised by the ``_as_*`` converters, turned into a ConfigError)."""
+
+
+def _as_bool(value: Any, spec: FieldSpec) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad("a boolean (true or false)")
+    return value
+
+
+def _as_int(value: Any, spec: FieldSpec) -> int:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad("an integer")
+    return value
+
+
+def _as_float(value: Any, spec: FieldSpec) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad("a number")
+    try:
+        out = float(value)
+    except OverflowError:
+        raise _Bad("a finite number") from None
+    if not math.isfinite(out):
+        raise _Bad("a finite number")
+    return out
+
+
+def _as_str(value: Any, spec: FieldSpec) -> str:
+    if not isinstance(value, str):
+        raise _Bad("a string")
+    return value
+
+
+def _as_list(value: Any, spec: FieldSpec) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise _Bad("a list of strings")
+    return tuple(value)
+
+
+def _as_pair(value: Any, spec: FieldSpec) -> tuple[int, int]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise _Bad("a list of 2 integers")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise _Bad("a list of 2 integers")
+    return (value[0], value[1])
+
+
+def _as_dict(value: Any, spec: FieldSpec) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _Bad("a table (mapping)")
+    numeric = all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                  for k, v in value.items())  # fmt: skip
+    if spec.default and not numeric:
+        raise _Bad("a table of mask-plane name = number")
+    return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in value.items()}
+
+
+_CONVERTERS: dict[str, Callable[[Any, FieldSpec], Any]] = {
+    "bool": _as_bool,
+    "int": _as_int,
+    "float": _as_float,
+    "str": _as_str,
+    "list": _as_list,
+    "pair": _as_pair,
+    "dict": _as_dict,
+}
+
+
 def coerce(spec: FieldSpec, value: Any, where: str = "") -> Any:
     """Check ``value`` against ``spec`` and return it in canonical form.
 
@@ -292,57 +366,10 @@ def coerce(spec: FieldSpec, value: Any, where: str = "") -> Any:
         if spec.optional:
             return None
         raise ConfigError(f"configuration field '{full}' may not be None; expected {spec.type_name}")
-
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"configuration field '{full}' = {_short(value)}: expected {expected}")
-
-    kind = spec.kind
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise bad("a boolean (true or false)")
-        out: Any = value
-    elif kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                raise bad("an integer")
-        out = value
-    elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
-        try:
-            out = float(value)
-        except OverflowError:
-            raise bad("a finite number") from None
-        if not math.isfinite(out):
-            raise bad("a finite number")
-    elif kind == "str":
-        if not isinstance(value, str):
-            raise bad("a string")
-        out = value
-    elif kind == "list":
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise bad("a list of strings")
-        out = tuple(value)
-    elif kind == "pair":
-        if not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise bad("a list of 2 integers")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise bad("a list of 2 integers")
-        out = tuple(value)
-    elif kind == "dict":
-        if not isinstance(value, Mapping):
-            raise bad("a table (mapping)")
-        if spec.default and not all(
-            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items()
-        ):
-            raise bad("a table of mask-plane name = number")
-        out = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in value.items()}
-    else:  # pragma: no cover - programming error
-        raise AssertionError(kind)
+    try:
+        out = _CONVERTERS[spec.kind](value, spec)
+    except _Bad as exc:
+        raise ConfigError(f"configuration field '{full}' = {_short(value)}: expected {exc}") from None
     if spec.check is not None:
         allowed = spec.check(out)
         if allowed is not None:
@@ -485,10 +512,10 @@ class DcrConfig:
         if v["effectiveWavelength"] is not None and v["bandwidth"] is not None:
             lo = v["effectiveWavelength"] - v["bandwidth"] / 2
             hi = v["effectiveWavelength"] + v["bandwidth"] / 2
-            if lo <= 230.2 or hi >= 2058.6:
+            if lo <= WAVELENGTH_MIN_NM or hi >= WAVELENGTH_MAX_NM:
                 raise ConfigError(
                     f"configuration fields 'effectiveWavelength'/'bandwidth' give a band {lo:.1f}–{hi:.1f} nm "
-                    "outside the refraction model's range (230.2, 2058.6) nm"
+                    f"outside the refraction model's range ({WAVELENGTH_MIN_NM}, {WAVELENGTH_MAX_NM}) nm"
                 )
         if self.min_iterations > self.max_iterations:
             raise ConfigError(

@@ -26,6 +26,7 @@ from . import __version__
 from .config import DcrConfig
 from .dcr import Observation, Site, VisitShifts, dcr_buffer, dcr_shifts, subfilter_edges
 from .errors import InputError, MpidcrError, Preempted
+from .halo import halo_width
 from .io.checkpoint import inputs_digest, read_checkpoint, verify_checkpoint, write_checkpoint
 from .io.manifest import Manifest, WarpEntry
 from .io.modelfile import ModelMeta, ModelTile, model_file_bytes, write_model
@@ -35,16 +36,16 @@ from .io.warps import (
     WarpInfo,
     check_consistent,
     observation_or_error,
-    pixel_scale_arcsec,
     read_window,
     resolve_geometry,
     scan_warp,
     union_mask_planes,
 )
+from .io.wcs import pixel_scale_arcsec
 from .parallel.comm import Comm, SerialComm, choose_dims
 from .preemption import STOP
 from .resources import BASELINE_BYTES, memory_per_rank, memory_problem
-from .solver import DcrResult, DcrSolver, SolverState, WarpStack, halo_width
+from .solver import DcrResult, DcrSolver, SolverState, WarpStack, history_table
 from .tiling import Plan, Tile, parse_tiles
 from .warmup import warm_up
 
@@ -430,8 +431,8 @@ def solve_tile(inputs: RunInputs, warps: WarpStack, layout: Layout, options: Run
         log.info("iteration %d/%d: metric %.6g, gain %.3f", n, cfg.max_iterations, metric, gain)
 
     solver = DcrSolver(warps, cfg, tile=layout.tile, reducer=reducer, exchanger=exchanger, buffer=layout.buffer,
-                       progress=progress)  # fmt: skip
-    return solver.run(resume=state, after_iteration=schedule)
+                       progress=progress, resume=state)  # fmt: skip
+    return solver.run(hooks=[schedule])
 
 
 # ----------------------------------------------------------------------------- phase: write
@@ -477,11 +478,6 @@ def visits_table(inputs: RunInputs, result: DcrResult) -> np.ndarray:
     return rows
 
 
-def convergence_table(result: DcrResult) -> np.ndarray:
-    dtype = np.dtype([("iteration", "i4"), ("metric", "f8"), ("gain", "f8"), ("seconds", "f8")])
-    return np.array([(h.iteration, h.metric, h.gain, h.seconds) for h in result.history], dtype=dtype)
-
-
 def _model_meta(inputs: RunInputs, result: DcrResult, layout: Layout, comm: Comm) -> ModelMeta:
     cfg, dims = inputs.config, layout.plan.dims
     attrs = {
@@ -497,14 +493,14 @@ def _model_meta(inputs: RunInputs, result: DcrResult, layout: Layout, comm: Comm
         "tile_grid": np.array(dims),
         "halo": layout.halo,
         "buffer": layout.buffer,
-        "stop_reason": result.stop_reason,
+        "stop_reason": result.stop_reason.value,
         "iterations": result.iterations,
         "image_interp_order": int(cfg.imageInterpOrder),
         "accelerate_model": float(cfg.accelerateModel),
     }
     chunk = (min(256, max(1, math.ceil(inputs.shape[0] / dims[0]))),
              min(256, max(1, math.ceil(inputs.shape[1] / dims[1]))))  # fmt: skip
-    return ModelMeta(inputs.shape, cfg.num_subfilters, chunk, visits_table(inputs, result), convergence_table(result),
+    return ModelMeta(inputs.shape, cfg.num_subfilters, chunk, visits_table(inputs, result), history_table(result.history),
                      attrs, result.mask_planes)  # fmt: skip
 
 
@@ -574,7 +570,7 @@ def _summary(result: DcrResult, layout: Layout, mode: str, options: RunOptions, 
     summary = RunSummary(
         output=options.output,
         iterations=result.iterations,
-        stop_reason=result.stop_reason,
+        stop_reason=result.stop_reason.value,
         metric=result.history[min(result.iterations, len(result.history) - 1)].metric,
         ranks=comm.size,
         tiles=layout.plan.dims,
@@ -585,5 +581,5 @@ def _summary(result: DcrResult, layout: Layout, mode: str, options: RunOptions, 
     )
     if comm.rank == 0:
         log.info("wrote %s (%s): %d iterations, stop: %s, %.1f s", options.output, mode, result.iterations,
-                 result.stop_reason, seconds["total"])  # fmt: skip
+                 result.stop_reason.value, seconds["total"])  # fmt: skip
     return summary

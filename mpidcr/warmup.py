@@ -1,10 +1,11 @@
 """Compile the numba kernels once, before a run, so that compilation is not billed to the solve.
 
 numba compiles a kernel at its first call for the argument types of that call, or loads the
-machine code from its on-disk cache (``cache=True``; first run on a machine: ~30 s, later runs:
-~1 s).  :func:`warm_up` solves a tiny simulated field with the run's configuration and tile
-layout, which calls every kernel the run will call with the same argument types; the driver
-reports its time as ``seconds.compile``.
+machine code from its on-disk cache (``cache=True``).  :func:`warm_up` solves a tiny field with
+the run's configuration and tile layout, which calls every kernel the run will call with the
+same argument types (float32 images and variances, int32 masks, the same array layouts); the
+driver reports its time as ``seconds.compile``.  The field is a few Gaussian blobs drawn here —
+a production run never imports the simulator.
 """
 
 from __future__ import annotations
@@ -12,15 +13,39 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
+
 from .config import DcrConfig
-from .dcr import dcr_shifts
+from .dcr import Observation, dcr_shifts
+from .masks import DEFAULT_PLANES
 from .solver import DcrSolver, WarpStack
-from .synthetic import make_field
 from .tiling import Box, Tile
 
 log = logging.getLogger(__name__)
 
 _SIZE = 64  # pixels on a side: larger than any halo of a default configuration, so every path runs
+_PIXEL_SCALE = 0.2  # arcsec
+
+
+def tiny_field(config: DcrConfig, num_visits: int = 4) -> WarpStack:
+    """``num_visits`` warps of 64×64 pixels: eight Gaussian blobs on unit noise, DETECTED where
+    they rise above it, seen at four elevations and parallactic angles."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:_SIZE, :_SIZE]
+    blobs = np.zeros((_SIZE, _SIZE))
+    for y, x in rng.uniform(8, _SIZE - 8, size=(8, 2)):
+        blobs += 50.0 * np.exp(-0.5 * ((yy - y) ** 2 + (xx - x) ** 2) / 1.5**2)
+    images = (blobs + rng.normal(size=(num_visits, _SIZE, _SIZE))).astype(np.float32)
+    variances = np.ones_like(images)
+    detected = np.int32(1 << DEFAULT_PLANES["DETECTED"])
+    masks = np.where(blobs > 1.0, detected, np.int32(0)).astype(np.int32)[None].repeat(num_visits, axis=0)
+    observations = [Observation(elevation=40.0 + 45.0 * v / max(num_visits - 1, 1), parallactic_angle=-60.0 + 80.0 * v)
+                    for v in range(num_visits)]  # fmt: skip
+    K = config.num_subfilters
+    shifts = [dcr_shifts(o, config.effectiveWavelength, config.bandwidth, K, _PIXEL_SCALE, config.splitSubfilters,
+                         config.splitThreshold) for o in observations]  # fmt: skip
+    airmass = np.array([o.airmass for o in observations])
+    return WarpStack(images, variances, masks, dict(DEFAULT_PLANES), shifts, airmass)
 
 
 def warm_up(config: DcrConfig, tiled: bool) -> float:
@@ -33,30 +58,13 @@ def warm_up(config: DcrConfig, tiled: bool) -> float:
     cfg = config.copy()
     cfg.maxNumIter = 1
     cfg.minNumIter = 1
-    K = cfg.num_subfilters
-    field = make_field(
-        shape=(_SIZE, _SIZE),
-        num_visits=4,
-        num_stars=6,
-        num_subfilters=K,
-        effective_wavelength=cfg.effectiveWavelength,
-        bandwidth=cfg.bandwidth,
-        seed=0,
-    )
-    shifts = [
-        dcr_shifts(
-            o, cfg.effectiveWavelength, cfg.bandwidth, K, field.pixel_scale, cfg.splitSubfilters, cfg.splitThreshold
-        )
-        for o in field.observations
-    ]
-    warps = WarpStack(field.images, field.variances, field.masks, dict(field.mask_planes), shifts, field.airmass)
     patch = Box(0, _SIZE, 0, _SIZE)
     tile = Tile((0, 0), Box(4, _SIZE - 4, 0, _SIZE), patch, patch) if tiled else Tile.whole((_SIZE, _SIZE))
     quiet = logging.getLogger("mpidcr")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the tiny field's own warnings (few iterations, few sources) are noise
     try:
-        DcrSolver(warps, cfg, tile=tile).run()
+        DcrSolver(tiny_field(cfg), cfg, tile=tile).run()
     except Exception as exc:  # a warm-up must never stop a run: the kernels then compile in it
         quiet.setLevel(level)  # so that the debug line below can be seen
         log.debug("kernel warm-up skipped (%s: %s); kernels compile during the run", type(exc).__name__, exc)

@@ -11,7 +11,7 @@ def test_core_imports_without_mpi4py():
     code = (
         "import sys; sys.modules['mpi4py'] = None\n"
         "import mpidcr.config, mpidcr.dcr, mpidcr.kernels, mpidcr.solver, mpidcr.tiling, mpidcr.coadd\n"
-        "import mpidcr.reduction, mpidcr.synthetic\n"
+        "import mpidcr.reduction, mpidcr.sim.field\n"
         "print('ok')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

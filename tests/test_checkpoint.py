@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from mpidcr.simulate import simulate
+from mpidcr.sim.simulate import simulate
 
 FIXED = ["--set", "useConvergence=false", "--set", "maxNumIter=6", "--set", "regularizeModelFrequency=0"]
 

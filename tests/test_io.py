@@ -14,8 +14,9 @@ from mpidcr.config import DcrConfig
 from mpidcr.driver import prepare_inputs
 from mpidcr.io.manifest import WarpEntry, read_manifest
 from mpidcr.io.modelfile import read_model
-from mpidcr.io.warps import READ_STATS, image_rotation_angle, read_window, resolve_geometry, scan_warp
-from mpidcr.simulate import simulate, tan_wcs_header
+from mpidcr.io.warps import READ_STATS, read_window, resolve_geometry, scan_warp
+from mpidcr.io.wcs import image_rotation_angle
+from mpidcr.sim.simulate import simulate, tan_wcs_header
 from mpidcr.solver import DcrSolver, WarpStack
 from mpidcr.tiling import Box
 
@@ -98,7 +99,7 @@ def test_full_roundtrip_model_export_template(field, tmp_path):
     solver = DcrSolver(stack, cfg)
     result = solver.run()
     from mpidcr import kernels
-    from mpidcr.solver import amplified
+    from mpidcr.update import amplified
 
     v = 2
     forward = kernels.build_template(

@@ -247,7 +247,7 @@ def test_gaussian_filter_matches_scipy(shape, sigma, rng):
 def test_frequency_regularization_matches_numpy_twin(dtype, rng):
     from reference import regularize_frequency_reference
 
-    from mpidcr.solver import regularize_frequency
+    from mpidcr.update import regularize_frequency
 
     yy, xx = np.mgrid[0:48, 0:52]
     source = 50 * np.exp(-((yy - 24) ** 2 + (xx - 20) ** 2) / (2 * 4.0**2)) + 5.0
@@ -266,7 +266,7 @@ def test_frequency_regularization_matches_numpy_twin(dtype, rng):
 def test_iteration_clamp_matches_numpy_twin(dtype, rng):
     from reference import apply_thresholds_reference
 
-    from mpidcr.solver import clamp_to_previous
+    from mpidcr.update import clamp_to_previous
 
     old = rng.uniform(-2, 10, size=(50, 60))
     new = old * rng.uniform(0.2, 3.5, size=old.shape)

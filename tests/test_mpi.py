@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from mpidcr.simulate import simulate
+from mpidcr.sim.simulate import simulate
 from mpidcr.tiling import Plan
 
 MPIEXEC = shutil.which("mpiexec")

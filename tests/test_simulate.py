@@ -10,7 +10,7 @@ galsim = pytest.importorskip("galsim")
 
 @pytest.fixture(scope="module")
 def gfield(tmp_path_factory):
-    from mpidcr.simulate import simulate
+    from mpidcr.sim.simulate import simulate
 
     out = tmp_path_factory.mktemp("galsim")
     info = simulate(out, size=112, num_visits=8, num_science=2, seed=4, engine="galsim")
@@ -19,7 +19,7 @@ def gfield(tmp_path_factory):
 
 def test_galsim_band_and_truth(gfield):
     out, info = gfield
-    from mpidcr.galsim_field import lsst_g_band
+    from mpidcr.sim.galsim_field import lsst_g_band
 
     _, lam, bw = lsst_g_band()
     assert info["effective_wavelength"] == pytest.approx(lam) and 470 < lam < 490 and 110 < bw < 150
@@ -36,9 +36,9 @@ def test_galsim_dcr_direction_matches_mpidcr():
     """A hot and a cool star at airmass 2: GalSim's DCR separates them along the zenith direction that
     mpidcr derives from the WCS and the parallactic angle, by the amount mpidcr's refraction predicts."""
     from mpidcr.dcr import refraction, zenith_direction
-    from mpidcr.galsim_field import lsst_g_band, make_galsim_field, sed_pool
-    from mpidcr.io.warps import image_rotation_angle
-    from mpidcr.simulate import tan_wcs_header
+    from mpidcr.io.wcs import image_rotation_angle
+    from mpidcr.sim.galsim_field import lsst_g_band, make_galsim_field, sed_pool
+    from mpidcr.sim.simulate import tan_wcs_header
 
     wcs = tan_wcs_header((64, 64), 0.2).tostring()
     stars = {"positions": [(20.0, 20.0), (44.0, 44.0)], "sed_names": ["blackbody_30000K", "blackbody_3000K"]}
@@ -115,7 +115,7 @@ def test_evaluate_on_galsim_field(gfield, tmp_path, capsys):
 
 
 def test_count_detections():
-    from mpidcr.evaluate import count_detections
+    from mpidcr.analysis.evaluate import count_detections
 
     sig = np.zeros((20, 20))
     sig[2:4, 2:4] = 6.0
@@ -128,7 +128,7 @@ def test_count_detections():
 def test_galaxies_and_artifacts(tmp_path):
     from astropy.io import fits
 
-    from mpidcr.simulate import simulate
+    from mpidcr.sim.simulate import simulate
 
     info = simulate(
         tmp_path,
@@ -158,7 +158,7 @@ def test_galaxies_and_artifacts(tmp_path):
 
 def test_galaxies_need_galsim_engine(tmp_path):
     from mpidcr.errors import InputError
-    from mpidcr.simulate import simulate
+    from mpidcr.sim.simulate import simulate
 
     with pytest.raises(InputError, match="--galaxies needs the galsim engine"):
         simulate(tmp_path, size=32, num_visits=2, num_science=0, engine="numpy", num_galaxies=3)

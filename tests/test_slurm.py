@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from mpidcr.simulate import simulate
+from mpidcr.sim.simulate import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = ROOT / "jobs"

@@ -4,40 +4,41 @@ import numpy as np
 import pytest
 
 from mpidcr import solver as S
+from mpidcr import update as U
 from mpidcr.config import DcrConfig
 from mpidcr.dcr import dcr_shifts
 from mpidcr.errors import InputError, SolverError
 from mpidcr.kernels import regularize
-from mpidcr.synthetic import make_field
+from mpidcr.sim.field import make_field
 
 
 # -- conditioning ------------------------------------------------------------------
 @pytest.mark.parametrize("gain", [0.1, 0.5, 1.0, 3.7])
 def test_conditioning_fixed_point(gain, rng):
     old = rng.normal(size=(3, 10, 10))
-    assert np.allclose(S.condition(old.copy(), old, gain), old, rtol=0, atol=1e-14)
+    assert np.allclose(U.condition(old.copy(), old, gain), old, rtol=0, atol=1e-14)
 
 
 def test_conditioning_weighted_mean():
     old = np.full((2, 4, 4), 1.0)
     new = np.full((2, 4, 4), 3.0)
-    assert np.allclose(S.condition(new, old, 1.0), 2.0)
-    assert np.allclose(S.condition(new, old, 0.5), (0.5 * 3 + 1) / 1.5)
-    assert np.allclose(S.condition(new, old, 3.0), (3 * 3 + 1) / 4)
+    assert np.allclose(U.condition(new, old, 1.0), 2.0)
+    assert np.allclose(U.condition(new, old, 0.5), (0.5 * 3 + 1) / 1.5)
+    assert np.allclose(U.condition(new, old, 3.0), (3 * 3 + 1) / 4)
 
 
 # -- gain --------------------------------------------------------------------------
 def test_gain_is_base_for_first_two_steps():
-    assert S.next_gain([1.0], [], 0.5, True) == 0.5
-    assert S.next_gain([1.0, 0.6], [0.5], 0.5, True) == 0.5
-    assert S.next_gain([1.0, 0.6, 0.1], [0.5, 0.5], 0.5, False) == 0.5
+    assert U.next_gain([1.0], [], 0.5, True) == 0.5
+    assert U.next_gain([1.0, 0.6], [0.5], 0.5, True) == 0.5
+    assert U.next_gain([1.0, 0.6, 0.1], [0.5, 0.5], 0.5, False) == 0.5
 
 
 def test_gain_follows_perfectly_converging_sequence():
     final, base = 0.2, 0.5
     metrics, gains = [1.0], []
     for _ in range(8):
-        g = S.next_gain(metrics, gains, base, True)
+        g = U.next_gain(metrics, gains, base, True)
         if len(metrics) >= 3:
             # the prediction was exact (δ = 0): the gain moves half-way to 1
             assert g == pytest.approx(max(base, (1.0 + gains[-1]) / 2.0))
@@ -50,21 +51,21 @@ def test_gain_drops_when_convergence_is_faster_than_predicted():
     final, base = 0.2, 0.3
     metrics, gains = [1.0], []
     for _ in range(4):
-        g = S.next_gain(metrics, gains, base, True)
+        g = U.next_gain(metrics, gains, base, True)
         gains.append(g)
         metrics.append((final * g + metrics[-1]) / (1 + g))
-    perfect = S.next_gain(metrics, gains, base, True)
+    perfect = U.next_gain(metrics, gains, base, True)
     faster = [*metrics[:-1], metrics[-1] - 0.5 * (metrics[-2] - metrics[-1])]
-    dropped = S.next_gain(faster, gains, base, True)
+    dropped = U.next_gain(faster, gains, base, True)
     assert dropped < perfect
     assert dropped >= base
 
 
 def test_gain_unbalanced_lists():
     with pytest.raises(SolverError, match="one element longer"):
-        S.next_gain([1.0, 0.5], [0.5, 0.5], 0.5, True)
+        U.next_gain([1.0, 0.5], [0.5, 0.5], 0.5, True)
     with pytest.raises(SolverError, match="one element longer"):
-        S.next_gain([1.0, 0.5, 0.4], [0.5], 0.5, True)
+        U.next_gain([1.0, 0.5, 0.4], [0.5], 0.5, True)
 
 
 # -- regularization ------------------------------------------------------------------
@@ -75,7 +76,7 @@ def test_iteration_clamp_reduces_coherent_outliers_only():
     new[25:32, 25:32] = 1.0  # coherent low group
     new[20, 5] = 100.0  # isolated noise-like pixels
     new[5, 30] = 1.0
-    S.clamp_to_previous(new, old, 2.0, 2)
+    U.clamp_to_previous(new, old, 2.0, 2)
     # the opening keeps the group's body (its corners fall outside the diamond element)
     assert np.all(new[7:10, 7:10] == 20.0) and np.sum(new[5:12, 5:12] == 20.0) >= 33
     assert np.all(new[27:30, 27:30] == 5.0) and np.sum(new[25:32, 25:32] == 5.0) >= 33
@@ -88,7 +89,7 @@ def test_frequency_regularization_reduces_outliers_and_keeps_isolated_pixels(rng
     planes = np.stack([source, source, source]) + rng.normal(0, 0.01, (3, 48, 48))
     planes[1, 20:29, 20:29] *= 12.0  # one sub-filter wildly off over a coherent region
     before = np.max(planes[1] / planes[0])
-    S.regularize_frequency(planes, 4.0, 2, noise=0.01)
+    U.regularize_frequency(planes, 4.0, 2, noise=0.01)
     after = np.max(planes[1] / planes[0])
     assert before > 11 and after < 4.5  # sub-filters now differ by at most ~F = 4
     assert np.all(np.isfinite(planes))
@@ -107,14 +108,14 @@ def test_model_weights_step():
     m = np.zeros((5, 5))
     m[2, 2] = 1.0
     m[0, 0] = 0.5
-    out = S.apply_model_weights(new, static, m)
+    out = U.apply_model_weights(new, static, m)
     assert np.all(out[:, 2, 2] == 4.0) and np.all(out[:, 1, 1] == 2.0)
     assert np.allclose(out[:, 0, 0], 0.5 * 4 + 0.5 * 2)
 
 
 def test_amplified_keeps_mean():
     planes = np.stack([np.full((3, 3), v) for v in (1.0, 2.0, 6.0)])
-    out = S.amplified(planes, 3.0)
+    out = U.amplified(planes, 3.0)
     assert np.allclose(out.mean(axis=0), 3.0)
     assert np.allclose(out[:, 0, 0], [3 - 6, 3 - 3, 3 + 9])
 
@@ -264,7 +265,6 @@ def test_static_statistics_agree_on_clean_data():
         cfg = config.copy()
         cfg.statistic = stat
         solver = S.DcrSolver(_stack(f, shifts, idx), cfg)
-        solver.initialise()
         means[stat] = solver.static.image
     # sky background: the statistics agree to well within the noise / sqrt(N)
     bg = f.masks.max(axis=0) == 0
@@ -277,13 +277,12 @@ def test_meanclip_rejects_a_cosmic_ray():
     stack = _stack(f, shifts, list(range(9)))
     stack.images[3, 40, 10] += 500.0
     solver = S.DcrSolver(stack, config)
-    solver.initialise()
     assert abs(solver.static.image[40, 10]) < 3.0
     cfg = config.copy()
     cfg.statistic = "MEAN"
-    solver = S.DcrSolver(_stack(f, shifts, list(range(9))), cfg)
-    solver.warps.images[3, 40, 10] += 500.0
-    solver.initialise()
+    stack = _stack(f, shifts, list(range(9)))
+    stack.images[3, 40, 10] += 500.0
+    solver = S.DcrSolver(stack, cfg)
     assert solver.static.image[40, 10] > 30.0
 
 
@@ -337,7 +336,6 @@ def test_airmass_weighting_and_remove_mask_planes():
     cfg.doAirmassWeight = True
     cfg.doScaleWarpVariance = False  # weights exactly 1/variance × airmass
     solver = S.DcrSolver(_stack(f, shifts, list(range(9))), cfg)
-    solver.initialise()
     base = 1.0 / f.sky_sigma**2
     assert np.allclose(solver.visit_weights, base * f.airmass[:9])
     # removeMaskPlanes clears a plane before coadding
@@ -363,7 +361,7 @@ def test_scale_warp_variance():
     stack.variances[2] *= 4.0  # a warp whose variance plane is 4x too large
     stack.variances[5] *= 0.5
     solver = S.DcrSolver(stack, config)
-    factors = solver.scale_warp_variances()
+    factors = solver.variance_scale
     assert factors[2] == pytest.approx(0.25, rel=0.1) and factors[5] == pytest.approx(2.0, rel=0.1)
     others = np.delete(factors, [2, 5])
     assert np.all(np.abs(others - 1.0) < 0.1)
@@ -374,7 +372,6 @@ def test_scale_warp_variance():
     stack = _stack(f, shifts, list(range(9)))
     stack.variances[2] *= 4.0
     solver = S.DcrSolver(stack, cfg)
-    solver.initialise()
     assert np.allclose(solver.warps.variances[2], 4.0 * f.sky_sigma**2)
     assert solver.visit_weights[2] == pytest.approx(solver.visit_weights[0] / 4.0)
 
@@ -405,3 +402,39 @@ def test_warm_up_compiles_quietly_and_never_fails(caplog, monkeypatch):
     monkeypatch.setattr(warmup, "DcrSolver", broken)
     assert warmup.warm_up(config, tiled=False) >= 0  # a failing warm-up is skipped, not raised
     assert logging.getLogger("mpidcr").level == before
+
+
+def _kernel_signatures():
+    import importlib
+    import pkgutil
+
+    from mpidcr import kernels
+
+    counts = {}
+    for module in pkgutil.iter_modules(kernels.__path__):
+        mod = importlib.import_module(f"mpidcr.kernels.{module.name}")
+        for name, obj in vars(mod).items():
+            if hasattr(obj, "signatures"):
+                counts[f"{module.name}.{name}"] = len(obj.signatures)
+    return counts
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_warm_up_compiles_every_kernel_a_run_uses(order):
+    """After the warm-up (its own tiny field, not the simulator's), a real solve of a whole patch
+    and of a tile with a halo compiles nothing more."""
+    from mpidcr import warmup
+    from mpidcr.tiling import Plan
+
+    f, config, shifts = _setup(imageInterpOrder=order, visits=6)
+    warmup.warm_up(config, tiled=False)
+    warmup.warm_up(config, tiled=True)
+    before = _kernel_signatures()
+    S.solve(_stack(f, shifts, list(range(6))), config)
+    tile = Plan((80, 80), (2, 1), 12).tile(0)
+    ys, xs = tile.outer.slices()
+    stack = _stack(f, shifts, list(range(6)))
+    stack.images, stack.variances, stack.masks = (a[:, ys, xs].copy() for a in (stack.images, stack.variances,
+                                                                                 stack.masks))  # fmt: skip
+    S.DcrSolver(stack, config, tile=tile).run()
+    assert _kernel_signatures() == before

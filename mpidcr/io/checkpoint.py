@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
-from ..solver import IterationRecord, SolverState
+from ..solver import IterationRecord, SolverState, history_table
 from ..tiling import Box
 from .modelfile import DatasetSpec, write_collective
 from .paths import require_regular_file
@@ -101,10 +101,7 @@ def write_checkpoint(
     layout = {"model_raw": DatasetSpec((K, ny, nx), state.model.dtype, (1, min(256, ny), min(256, nx)))}
     arrays = {"model_raw": np.ascontiguousarray(state.model[(..., *inner)])}
     V = len(state.history[0].visit_metrics)
-    records = np.array(
-        [(r.iteration, r.metric, r.gain, r.seconds) for r in state.history],
-        dtype=[("iteration", "i4"), ("metric", "f8"), ("gain", "f8"), ("seconds", "f8")],
-    )
+    records = history_table(state.history)
     visit_metrics = np.array([np.asarray(r.visit_metrics, dtype=np.float64) for r in state.history]).reshape(-1, V)
     tables = {
         "metrics": np.asarray(state.metrics, dtype=np.float64),

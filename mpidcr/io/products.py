@@ -21,7 +21,8 @@ from ..dcr import Observation, Site, VisitShifts, dcr_shifts
 from ..errors import InputError
 from ..solver import matched_template
 from .modelfile import ModelFile, read_model
-from .warps import WarpInfo, observation_or_error, resolve_geometry, same_wcs, scan_warp, write_lsst_warp
+from .warps import WarpInfo, observation_or_error, resolve_geometry, scan_warp, write_lsst_warp
+from .wcs import same_wcs
 
 
 def model_config(model: ModelFile) -> DcrConfig:

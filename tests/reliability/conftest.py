@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mpidcr.simulate import simulate
+from mpidcr.sim.simulate import simulate
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,8 @@ from mpidcr.driver import inputs_from_manifest
 from mpidcr.errors import MpidcrError
 from mpidcr.io.configfile import load_config
 from mpidcr.io.manifest import read_manifest
-from mpidcr.io.warps import KEYWORDS, resolve_geometry, visit_metadata
+from mpidcr.io.metadata import KEYWORDS, visit_metadata
+from mpidcr.io.warps import resolve_geometry
 
 EXAMPLES = 500
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,

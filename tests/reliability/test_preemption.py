@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from mpidcr.simulate import simulate
+from mpidcr.sim.simulate import simulate
 
 from .helpers import MPIEXEC, assert_one_line_error, cli
 

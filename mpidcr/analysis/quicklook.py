@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .io.modelfile import ModelFile, read_model
+from ..io.modelfile import ModelFile, read_model
 
 
 def summary(model: ModelFile) -> dict[str, Any]:

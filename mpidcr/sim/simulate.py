@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from .dcr import Site
-from .errors import InputError
-from .io.manifest import write_manifest
-from .io.warps import image_rotation_angle, write_lsst_warp
-from .synthetic import add_artifacts, make_field
+from ..dcr import Site
+from ..errors import InputError
+from ..io.manifest import write_manifest
+from ..io.warps import write_lsst_warp
+from ..io.wcs import image_rotation_angle
+from .field import add_artifacts, make_field
 
 EFFECTIVE_WAVELENGTH = 476.31  # LSST g, nm
 BANDWIDTH = 147.0

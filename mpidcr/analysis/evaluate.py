@@ -18,11 +18,11 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from .io.modelfile import ModelFile, read_model
-from .io.products import observation_for_warp, template_for
-from .io.warps import read_window
-from .masks import plane_bits
-from .tiling import Box
+from ..io.modelfile import ModelFile, read_model
+from ..io.products import observation_for_warp, template_for
+from ..io.warps import read_window
+from ..masks import plane_bits
+from ..tiling import Box
 
 DETECTION_SIGMA = 5.0
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .dcr import Observation, differential_refraction, elevation_from_airmass, subfilter_edges, zenith_direction
-from .masks import DEFAULT_PLANES, plane_bits
+from ..dcr import Observation, differential_refraction, elevation_from_airmass, subfilter_edges, zenith_direction
+from ..masks import DEFAULT_PLANES, plane_bits
 
 
 @dataclass

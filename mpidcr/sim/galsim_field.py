@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .dcr import Observation, Site, Weather, elevation_from_airmass, subfilter_edges, water_vapour_pressure
-from .masks import DEFAULT_PLANES, plane_bits
-from .synthetic import SyntheticField
+from ..dcr import Observation, Site, Weather, elevation_from_airmass, subfilter_edges, water_vapour_pressure
+from ..masks import DEFAULT_PLANES, plane_bits
+from .field import SyntheticField
 
 log = logging.getLogger(__name__)
 

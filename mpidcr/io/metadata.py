@@ -1,0 +1,181 @@
+"""Visit metadata: the header keywords of a warp, checked, and the pointing and weather they give.
+
+Plain functions on FITS headers and dictionaries (``meta``: our field names, see
+:data:`KEYWORDS`); every problem is an InputError naming the file, the keyword and the value.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import Any
+
+from astropy.io import fits
+
+from ..dcr import (
+    MIN_ELEVATION_DEG,
+    PHYSICAL_RANGES,
+    Observation,
+    Site,
+    Weather,
+    elevation_from_airmass,
+    parallactic_angle_from_altaz,
+    physical_problem,
+)
+from ..errors import InputError
+from .wcs import image_rotation_angle
+
+log = logging.getLogger(__name__)
+
+#: Metadata fields: our name → (FITS keyword, unit) of the primary header.
+KEYWORDS: dict[str, tuple[str, str]] = {
+    "airmass": ("BORE-AIRMASS", ""),
+    "elevation": ("BORE-ALT", "deg"),
+    "azimuth": ("BORE-AZ", "deg"),
+    "rotationAngle": ("BORE-ROTANG", "deg"),
+    "latitude": ("OBS-LAT", "deg"),
+    "longitude": ("OBS-LONG", "deg"),
+    "height": ("OBS-ELEV", "m"),
+    "temperature": ("AIRTEMP", "degC"),
+    "pressure": ("AIRPRESS", "Pa"),
+    "humidity": ("HUMIDITY", "%"),
+    "parallacticAngle": ("PARANGLE", "deg"),
+    "psfFwhm": ("PSF-FWHM", "arcsec"),
+    "visit": ("VISIT", ""),
+    "mjd": ("MJD-OBS", "d"),
+}
+
+
+def _finite_number(value: Any, what: str) -> float:
+    """``value`` as a finite float, else InputError ``"<what> = value is not a number"`` / ``"<what> is nan"``."""
+    if isinstance(value, bool):
+        raise InputError(f"{what} = {value!r} is not a number")
+    try:
+        out = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{what} = {str(value)[:40]!r} is not a number") from None
+    if not math.isfinite(out):
+        raise InputError(f"{what} is {value}")
+    return out
+
+
+def header_value(header: fits.Header, key: str, path: str) -> Any:
+    """``header[key]`` (None when absent); InputError naming the card when it cannot be parsed."""
+    if key not in header:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # astropy warns about the card before failing on it
+            return header[key]
+    except Exception:  # astropy's VerifyError and ValueError for unparsable cards
+        try:
+            image = header.cards[key].image.strip()
+        except Exception:
+            image = key
+        raise InputError(f"{path}: header card {image[:60]!r} cannot be parsed") from None
+
+
+def _header_number(header: fits.Header, key: str, path: str, name: str) -> float | None:
+    value = header_value(header, key, path)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _finite_number(value, f"{path}: header keyword {key} ({name})")
+
+
+def _checked(name: str, value: float, what: str) -> float:
+    if name in PHYSICAL_RANGES:
+        problem = physical_problem(name, value)
+        if problem:
+            raise InputError(f"{what} = {value:g}{problem}")
+    return value
+
+
+def visit_metadata(header: fits.Header, path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The visit metadata of a primary ``header`` (:data:`KEYWORDS`), with manifest ``overrides``.
+
+    Numbers are checked: finite, and site and weather values within their physical ranges
+    (with a unit hint, e.g. ``AIRPRESS = 743: Pa expected, this looks like hPa``).  InputError
+    naming ``path``, the keyword and the value otherwise.  ``"_overrides"`` lists the fields the
+    manifest set.
+    """
+    overrides = dict(overrides or {})
+    meta: dict[str, Any] = {}
+    for name, (key, _unit) in KEYWORDS.items():
+        if name == "visit":
+            visit = header_value(header, key, path)
+            if visit is not None and str(visit).strip():
+                meta["visit"] = str(visit).strip()
+            continue
+        value = _header_number(header, key, path, name)
+        meta[name] = None if value is None else _checked(name, value, f"{path}: header keyword {key} ({name})")
+    for name, value in overrides.items():
+        if name not in KEYWORDS:
+            raise InputError(f"{path}: unknown per-visit override '{name}' (known: {', '.join(KEYWORDS)})")
+        if name == "visit":
+            meta[name] = str(value)
+            continue
+        number = _finite_number(value, f"{path}: override {name}")
+        meta[name] = _checked(name, number, f"{path}: override {name}")
+    meta["_overrides"] = sorted(overrides)
+    return meta
+
+
+def resolve_pointing(meta: dict[str, Any], wcs_header: str, path: str, site: Site) -> dict[str, Any]:
+    """``meta`` with elevation, airmass, parallactic angle and the image rotation angle filled in
+    (from whichever of them the header or the manifest gave); InputError naming ``path`` if impossible."""
+    m = dict(meta)
+    if m.get("elevation") is None:
+        if m.get("airmass") is None:
+            raise InputError(f"{path}: no elevation (BORE-ALT) and no airmass (BORE-AIRMASS)")
+        if m["airmass"] < 1.0:
+            raise InputError(f"{path}: airmass (BORE-AIRMASS) = {m['airmass']} is below 1")
+        m["elevation"] = elevation_from_airmass(m["airmass"])
+    if not 0.0 < m["elevation"] <= 90.0:
+        raise InputError(f"{path}: elevation (BORE-ALT) = {m['elevation']} deg is not in (0, 90]")
+    if m["elevation"] < MIN_ELEVATION_DEG:
+        raise InputError(
+            f"{path}: elevation (BORE-ALT/BORE-AIRMASS) = {m['elevation']:.3g} deg is below {MIN_ELEVATION_DEG:g} deg, "
+            "where the refraction formula (Stone 1996) is no longer valid"
+        )
+    if m.get("airmass") is not None and m["airmass"] < 1.0:
+        raise InputError(f"{path}: airmass (BORE-AIRMASS) = {m['airmass']} is below 1")
+    m["airmass"] = 1.0 / math.sin(math.radians(m["elevation"])) if m.get("airmass") is None else m["airmass"]
+    if m.get("parallacticAngle") is None:
+        lat = site.latitude if m.get("latitude") is None else m["latitude"]
+        if m.get("azimuth") is None:
+            raise InputError(f"{path}: no parallactic angle (PARANGLE) and no azimuth (BORE-AZ) to compute it")
+        m["parallacticAngle"] = float(parallactic_angle_from_altaz(m["azimuth"], m["elevation"], lat))
+    # precedence: manifest override > the WCS of the warp > BORE-ROTANG > 0
+    if "rotationAngle" not in m.get("_overrides", ()):
+        rot = image_rotation_angle(wcs_header, m["parallacticAngle"])
+        m["rotationAngle"] = rot if rot is not None else (m.get("rotationAngle") or 0.0)
+    return m
+
+
+def observation(meta: dict[str, Any], path: str, site_defaults: Site, notices: set[str] | None = None) -> Observation:
+    """The Observation of a visit's resolved ``meta``; missing weather → a standard atmosphere
+    (logged once per visit, tracked in ``notices``)."""
+    m = meta
+    site = Site(
+        latitude=site_defaults.latitude if m.get("latitude") is None else m["latitude"],
+        longitude=site_defaults.longitude if m.get("longitude") is None else m["longitude"],
+        height=site_defaults.height if m.get("height") is None else m["height"],
+    )
+    std = Weather.standard(site.height)
+    missing = [k for k in ("temperature", "pressure", "humidity") if m.get(k) is None]
+    if missing and notices is not None and path not in notices:
+        notices.add(path)
+        log.info("%s: no %s; using the standard atmosphere at %.0f m", path, "/".join(missing), site.height)
+    weather = Weather(
+        temperature=std.temperature if m.get("temperature") is None else m["temperature"],
+        pressure=std.pressure if m.get("pressure") is None else m["pressure"],
+        humidity=std.humidity if m.get("humidity") is None else m["humidity"],
+    )
+    return Observation(
+        elevation=m["elevation"],
+        parallactic_angle=m["parallacticAngle"],
+        rotation_angle=m["rotationAngle"],
+        weather=weather,
+        site=site,
+    )

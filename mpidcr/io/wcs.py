@@ -1,0 +1,65 @@
+"""The patch WCS: the directions of north and east in pixels, the pixel scale, equality of grids.
+
+Thin functions over astropy's :class:`~astropy.wcs.WCS`, taking the WCS as header text (what
+:class:`~mpidcr.io.warps.WarpInfo` carries and ranks broadcast).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from astropy.io import fits
+
+
+def image_rotation_angle(wcs_header: str, parallactic_angle: float) -> float | None:
+    """Rotation angle (deg) that makes θ = q − rot point to the zenith in pixel coordinates.
+
+    Derived from the celestial WCS at the image centre (north and east unit
+    vectors in pixels), so it accounts for the WCS's parity; None without a
+    celestial WCS.
+    """
+    from astropy.wcs import WCS
+
+    try:
+        header = fits.Header.fromstring(wcs_header)
+        wcs = WCS(header, naxis=2)
+    except Exception:
+        return None
+    if not wcs.has_celestial:
+        return None
+    ny, nx = header.get("NAXIS2", 1), header.get("NAXIS1", 1)
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    ra, dec = wcs.wcs_pix2world([[cx, cy]], 0)[0]
+    eps = 1.0 / 3600.0
+    north = wcs.wcs_world2pix([[ra, dec + eps]], 0)[0] - [cx, cy]
+    east = wcs.wcs_world2pix([[ra + eps / max(math.cos(math.radians(dec)), 1e-6), dec]], 0)[0] - [cx, cy]
+    north /= np.hypot(*north)
+    east /= np.hypot(*east)
+    q = math.radians(parallactic_angle)
+    vx, vy = math.cos(q) * north + math.sin(q) * east
+    theta = math.degrees(math.atan2(vx, vy))
+    return (parallactic_angle - theta + 180.0) % 360.0 - 180.0
+
+
+def pixel_scale_arcsec(wcs_header: str) -> float | None:
+    """Mean pixel scale of a celestial WCS in arcsec/pixel, or None."""
+    from astropy.wcs import WCS
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    try:
+        wcs = WCS(fits.Header.fromstring(wcs_header), naxis=2)
+    except Exception:
+        return None
+    if not wcs.has_celestial:
+        return None
+    return float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
+
+
+def same_wcs(header_a: str, header_b: str) -> bool:
+    """Whether two headers describe the same WCS (to 1e-9 in every parameter)."""
+    from astropy.wcs import WCS
+
+    a = WCS(fits.Header.fromstring(header_a), naxis=2)
+    b = WCS(fits.Header.fromstring(header_b), naxis=2)
+    return bool(a.wcs.compare(b.wcs, tolerance=1e-9))

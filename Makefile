@@ -4,14 +4,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mpidcr-setup-done
 NP ?= 2
 
-.PHONY: setup test test-fast test-slurm lint docs demo bench clean help
+.PHONY: setup test test-fast test-slurm check lint docs demo bench clean help
 
 help:
 	@echo "make setup   - system MPI + parallel HDF5, .venv, mpi4py wheel, parallel h5py, mpidcr"
 	@echo "make test    - set up if needed, then the whole test suite (MPI tests included)"
 	@echo "make demo    - set up if needed, simulate a field, build its DCR model on $(NP) ranks, quicklooks"
 	@echo "make test-slurm - start a local Slurm (root), submit the jobs/ templates, stop it"
-	@echo "make lint    - ruff"
+	@echo "make check   - ruff and mypy (run by make test first)"
+	@echo "make lint    - make check, and ruff format --check"
 	@echo "make docs    - regenerate docs/config.md from the code"
 	@echo "make bench   - benchmarks (not part of the tests)"
 
@@ -21,8 +22,13 @@ $(STAMP): pyproject.toml scripts/setup.sh
 
 setup: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) check
 	$(PY) -m pytest -q tests
+
+# static checks, run before the tests: ruff, and mypy on everything but the numba kernels
+check: $(STAMP)
+	$(VENV)/bin/ruff check mpidcr tests benchmarks
+	$(VENV)/bin/mypy
 
 # starts a local one-node Slurm (root, Debian), submits every jobs/ template, stops exactly those daemons
 test-slurm: $(STAMP)
@@ -32,8 +38,7 @@ test-slurm: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not mpi and not slow" tests
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check mpidcr tests benchmarks
+lint: check
 	$(VENV)/bin/ruff format --check mpidcr || true
 
 docs: $(STAMP)

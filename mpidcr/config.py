@@ -110,7 +110,7 @@ def _fractions(v: Any) -> str | None:
 
 
 # fmt: off
-F, U, L, P = FieldSpec, "used", "lsst-only", "planned"
+F, L, P = FieldSpec, "lsst-only", "planned"
 
 #: The 68 fields of the seed task, alphabetical as in its listing.
 FIELDS: tuple[FieldSpec, ...] = (
@@ -630,31 +630,24 @@ def _fmt(v: Any) -> str:
     return repr(v)
 
 
-def defaults_table(markdown: bool = False) -> str:
-    """Every field with type, default, status and doc (``mpidcr config --defaults``)."""
-    rows: list[tuple[str, str, str, str, str]] = [
-        (f.name, f.type_name, _fmt(f.default), f.status, f.doc) for f in FIELDS
-    ]
+def _default_rows() -> list[tuple[str, str, str, str, str]]:
+    """(name, type, default, status, doc) of every field and section."""
+    rows = [(f.name, f.type_name, _fmt(f.default), f.status, f.doc) for f in FIELDS]
     for s in SUBTASKS:
         rows.append((f"[{s.name}]", "section", "", s.status, s.doc))
-        for f in s.fields:
-            rows.append(
-                (
-                    f"{s.name}.{f.name}",
-                    f.type_name,
-                    _fmt(f.default),
-                    f.status if s.status == "used" else s.status,
-                    f.doc,
-                )
-            )
+        rows += [(f"{s.name}.{f.name}", f.type_name, _fmt(f.default), f.status if s.status == "used" else s.status,
+                  f.doc) for f in s.fields]  # fmt: skip
+    return rows
+
+
+def defaults_table(markdown: bool = False) -> str:
+    """Every field with type, default, status and doc (``mpidcr config --defaults``)."""
+    rows = _default_rows()
     if markdown:
         lines = ["| field | type | default | status | description |", "|---|---|---|---|---|"]
-        lines += [
-            "| "
-            + " | ".join(c.replace("|", "\\|") for c in (f"`{r[0]}`", r[1], f"`{r[2]}`" if r[2] else "", r[3], r[4]))
-            + " |"
-            for r in rows
-        ]
+        for r in rows:
+            cells = (f"`{r[0]}`", r[1], f"`{r[2]}`" if r[2] else "", r[3], r[4])
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         return "\n".join(lines) + "\n"
     w = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:<{w[3]}}  {r[4]}" for r in rows) + "\n"

@@ -11,7 +11,6 @@ and reported once; a SIGTERM is honoured at the phase boundaries and after every
 from __future__ import annotations
 
 import logging
-import math
 import os
 import resource
 import time
@@ -29,7 +28,7 @@ from .errors import InputError, MpidcrError, Preempted
 from .halo import halo_width
 from .io.checkpoint import inputs_digest, read_checkpoint, verify_checkpoint, write_checkpoint
 from .io.manifest import Manifest, WarpEntry
-from .io.modelfile import ModelMeta, ModelTile, model_file_bytes, write_model
+from .io.modelfile import ModelMeta, ModelTile, chunk_shape, model_file_bytes, write_model
 from .io.outputs import OutputLock, SpaceReservation, free_bytes
 from .io.paths import check_output_path, same_file
 from .io.warps import (
@@ -42,11 +41,11 @@ from .io.warps import (
     union_mask_planes,
 )
 from .io.wcs import pixel_scale_arcsec
-from .parallel.comm import Comm, SerialComm, choose_dims
+from .parallel.comm import Comm, SerialComm
 from .preemption import STOP
 from .resources import BASELINE_BYTES, memory_per_rank, memory_problem
 from .solver import DcrResult, DcrSolver, SolverState, WarpStack, history_table
-from .tiling import Plan, Tile, parse_tiles
+from .tiling import Plan, Tile, choose_dims, parse_tiles
 from .warmup import warm_up
 
 log = logging.getLogger(__name__)
@@ -291,14 +290,7 @@ def decompose(inputs: RunInputs, options: RunOptions, comm: Comm) -> Layout:
         _check_memory_limit(inputs, plan, need, options.max_memory)
     except MpidcrError as exc:
         raise _collective(exc) from None
-    problem = memory_problem(need, comm.node_size())
-    if comm.any_rank(problem is not None):
-        worst = on_root(comm, lambda: problem or ("another node is short of memory", need))
-        allowed = worst[1]
-        hint = (f"ranks of at most {allowed / 2**30:.1f} GiB: about {ranks_within(inputs, plan, allowed)} of them"
-                if allowed > BASELINE_BYTES else "")  # fmt: skip
-        raise _collective(InputError(f"not enough memory for this decomposition: {worst[0]}; use more nodes or "
-                                     f"ranks{f' ({hint})' if hint else ''}"))  # fmt: skip
+    _check_machine_memory(inputs, plan, need, comm)
     if comm.rank == 0:
         log.info(
             "%d visits, patch %dx%d, K=%d, max DCR shift %.2f px (buffer %d), halo %d px, tiles %dx%d on %d "
@@ -307,6 +299,17 @@ def decompose(inputs: RunInputs, options: RunOptions, comm: Comm) -> Layout:
             need / 2**30,
         )  # fmt: skip
     return Layout(plan, plan.tile(comm.rank), buffer, halo, max_shift)
+
+
+def _check_machine_memory(inputs: RunInputs, plan: Plan, need: int, comm: Comm) -> None:
+    """Refuse (on every rank) a plan whose ranks would not fit in their node's memory or ulimit."""
+    problem = memory_problem(need, comm.node_size())
+    if not comm.any_rank(problem is not None):
+        return
+    text, allowed = on_root(comm, lambda: problem or ("another node is short of memory", need))
+    hint = f" (ranks of at most {allowed / 2**30:.1f} GiB: about {ranks_within(inputs, plan, allowed)} of them)"
+    raise _collective(InputError(f"not enough memory for this decomposition: {text}; use more nodes or ranks"
+                                 f"{hint if allowed > BASELINE_BYTES else ''}"))  # fmt: skip
 
 
 def _check_memory_limit(inputs: RunInputs, plan: Plan, need: int, max_memory: int | None) -> None:
@@ -498,9 +501,7 @@ def _model_meta(inputs: RunInputs, result: DcrResult, layout: Layout, comm: Comm
         "image_interp_order": int(cfg.imageInterpOrder),
         "accelerate_model": float(cfg.accelerateModel),
     }
-    chunk = (min(256, max(1, math.ceil(inputs.shape[0] / dims[0]))),
-             min(256, max(1, math.ceil(inputs.shape[1] / dims[1]))))  # fmt: skip
-    return ModelMeta(inputs.shape, cfg.num_subfilters, chunk, visits_table(inputs, result), history_table(result.history),
+    return ModelMeta(inputs.shape, cfg.num_subfilters, chunk_shape(inputs.shape, dims), visits_table(inputs, result), history_table(result.history),
                      attrs, result.mask_planes)  # fmt: skip
 
 

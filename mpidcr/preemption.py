@@ -2,7 +2,7 @@
 
 The command line installs the handler first thing, so a signal at any moment of a run is
 recorded rather than fatal.  The driver asks, at the boundaries of its phases and after every
-iteration, whether any rank has seen it (:func:`stop_agreed`, one reduction), and then stops
+iteration, whether any rank has seen it (``comm.any_rank``, one reduction), and then stops
 with a checkpoint and exit code 75 — except during the final write, which is finished instead.
 A library caller that does not install the handler never sees a stop.
 """
@@ -48,7 +48,3 @@ class StopRequest:
 
 STOP = StopRequest()
 
-
-def stop_agreed(reducer: Any) -> bool:
-    """True on every rank when any rank has received SIGTERM (a collective call)."""
-    return float(reducer.max([1.0 if STOP.requested else 0.0])[0]) > 0

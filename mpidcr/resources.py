@@ -66,6 +66,18 @@ def _meminfo(key: str) -> int | None:
     return None
 
 
+def _cgroup_limit(hierarchy: str, controllers: str, rel: str) -> tuple[int | None, int | None] | None:
+    """(limit, usage) of the memory controller of one /proc/self/cgroup line; None if not it."""
+    if hierarchy == "0" and controllers == "":  # v2: one unified hierarchy
+        base = Path("/sys/fs/cgroup") / rel
+        return _read_int(base / "memory.max"), _read_int(base / "memory.current")
+    if "memory" in controllers.split(","):  # v1
+        base = Path("/sys/fs/cgroup/memory") / rel
+        limit = _read_int(base / "memory.limit_in_bytes")
+        return (None if limit is not None and limit >= 2**60 else limit), _read_int(base / "memory.usage_in_bytes")
+    return None
+
+
 def _cgroup_room() -> int | None:
     """Bytes the control group of this process may still allocate (v2 or v1), None if unlimited."""
     try:
@@ -74,22 +86,9 @@ def _cgroup_room() -> int | None:
         return None
     for line in lines:
         parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy, controllers, rel = parts
-        rel = rel.lstrip("/")
-        if hierarchy == "0" and controllers == "":  # v2
-            base = Path("/sys/fs/cgroup") / rel
-            limit, usage = _read_int(base / "memory.max"), _read_int(base / "memory.current")
-        elif "memory" in controllers.split(","):  # v1
-            base = Path("/sys/fs/cgroup/memory") / rel
-            limit, usage = _read_int(base / "memory.limit_in_bytes"), _read_int(base / "memory.usage_in_bytes")
-            if limit is not None and limit >= 2**60:  # v1's "unlimited"
-                limit = None
-        else:
-            continue
-        if limit is not None:
-            return max(limit - (usage or 0), 0)
+        found = _cgroup_limit(parts[0], parts[1], parts[2].lstrip("/")) if len(parts) == 3 else None
+        if found is not None and found[0] is not None:
+            return max(found[0] - (found[1] or 0), 0)
     return None
 
 

@@ -197,32 +197,19 @@ class DcrSolver:
                  resume: SolverState | None = None):  # fmt: skip
         self.warps, self.cfg = warps, config
         self.tile = tile or Tile.whole(warps.images.shape[1:])
-        if self.tile.outer.shape != tuple(warps.images.shape[1:]):
-            raise SolverError(
-                f"warps of shape {warps.images.shape[1:]} do not fill the tile's outer box {self.tile.outer.shape}"
-            )
         self.reducer = reducer or SerialReducer()
         self.exchanger = exchanger or NoExchange()
         self.progress = progress
         self.order = int(config.imageInterpOrder)
         self.K = config.num_subfilters
-        max_shift = max((s.max_abs for s in warps.shifts), default=0.0)
-        self.buffer = dcr_buffer(max_shift) if buffer is None else int(buffer)
+        self.buffer = dcr_buffer(max((s.max_abs for s in warps.shifts), default=0.0)) if buffer is None else int(buffer)
         self.inner = self.tile.inner_local
         self.mask_planes = dict(warps.mask_planes)
         self.bad_bits = plane_bits(self.mask_planes, config.badMaskPlanes)
         self.converge_bits = plane_bits(self.mask_planes, config.convergenceMaskPlanes)
         # order 1: one cache-blocked pass per visit (kernels.fused); order 3: per-shift kernels
         self.fused = fused and self.order == 1
-        if self.fused:
-            self.sweep_plan = SweepPlan([VisitPass(warps.images.shape[1:], s.forward, s.mean) for s in warps.shifts])
-        # two buffers each for the accumulators and the model: an iteration needs the current
-        # ones and writes the next ones, so alternating between two avoids allocating (and
-        # page-faulting) two image stacks per iteration
-        self._acc_buffers: list[NDArray] = []
-        self._model_buffers: list[NDArray] = []
-        self._amplified = np.empty((self.K, *warps.images.shape[1:]), MODEL_DTYPE)
-        self._significance = np.empty(warps.images.shape[1:], MODEL_DTYPE)
+        self._allocate()
         self.good, self.converge_pixels = self._classify()
         self.variance_scale = self._scale_warp_variances() if config.doScaleWarpVariance else np.ones(warps.num_visits)
         self.visit_weights = self._visit_weights()
@@ -236,16 +223,28 @@ class DcrSolver:
         self.background = ((self.base_mask & (self.bad_bits | self.converge_bits)) == 0) & self._edge_distance_ok()
         self.inverse_weights, self.nimage, self.dcr_good = self._coverage()
         self.base_mask |= np.where(self.dcr_good, 0, plane_bits(self.mask_planes, ["NO_DATA"])).astype(np.int32)
-        self.model_weights = self._model_weights()
-        # T·(1 − M)/K, the static model's share of every plane under the model weights (step 7)
-        self.static_share = (
-            None if self.model_weights is None else static_share(self.static_image, self.model_weights, self.K)
-        )
-        self._work = regularize.FrequencyWork(warps.images.shape[1:], MODEL_DTYPE)
+        # the model weights M and T·(1 − M)/K, the static model's share of every plane under them (step 7)
+        self.model_weights, self.static_share = self._model_weights()
         self.stop_reason: StopReason | None = None
         self.it = self._start(resume)
 
     # -- construction, step by step --------------------------------------------------
+    def _allocate(self) -> None:
+        """The sweep plan and the work buffers, reused by every iteration."""
+        shape = self.warps.images.shape[1:]
+        if self.tile.outer.shape != tuple(shape):
+            raise SolverError(f"warps of shape {shape} do not fill the tile's outer box {self.tile.outer.shape}")
+        if self.fused:
+            self.sweep_plan = SweepPlan([VisitPass(shape, s.forward, s.mean) for s in self.warps.shifts])
+        # two buffers each for the accumulators and the model: an iteration needs the current
+        # ones and writes the next ones, so alternating between two avoids allocating (and
+        # page-faulting) two image stacks per iteration
+        self._acc_buffers: list[NDArray] = []
+        self._model_buffers: list[NDArray] = []
+        self._amplified = np.empty((self.K, *shape), MODEL_DTYPE)
+        self._significance = np.empty(shape, MODEL_DTYPE)
+        self._work = regularize.FrequencyWork(shape, MODEL_DTYPE)
+
     def _inner(self, a: NDArray) -> NDArray:
         return a[(..., *self.inner)]
 
@@ -316,7 +315,7 @@ class DcrSolver:
         sums = [moments.selected_sums(w.variances[v], self.good[v], region=self.inner) for v in range(V)]
         tot = self.reducer.sum([s for _, s, _ in sums] + [float(n) for n, _, _ in sums])
         weights = visit_weights_from_sums(tot[:V], tot[V:], w.airmass if self.cfg.doAirmassWeight else None)
-        empty = [w.names[v] for v in np.flatnonzero(weights <= 0)]
+        empty = [w.names[int(v)] for v in np.flatnonzero(weights <= 0)]
         usable = V - len(empty)
         if usable < 2:
             raise InputError(
@@ -361,7 +360,7 @@ class DcrSolver:
             return inverse, nimage, determined
         coverage = np.zeros(shape, dtype=np.float64)
         counts = np.zeros(shape, dtype=np.int32)
-        for v in np.flatnonzero(active):
+        for v in map(int, np.flatnonzero(active)):
             coeffs = kernels.prefilter(self.good[v].astype(np.float64), self.order)
             for k in range(self.K):
                 shifted = np.zeros(shape[1:], dtype=np.float64)
@@ -373,12 +372,13 @@ class DcrSolver:
             inverse = np.where(determined[None], 1.0 / coverage, 0.0).astype(MODEL_DTYPE)
         return inverse, np.where(determined[None], counts, 0), determined
 
-    def _model_weights(self) -> NDArray | None:
-        """useModelWeights: 1 on the base mask's convergence planes, Gaussian-smoothed by
-        modelWeightsWidth, divided by its patch-wide maximum (None when off or empty)."""
+    def _model_weights(self) -> tuple[NDArray | None, NDArray | None]:
+        """useModelWeights: M = 1 on the base mask's convergence planes, Gaussian-smoothed by
+        modelWeightsWidth, divided by its patch-wide maximum; and T·(1 − M)/K.  (None, None) when
+        off or empty."""
         cfg = self.cfg
         if not cfg.useModelWeights:
-            return None
+            return None, None
         if cfg.modelWeightsWidth < 0:
             raise SolverError("modelWeightsWidth must not be negative")
         m = ((self.base_mask & self.converge_bits) != 0).astype(MODEL_DTYPE)
@@ -388,9 +388,9 @@ class DcrSolver:
         if peak <= 0:
             log.warning("no pixel of the static model carries %s; model weights are not applied",
                         "/".join(cfg.convergenceMaskPlanes))  # fmt: skip
-            return None
+            return None, None
         m *= MODEL_DTYPE.type(1.0 / peak)
-        return m
+        return m, static_share(self.static_image, m, self.K)
 
     def _start(self, resume: SolverState | None) -> _Iterate:
         """The iterate of the first model (T/K in every plane, or the resumed one) and its sweep."""
@@ -472,7 +472,7 @@ class DcrSolver:
         forward = kernels.prefilter_planes(planes, order)
         sig_inner = self._inner(significance)
         template = np.zeros(planes.shape[1:], dtype=np.float64)
-        for v in np.flatnonzero(self.visit_weights > 0):
+        for v in map(int, np.flatnonzero(self.visit_weights > 0)):
             kernels.build_template(forward, w.shifts[v].forward, order, out=template)
             image, good = w.images[v], self.good[v]
             ti, si = self._inner(template), self._inner(image)

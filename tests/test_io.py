@@ -1,7 +1,7 @@
 """FITS warps in, HDF5 model out, FITS products; every bad input is a one-line error and no output."""
 
-import subprocess
-import sys
+import contextlib
+import io
 from pathlib import Path
 
 import h5py
@@ -29,8 +29,14 @@ def field(tmp_path_factory):
 
 
 def _cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "mpidcr", "-q", *map(str, args)], capture_output=True, text=True)
-    return proc.returncode, proc.stdout, proc.stderr.strip().splitlines()
+    """``mpidcr -q ARGS`` in this process → (exit code, stdout, stderr lines)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["-q", *map(str, args)])
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code
+    return code, out.getvalue(), err.getvalue().strip().splitlines()
 
 
 def test_metadata_roundtrip(field):

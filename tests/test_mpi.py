@@ -66,60 +66,91 @@ def _same(a, b, rtol=1e-9):  # the issue asks 1e-5 of the largest value; mpidcr 
     assert np.array_equal(a["convergence"]["iteration"], b["convergence"]["iteration"])
 
 
-def test_rank_counts_and_tile_grids_agree(field128):
-    runs = {}
-    for label, n, extra in [
-        ("1", 1, []),
-        ("2", 2, []),
-        ("3", 3, []),
-        ("4", 4, []),
-        ("1x4", 4, ["--tiles", "1x4"]),
-        ("4x1", 4, ["--tiles", "4x1"]),
-        ("2x2", 4, ["--tiles", "2x2"]),
-    ]:
-        out = field128 / f"m{label}.h5"
-        proc = mpirun(n, ["run", field128 / "manifest.toml", "-o", out, *NO_FREQ, *extra])
-        assert proc.returncode == 0, proc.stderr
-        runs[label] = _read(out)
-    ref, ref_attrs = runs["1"]
+def _serial(manifest, out, *extra):
+    """The one-rank reference, in this process."""
+    from mpidcr.cli import main
+
+    assert main(["-q", "run", str(manifest), "-o", str(out), *map(str, extra)]) == 0
+    return _read(out)
+
+
+@pytest.fixture(scope="module")
+def runs(field128, tmp_path_factory):
+    """Every multi-rank case of this module, run in ONE mpiexec launch of 4 ranks (sub-communicators
+    of 2, 3 and 4 ranks; tests/mpi_scripts/run_cases.py): {label: (datasets, attributes)}, plus the
+    fields the cases use."""
+    base = tmp_path_factory.mktemp("mpi_runs")
+    field160 = base / "field160"
+    simulate(field160, size=160, num_visits=6, num_science=0, seed=7)
+    masked = base / "masked"
+    simulate(masked, size=128, num_visits=6, num_science=0, seed=9)
+    from astropy.io import fits
+
+    for path in sorted((masked / "warps").glob("*.fits")):
+        with fits.open(path, mode="update") as hdul:
+            hdul["MASK"].data[:, 64:] = 1 << int(hdul["MASK"].header["MP_NO_DATA"])
+    undetected = base / "undetected"
+    simulate(undetected, size=128, num_visits=6, num_science=0, seed=12)
+    for path in sorted((undetected / "warps").glob("*.fits")):
+        with fits.open(path, mode="update") as hdul:
+            hdul["MASK"].data[:] = 0  # warps without DETECTED: sources are detected on the static model
+    m128 = field128 / "manifest.toml"
+    cases = {
+        "2": (2, m128, NO_FREQ),
+        "3": (3, m128, NO_FREQ),
+        "4": (4, m128, NO_FREQ),
+        "1x4": (4, m128, [*NO_FREQ, "--tiles", "1x4"]),
+        "4x1": (4, m128, [*NO_FREQ, "--tiles", "4x1"]),
+        "2x2": (4, m128, [*NO_FREQ, "--tiles", "2x2"]),
+        "mpio": (2, m128, [*NO_FREQ, "--output-mode", "mpio"]),
+        "gather": (2, m128, [*NO_FREQ, "--output-mode", "gather"]),
+        "default2": (2, field160 / "manifest.toml", []),
+        "masked2": (2, masked / "manifest.toml", [*NO_FREQ, "--tiles", "1x2"]),
+        "undetected2": (2, undetected / "manifest.toml", NO_FREQ),
+        "undetected4": (4, undetected / "manifest.toml", NO_FREQ),
+    }
+    spec = [{"ranks": n, "argv": ["run", str(man), "-o", str(base / f"{label}.h5"), *map(str, extra)]}
+            for label, (n, man, extra) in cases.items()]  # fmt: skip
+    (base / "cases.json").write_text(json.dumps(spec))
+    proc = mpirun(4, [base / "cases.json"], script=SCRIPTS / "run_cases.py", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = {label: _read(base / f"{label}.h5") for label in cases}
+    out["_dirs"] = {"field160": field160, "masked": masked, "undetected": undetected, "base": base}
+    return out
+
+
+def test_rank_counts_and_tile_grids_agree(field128, runs):
+    ref, ref_attrs = _serial(field128 / "manifest.toml", field128 / "m1.h5", *NO_FREQ)
     assert ref_attrs["iterations"] >= 2
-    for label, (data, attrs) in runs.items():
+    for label in ("2", "3", "4", "1x4", "4x1", "2x2"):
+        data, attrs = runs[label]
         assert attrs["iterations"] == ref_attrs["iterations"], label
         assert attrs["stop_reason"] == ref_attrs["stop_reason"], label
         _same(ref, data)
-    assert list(runs["4x1"][1]["tile_grid"]) == [4, 1] and runs["4"][1]["num_ranks"] == 4
+    assert list(runs["4x1"][1]["tile_grid"]) == [4, 1]
+    assert [runs[label][1]["num_ranks"] for label in ("2", "3", "4", "2x2")] == [2, 3, 4, 4]
 
 
-def test_default_config_two_ranks(tmp_path):
-    simulate(tmp_path, size=160, num_visits=6, num_science=0, seed=7)
-    outs = []
-    for n in (1, 2):
-        out = tmp_path / f"m{n}.h5"
-        proc = mpirun(n, ["run", tmp_path / "manifest.toml", "-o", out])
-        assert proc.returncode == 0, proc.stderr
-        outs.append(_read(out))
-    assert outs[0][1]["iterations"] == outs[1][1]["iterations"]
-    assert outs[1][1]["halo"] > 30  # frequency regularization and model weights widen the halo
-    _same(outs[0][0], outs[1][0])
+def test_default_config_two_ranks(runs):
+    field160 = runs["_dirs"]["field160"]
+    one = _serial(field160 / "manifest.toml", runs["_dirs"]["base"] / "default1.h5")
+    two = runs["default2"]
+    assert one[1]["iterations"] == two[1]["iterations"]
+    assert two[1]["halo"] > 30  # frequency regularization and model weights widen the halo
+    _same(one[0], two[0])
 
 
-def test_output_paths_identical(field128):
-    files = {}
-    for mode in ("mpio", "gather"):
-        out = field128 / f"mode_{mode}.h5"
-        proc = mpirun(2, ["run", field128 / "manifest.toml", "-o", out, "--output-mode", mode, *NO_FREQ])
-        assert proc.returncode == 0, proc.stderr
-        files[mode] = _read(out)
-    a, b = files["mpio"][0], files["gather"][0]
+def test_output_paths_identical(runs):
+    a, b = runs["mpio"][0], runs["gather"][0]
     for key in a:
         if key == "convergence":  # wall-clock seconds differ between runs
             for col in ("iteration", "metric", "gain"):
                 assert np.array_equal(a[key][col], b[key][col], equal_nan=True)
         else:
             assert np.array_equal(a[key], b[key]), key
-    with h5py.File(field128 / "mode_mpio.h5") as f:
+    with h5py.File(runs["_dirs"]["base"] / "mpio.h5") as f:
         assert f.attrs["complete"] and f["model"].chunks[0] == 1
-    assert not list(field128.glob("*.tmp"))
+    assert not list(runs["_dirs"]["base"].glob("*.tmp")) and not list(runs["_dirs"]["base"].glob(".*.tmp"))
 
 
 def test_ranks_read_only_their_windows(field128, tmp_path):
@@ -158,36 +189,17 @@ def test_collective_error_reported_once(field128):
     assert len(lines) == 1 and "less than 2 x the halo" in lines[0] and "fewer ranks" in lines[0]
 
 
-def test_rank_with_only_masked_pixels_takes_part(tmp_path):
-    simulate(tmp_path, size=128, num_visits=6, num_science=0, seed=9)
-    from astropy.io import fits
-
-    for path in sorted((tmp_path / "warps").glob("*.fits")):
-        with fits.open(path, mode="update") as hdul:
-            hdul["MASK"].data[:, 64:] = 1 << int(hdul["MASK"].header["MP_NO_DATA"])
-    outs = []
-    for n in (1, 2):
-        out = tmp_path / f"m{n}.h5"
-        proc = mpirun(n, ["run", tmp_path / "manifest.toml", "-o", out, "--tiles", f"1x{n}", *NO_FREQ])
-        assert proc.returncode == 0, proc.stderr
-        outs.append(_read(out))
-    _same(outs[0][0], outs[1][0])
-    assert np.all(outs[1][0]["nimage_total"][:, 70:] == 0)
+def test_rank_with_only_masked_pixels_takes_part(runs):
+    masked = runs["_dirs"]["masked"]
+    one = _serial(masked / "manifest.toml", runs["_dirs"]["base"] / "masked1.h5", *NO_FREQ)
+    _same(one[0], runs["masked2"][0])
+    assert np.all(runs["masked2"][0]["nimage_total"][:, 70:] == 0)
 
 
-def test_fallback_detection_is_rank_independent(tmp_path):
-    simulate(tmp_path, size=128, num_visits=6, num_science=0, seed=12)
-    from astropy.io import fits
-
-    for path in sorted((tmp_path / "warps").glob("*.fits")):
-        with fits.open(path, mode="update") as hdul:
-            hdul["MASK"].data[:] = 0  # warps without DETECTED: sources are detected on the static model
-    outs = []
-    for n in (1, 2, 4):
-        out = tmp_path / f"m{n}.h5"
-        proc = mpirun(n, ["run", tmp_path / "manifest.toml", "-o", out, *NO_FREQ])
-        assert proc.returncode == 0, proc.stderr
-        outs.append(_read(out))
-    for data, attrs in outs[1:]:
-        assert attrs["iterations"] == outs[0][1]["iterations"] >= 3
-        _same(outs[0][0], data)
+def test_fallback_detection_is_rank_independent(runs):
+    undetected = runs["_dirs"]["undetected"]
+    one = _serial(undetected / "manifest.toml", runs["_dirs"]["base"] / "undetected1.h5", *NO_FREQ)
+    for label in ("undetected2", "undetected4"):
+        data, attrs = runs[label]
+        assert attrs["iterations"] == one[1]["iterations"] >= 3
+        _same(one[0], data)

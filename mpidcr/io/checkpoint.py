@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -23,8 +23,11 @@ import numpy as np
 from ..errors import InputError
 from ..solver import IterationRecord, SolverState, history_table
 from ..tiling import Box
-from .modelfile import DatasetSpec, write_collective
+from .modelfile import DatasetSpec, chunk_shape, write_collective
 from .paths import require_regular_file
+
+if TYPE_CHECKING:
+    from ..parallel.comm import Comm
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def inputs_digest(paths: list[str], comm: Any) -> str:
+def inputs_digest(paths: list[str], comm: Comm) -> str:
     """SHA-256 over the contents of ``paths`` in order (not their names or times).
 
     The files are shared out over the ranks (file i is hashed by rank i mod size), so each byte
@@ -92,13 +95,13 @@ def write_checkpoint(
     shape: tuple[int, int],
     config_digest: str,
     input_digest: str,
-    comm: Any,
+    comm: Comm,
     mode: str = "auto",
 ) -> str:
     """Write ``state`` (this rank's ``inner`` part of the model, at ``box``) to ``path``; all ranks call."""
     K = state.model.shape[0]
     ny, nx = shape
-    layout = {"model_raw": DatasetSpec((K, ny, nx), state.model.dtype, (1, min(256, ny), min(256, nx)))}
+    layout = {"model_raw": DatasetSpec((K, ny, nx), state.model.dtype, (1, *chunk_shape(shape)))}
     arrays = {"model_raw": np.ascontiguousarray(state.model[(..., *inner)])}
     V = len(state.history[0].visit_metrics)
     records = history_table(state.history)

@@ -40,10 +40,27 @@ def _read_lsst_override_file(text: str, path: Path) -> dict[str, Any]:
     return out
 
 
+def _parse(text: str, suffix: str, path: Path) -> Any:
+    """The parsed document (ConfigError naming the file for a parse error)."""
+    try:
+        if suffix == ".toml":
+            return tomllib.loads(text)
+        if suffix == ".py":
+            return _read_lsst_override_file(text, path)
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    except ConfigError:
+        raise
+    except Exception as exc:  # parse errors of tomllib / yaml
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: cannot parse: {first}") from None
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The fields of a TOML (.toml), YAML (.yaml/.yml) or LSST override (.py) file.
 
-    ConfigError (or InputError for an unreadable file) naming the file and the problem.
+    ConfigError naming the file and the problem.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -53,20 +70,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = read_text_file(path, "configuration file")
     except InputError as exc:
         raise ConfigError(str(exc)) from None
-    try:
-        if suffix == ".toml":
-            data = tomllib.loads(text)
-        elif suffix == ".py":
-            data = _read_lsst_override_file(text, path)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-    except ConfigError:
-        raise
-    except Exception as exc:  # parse errors of tomllib / yaml
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{path}: cannot parse: {first}") from None
+    data = _parse(text, suffix, path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of configuration fields")
     if "config" in data and isinstance(data["config"], dict):

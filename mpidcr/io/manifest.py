@@ -120,6 +120,14 @@ def _path_field(item: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _plain_entry(item: dict[str, Any], base: Path, where: str) -> WarpEntry:
+    """A plain-layout warp: ``image`` with ``variance`` or ``weight`` (and ``mask``); the rest are overrides."""
+    plain = {key: expand_pattern(_path_field(item, key, where), base, where)[0] for key in _PLAIN_KEYS if key in item}
+    if not plain.get("variance") and not plain.get("weight"):
+        raise InputError(f"{where}: a plain-layout warp needs 'variance' or 'weight'")
+    return WarpEntry(path=plain["image"], plain=plain, overrides=item)
+
+
 def _read_entry(item: Any, base: Path, where: str) -> list[WarpEntry]:
     """The warps of one ``[[warps]]`` item (a pattern, or a table with ``path`` or ``image``)."""
     if isinstance(item, str):
@@ -128,42 +136,38 @@ def _read_entry(item: Any, base: Path, where: str) -> list[WarpEntry]:
         raise InputError(f"{where}: expected a path or a table, not {type(item).__name__}")
     item = dict(item)
     if "image" in item:
-        plain = {}
-        for key in _PLAIN_KEYS:
-            if key in item:
-                plain[key] = expand_pattern(_path_field(item, key, where), base, where)[0]
-        if not plain.get("variance") and not plain.get("weight"):
-            raise InputError(f"{where}: a plain-layout warp needs 'variance' or 'weight'")
-        return [WarpEntry(path=plain["image"], plain=plain, overrides=item)]
-    if "path" in item:
-        pattern = _path_field(item, "path", where)
-        return [WarpEntry(path=p, overrides=dict(item)) for p in expand_pattern(pattern, base, where)]
-    raise InputError(f"{where}: needs 'path' (LSST layout) or 'image' (plain layout)")
+        return [_plain_entry(item, base, where)]
+    if "path" not in item:
+        raise InputError(f"{where}: needs 'path' (LSST layout) or 'image' (plain layout)")
+    pattern = _path_field(item, "path", where)
+    return [WarpEntry(path=p, overrides=dict(item)) for p in expand_pattern(pattern, base, where)]
+
+
+def _merge_into(kept: WarpEntry, entry: WarpEntry, source: str) -> None:
+    """Add ``entry``'s overrides (and plain files) to ``kept``, the same file named earlier."""
+    if entry.plain != kept.plain and entry.plain and kept.plain:
+        raise InputError(f"{source}: {entry.path} is named twice with different variance/mask files")
+    for name, value in entry.overrides.items():
+        if name in kept.overrides and kept.overrides[name] != value:
+            raise InputError(
+                f"{source}: {entry.path} is named twice with different values of '{name}' "
+                f"({kept.overrides[name]!r} and {value!r})"
+            )
+        kept.overrides[name] = value
+    kept.plain = kept.plain or entry.plain
 
 
 def merge_entries(entries: list[WarpEntry], source: str) -> list[WarpEntry]:
     """One entry per file: a file named twice (a glob, then an entry with overrides for it) is
     used once, with the overrides of both; two different values for one field are an InputError."""
     merged: dict[str, WarpEntry] = {}
-    order: list[str] = []
     for entry in entries:
         key = os.path.realpath(entry.path)
-        if key not in merged:
+        if key in merged:
+            _merge_into(merged[key], entry, source)
+        else:
             merged[key] = WarpEntry(entry.path, entry.plain, dict(entry.overrides))
-            order.append(key)
-            continue
-        kept = merged[key]
-        if entry.plain != kept.plain and entry.plain and kept.plain:
-            raise InputError(f"{source}: {entry.path} is named twice with different variance/mask files")
-        for name, value in entry.overrides.items():
-            if name in kept.overrides and kept.overrides[name] != value:
-                raise InputError(
-                    f"{source}: {entry.path} is named twice with different values of '{name}' "
-                    f"({kept.overrides[name]!r} and {value!r})"
-                )
-            kept.overrides[name] = value
-        kept.plain = kept.plain or entry.plain
-    return [merged[k] for k in order]
+    return list(merged.values())
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:

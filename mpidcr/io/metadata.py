@@ -121,31 +121,42 @@ def visit_metadata(header: fits.Header, path: str, overrides: dict[str, Any] | N
     return meta
 
 
+def _elevation_and_airmass(m: dict[str, Any], path: str) -> tuple[float, float]:
+    """Elevation (deg) from BORE-ALT, else from BORE-AIRMASS; and the airmass (given, or sec z)."""
+    airmass = m.get("airmass")
+    if airmass is not None and airmass < 1.0:
+        raise InputError(f"{path}: airmass (BORE-AIRMASS) = {airmass} is below 1")
+    elevation = m.get("elevation")
+    if elevation is None:
+        if airmass is None:
+            raise InputError(f"{path}: no elevation (BORE-ALT) and no airmass (BORE-AIRMASS)")
+        elevation = elevation_from_airmass(airmass)
+    if not 0.0 < elevation <= 90.0:
+        raise InputError(f"{path}: elevation (BORE-ALT) = {elevation} deg is not in (0, 90]")
+    if elevation < MIN_ELEVATION_DEG:
+        raise InputError(
+            f"{path}: elevation (BORE-ALT/BORE-AIRMASS) = {elevation:.3g} deg is below {MIN_ELEVATION_DEG:g} deg, "
+            "where the refraction formula (Stone 1996) is no longer valid"
+        )
+    return elevation, (1.0 / math.sin(math.radians(elevation)) if airmass is None else airmass)
+
+
+def _parallactic_angle(m: dict[str, Any], path: str, site: Site) -> float:
+    """PARANGLE, else from the azimuth, the elevation and the site latitude (deg)."""
+    if m.get("parallacticAngle") is not None:
+        return float(m["parallacticAngle"])
+    if m.get("azimuth") is None:
+        raise InputError(f"{path}: no parallactic angle (PARANGLE) and no azimuth (BORE-AZ) to compute it")
+    latitude = site.latitude if m.get("latitude") is None else m["latitude"]
+    return float(parallactic_angle_from_altaz(m["azimuth"], m["elevation"], latitude))
+
+
 def resolve_pointing(meta: dict[str, Any], wcs_header: str, path: str, site: Site) -> dict[str, Any]:
     """``meta`` with elevation, airmass, parallactic angle and the image rotation angle filled in
     (from whichever of them the header or the manifest gave); InputError naming ``path`` if impossible."""
     m = dict(meta)
-    if m.get("elevation") is None:
-        if m.get("airmass") is None:
-            raise InputError(f"{path}: no elevation (BORE-ALT) and no airmass (BORE-AIRMASS)")
-        if m["airmass"] < 1.0:
-            raise InputError(f"{path}: airmass (BORE-AIRMASS) = {m['airmass']} is below 1")
-        m["elevation"] = elevation_from_airmass(m["airmass"])
-    if not 0.0 < m["elevation"] <= 90.0:
-        raise InputError(f"{path}: elevation (BORE-ALT) = {m['elevation']} deg is not in (0, 90]")
-    if m["elevation"] < MIN_ELEVATION_DEG:
-        raise InputError(
-            f"{path}: elevation (BORE-ALT/BORE-AIRMASS) = {m['elevation']:.3g} deg is below {MIN_ELEVATION_DEG:g} deg, "
-            "where the refraction formula (Stone 1996) is no longer valid"
-        )
-    if m.get("airmass") is not None and m["airmass"] < 1.0:
-        raise InputError(f"{path}: airmass (BORE-AIRMASS) = {m['airmass']} is below 1")
-    m["airmass"] = 1.0 / math.sin(math.radians(m["elevation"])) if m.get("airmass") is None else m["airmass"]
-    if m.get("parallacticAngle") is None:
-        lat = site.latitude if m.get("latitude") is None else m["latitude"]
-        if m.get("azimuth") is None:
-            raise InputError(f"{path}: no parallactic angle (PARANGLE) and no azimuth (BORE-AZ) to compute it")
-        m["parallacticAngle"] = float(parallactic_angle_from_altaz(m["azimuth"], m["elevation"], lat))
+    m["elevation"], m["airmass"] = _elevation_and_airmass(m, path)
+    m["parallacticAngle"] = _parallactic_angle(m, path, site)
     # precedence: manifest override > the WCS of the warp > BORE-ROTANG > 0
     if "rotationAngle" not in m.get("_overrides", ()):
         rot = image_rotation_angle(wcs_header, m["parallacticAngle"])
@@ -153,29 +164,22 @@ def resolve_pointing(meta: dict[str, Any], wcs_header: str, path: str, site: Sit
     return m
 
 
+def _given(meta: dict[str, Any], name: str, default: float) -> float:
+    return default if meta.get(name) is None else float(meta[name])
+
+
 def observation(meta: dict[str, Any], path: str, site_defaults: Site, notices: set[str] | None = None) -> Observation:
     """The Observation of a visit's resolved ``meta``; missing weather → a standard atmosphere
     (logged once per visit, tracked in ``notices``)."""
-    m = meta
-    site = Site(
-        latitude=site_defaults.latitude if m.get("latitude") is None else m["latitude"],
-        longitude=site_defaults.longitude if m.get("longitude") is None else m["longitude"],
-        height=site_defaults.height if m.get("height") is None else m["height"],
-    )
+    site = Site(latitude=_given(meta, "latitude", site_defaults.latitude),
+                longitude=_given(meta, "longitude", site_defaults.longitude),
+                height=_given(meta, "height", site_defaults.height))  # fmt: skip
     std = Weather.standard(site.height)
-    missing = [k for k in ("temperature", "pressure", "humidity") if m.get(k) is None]
+    missing = [k for k in ("temperature", "pressure", "humidity") if meta.get(k) is None]
     if missing and notices is not None and path not in notices:
         notices.add(path)
         log.info("%s: no %s; using the standard atmosphere at %.0f m", path, "/".join(missing), site.height)
-    weather = Weather(
-        temperature=std.temperature if m.get("temperature") is None else m["temperature"],
-        pressure=std.pressure if m.get("pressure") is None else m["pressure"],
-        humidity=std.humidity if m.get("humidity") is None else m["humidity"],
-    )
-    return Observation(
-        elevation=m["elevation"],
-        parallactic_angle=m["parallacticAngle"],
-        rotation_angle=m["rotationAngle"],
-        weather=weather,
-        site=site,
-    )
+    weather = Weather(temperature=_given(meta, "temperature", std.temperature),
+                      pressure=_given(meta, "pressure", std.pressure),
+                      humidity=_given(meta, "humidity", std.humidity))  # fmt: skip
+    return Observation(meta["elevation"], meta["parallacticAngle"], meta["rotationAngle"], weather, site)

@@ -28,7 +28,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -37,6 +37,9 @@ from numpy.typing import NDArray
 from ..errors import InputError
 from ..tiling import Box
 from .outputs import StickyFile, exclusive_temp, remove_quietly
+
+if TYPE_CHECKING:
+    from ..parallel.comm import Comm
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,14 @@ IMAGE_DATASETS: dict[str, tuple[np.dtype, bool]] = {
     "nimage_total": (np.dtype(np.int32), False),
 }
 GATHER_CHUNK_BYTES = 32 * 2**20  # bounded messages on the rank-0 path
+#: Largest HDF5 chunk side of the per-pixel datasets (a tile is a few chunks; 256² float32 = 256 KiB)
+CHUNK_SIDE = 256
+
+
+def chunk_shape(shape: tuple[int, int], dims: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    """HDF5 chunk (y, x) of a patch of ``shape`` split into a ``dims`` tile grid: a tile's size,
+    at most :data:`CHUNK_SIDE`."""
+    return (min(CHUNK_SIDE, max(1, -(-shape[0] // dims[0]))), min(CHUNK_SIDE, max(1, -(-shape[1] // dims[1]))))
 
 
 @dataclass
@@ -104,6 +115,49 @@ def model_layout(meta: ModelMeta) -> dict[str, DatasetSpec]:
     return out
 
 
+@dataclass
+class _Contents:
+    """What :func:`write_collective` writes: per-pixel ``layout`` (this rank's ``box`` of ``arrays``),
+    and the small things rank 0 adds (``tables``, ``dataset_attrs``, ``attrs``, ``finish``)."""
+
+    layout: dict[str, DatasetSpec]
+    box: Box
+    arrays: dict[str, NDArray]
+    tables: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+    dataset_attrs: dict[str, dict[str, Any]]
+    finish: Callable[[h5py.File], None] | None
+
+    def create(self, f: h5py.File) -> None:
+        for name, spec in self.layout.items():
+            # every pixel is written: no fill values (parallel HDF5 allocates early and would write them)
+            f.create_dataset(name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks, fill_time="never")
+
+    def describe(self, f: h5py.File) -> None:
+        # tables, attributes and ``finish`` by rank 0 alone: parallel HDF5 cannot write
+        # variable-length strings, and the metadata then needs no collective calls
+        for name, table in self.tables.items():
+            f.create_dataset(name, data=table)
+        for name, extra in self.dataset_attrs.items():
+            for key, value in extra.items():
+                f[name].attrs[key] = value
+        for key, value in self.attrs.items():
+            f.attrs[key] = value
+        if self.finish is not None:
+            self.finish(f)
+
+
+def _output_mode(mode: str, comm: Comm) -> str:
+    if comm.size == 1:
+        return "serial"
+    used = ("mpio" if h5py_has_mpi() else "gather") if mode == "auto" else mode
+    if used == "gather" and mode == "auto" and comm.rank == 0:
+        log.warning("h5py has no MPI support: output is gathered through rank 0")
+    if used == "mpio" and not h5py_has_mpi():
+        raise InputError("h5py was built without MPI; use --output-mode gather (or auto)")
+    return used
+
+
 def write_collective(
     path: str,
     layout: dict[str, DatasetSpec],
@@ -111,7 +165,7 @@ def write_collective(
     arrays: dict[str, NDArray],
     tables: dict[str, np.ndarray],
     attrs: dict[str, Any],
-    comm: Any,
+    comm: Comm,
     mode: str = "auto",
     dataset_attrs: dict[str, dict[str, Any]] | None = None,
     finish: Callable[[h5py.File], None] | None = None,
@@ -128,65 +182,18 @@ def write_collective(
     rank that saw it (the CLI then aborts all ranks).
     Returns the mode used.
     """
-    size, rank = comm.size, comm.rank
-    if size == 1:
-        used = "serial"
-    elif mode == "auto":
-        used = "mpio" if h5py_has_mpi() else "gather"
-        if used == "gather" and rank == 0:
-            log.warning("h5py has no MPI support: output is gathered through rank 0")
-    else:
-        used = mode
-    if used == "mpio" and not h5py_has_mpi():
-        raise InputError("h5py was built without MPI; use --output-mode gather (or auto)")
+    used = _output_mode(mode, comm)
+    contents = _Contents(layout, box, arrays, tables, attrs, dataset_attrs or {}, finish)
     tmp = _collective(comm, lambda: exclusive_temp(path))
-
-    def create(f: h5py.File) -> None:
-        for name, spec in layout.items():
-            # every pixel is written: no fill values (parallel HDF5 allocates early and would write them)
-            f.create_dataset(name, shape=spec.shape, dtype=spec.dtype, chunks=spec.chunks, fill_time="never")
-
-    def describe(f: h5py.File) -> None:
-        # tables, attributes and ``finish`` by rank 0 alone: parallel HDF5 cannot write
-        # variable-length strings, and the metadata then needs no collective calls
-        for name, table in tables.items():
-            f.create_dataset(name, data=table)
-        for name, extra in (dataset_attrs or {}).items():
-            for key, value in extra.items():
-                f[name].attrs[key] = value
-        for key, value in attrs.items():
-            f.attrs[key] = value
-        if finish is not None:
-            finish(f)
-
     status: str | None = None
     if used == "mpio":
-        try:
-            with h5py.File(tmp, "w", driver="mpio", comm=comm.mpi) as f:
-                create(f)
-                _write_box(f, layout, box, arrays, collective=True)
-        except Exception as exc:  # the other ranks may wait inside a collective call: abort them
-            remove_quietly(tmp)
-            raise InputError(f"{path}: writing failed ({_first_line(exc)}); the temporary file was removed") from None
-        comm.barrier()
-    elif rank == 0:
-        sticky = StickyFile(tmp)
-        try:
-            with h5py.File(sticky, "w") as f:
-                create(f)
-                _write_box(f, layout, box, arrays)
-                for source in range(1, size):  # received even after a write error, so no sender blocks
-                    for b, data in comm.recv_tile_chunks(source):
-                        _write_box(f, layout, b, data)
-        except BaseException:
-            sticky.close()
-            remove_quietly(tmp)
-            raise
-        status = _close_sticky(sticky)
+        _write_mpio(tmp, path, contents, comm)
+    elif comm.rank == 0:
+        status = _write_rank0(tmp, contents, comm)
     else:
         comm.send_tile_chunks(box, arrays, dest=0, max_bytes=GATHER_CHUNK_BYTES)
-    if rank == 0:
-        status = status or _finish_file(tmp, path, describe)
+    if comm.rank == 0:
+        status = status or _finish_file(tmp, path, contents.describe)
         if status is not None:
             remove_quietly(tmp)
     status = comm.bcast(status, root=0)
@@ -197,7 +204,37 @@ def write_collective(
     return used
 
 
-def _collective(comm: Any, fn: Callable[[], Any]) -> Any:
+def _write_mpio(tmp: str, path: str, contents: _Contents, comm: Comm) -> None:
+    """Every rank writes its box through parallel HDF5 (MPI-IO)."""
+    try:
+        with h5py.File(tmp, "w", driver="mpio", comm=comm.mpi) as f:
+            contents.create(f)
+            _write_box(f, contents.layout, contents.box, contents.arrays, collective=True)
+    except Exception as exc:  # the other ranks may wait inside a collective call: abort them
+        remove_quietly(tmp)
+        raise InputError(f"{path}: writing failed ({_first_line(exc)}); the temporary file was removed") from None
+    comm.barrier()
+
+
+def _write_rank0(tmp: str, contents: _Contents, comm: Comm) -> str | None:
+    """Rank 0 writes its box and every other rank's (gathered in bands) through a StickyFile;
+    the first write error as text, or None."""
+    sticky = StickyFile(tmp)
+    try:
+        with h5py.File(sticky, "w") as f:
+            contents.create(f)
+            _write_box(f, contents.layout, contents.box, contents.arrays)
+            for source in range(1, comm.size):  # received even after a write error, so no sender blocks
+                for b, data in comm.recv_tile_chunks(source):
+                    _write_box(f, contents.layout, b, data)
+    except BaseException:
+        sticky.close()
+        remove_quietly(tmp)
+        raise
+    return _close_sticky(sticky)
+
+
+def _collective(comm: Comm, fn: Callable[[], Any]) -> Any:
     """``fn()`` on rank 0, its result (or its InputError, raised on every rank) broadcast."""
     result: tuple[bool, Any] = (True, None)
     if comm.rank == 0:
@@ -272,7 +309,7 @@ def _finish_file(tmp: str, path: str, describe: Callable[[h5py.File], None]) -> 
     return None
 
 
-def write_model(path: str, tile: ModelTile, meta: ModelMeta, comm: Any, mode: str = "auto") -> str:
+def write_model(path: str, tile: ModelTile, meta: ModelMeta, comm: Comm, mode: str = "auto") -> str:
     """Write the model file (schema above) from every rank's ``tile``; returns the mode used."""
     return write_collective(
         path,

@@ -114,32 +114,36 @@ class OutputLock:
             return True
         return True
 
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InputError(f"{self.path}: the lock file is a symbolic link; refusing to follow it") from None
+            raise InputError(f"{self.target}: cannot create the lock file {self.path} ({exc.strerror})") from None
+
+    def _lock(self, fd: int) -> None:
+        """Take the record lock on ``fd`` (closing it and raising when another process holds it)."""
+        try:
+            if fcntl is not None:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            error = exc
+        if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL) and not self._holder_alive_without_locks():
+            return  # no record locks on this file system, and the recorded holder is gone
+        os.close(fd)
+        if error.errno in (errno.EACCES, errno.EAGAIN, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise self._refuse() from None
+        raise InputError(f"{self.path}: cannot lock ({error.strerror})") from None
+
     def acquire(self) -> OutputLock:
         key = os.path.realpath(self.path)
         if key in _HELD:
             raise self._refuse()
         for _ in range(5):  # retried when the lock file is replaced while we take it
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise InputError(f"{self.path}: the lock file is a symbolic link; refusing to follow it") from None
-                raise InputError(
-                    f"{self.target}: cannot create the lock file {self.path} ({exc.strerror})"
-                ) from None
-            try:
-                if fcntl is not None:
-                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EACCES, errno.EAGAIN):
-                    os.close(fd)
-                    raise self._refuse() from None
-                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                    os.close(fd)
-                    raise InputError(f"{self.path}: cannot lock ({exc.strerror})") from None
-                if self._holder_alive_without_locks():  # no record locks here: judge by the holder
-                    os.close(fd)
-                    raise self._refuse() from None
+            fd = self._open()
+            self._lock(fd)
             try:  # the file we locked must still be the one at the path (not unlinked meanwhile)
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -293,3 +297,15 @@ class StickyFile(io.RawIOBase):
         if not self._fh.closed:
             self._fh.close()
         super().close()
+
+
+def write_fits(path: str, hdul: Any) -> None:
+    """Write an astropy HDUList to ``path`` atomically: a new exclusive temporary file beside it
+    (never a planted link), renamed when complete; InputError (nothing left behind) on failure."""
+    tmp = exclusive_temp(path)
+    try:
+        hdul.writeto(tmp, overwrite=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        remove_quietly(tmp)
+        raise InputError(f"{path}: writing failed ({exc.strerror or exc}); nothing was written") from None

@@ -95,6 +95,20 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _refuse_existing(path: str, inputs: Iterable[str], overwrite: bool, what: str) -> None:
+    """What exists at an output path: never an input, never a non-file, a file only with overwrite."""
+    if not os.path.lexists(path):
+        return
+    exists = os.path.exists(path)  # (False for a dangling symbolic link: it is simply replaced)
+    for source in inputs:
+        if source and exists and same_file(path, source):
+            raise InputError(f"{path}: the {what} is an input of this run ({source}); refusing to overwrite it")
+    if exists and not stat.S_ISREG(os.stat(path).st_mode):
+        raise InputError(f"{path}: the {what} path exists and is {_kind(os.stat(path).st_mode)}")
+    if not overwrite:
+        raise InputError(f"{path}: {what} file exists (use --overwrite)")
+
+
 def check_output_path(path: str, inputs: Iterable[str], overwrite: bool, what: str = "output") -> None:
     """Refuse an output path that cannot or must not be written, before any work is done.
 
@@ -106,15 +120,7 @@ def check_output_path(path: str, inputs: Iterable[str], overwrite: bool, what: s
         raise InputError(f"the {what} path is empty")
     if str(path).endswith(os.sep) or os.path.isdir(path):
         raise InputError(f"{path}: the {what} path is a directory; name a file")
-    for source in inputs:
-        if source and os.path.exists(path) and same_file(path, source):
-            raise InputError(f"{path}: the {what} is an input of this run ({source}); refusing to overwrite it")
-    if os.path.lexists(path):
-        st = os.stat(path) if os.path.exists(path) else None
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{path}: the {what} path exists and is {_kind(st.st_mode)}")
-        if not overwrite:
-            raise InputError(f"{path}: {what} file exists (use --overwrite)")
+    _refuse_existing(path, inputs, overwrite, what)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise InputError(f"{path}: directory {parent} does not exist")

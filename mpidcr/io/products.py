@@ -8,7 +8,6 @@ open them as they open warps.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,11 @@ from astropy.io import fits
 from numpy.typing import NDArray
 
 from ..config import DcrConfig
-from ..dcr import Observation, Site, VisitShifts, dcr_shifts
+from ..dcr import Observation, Site, VisitShifts, check_elevation, dcr_shifts, elevation_from_airmass
 from ..errors import InputError
 from ..solver import matched_template
 from .modelfile import ModelFile, read_model
+from .paths import check_output_path
 from .warps import WarpInfo, observation_or_error, resolve_geometry, scan_warp, write_lsst_warp
 from .wcs import same_wcs
 
@@ -111,17 +111,10 @@ def template_for(model: ModelFile, obs: Observation) -> NDArray[np.float64]:
     return matched_template(model.model.astype(np.float64), visit_shifts_for(model, obs), order)
 
 
-def write_template(
-    model_path: str,
-    warp_path: str | None,
-    output: str,
-    overrides: dict[str, Any] | None = None,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Write the DCR-matched template for ``warp_path``'s conditions (or for ``overrides`` alone)."""
-    model = read_model(model_path)
-    if os.path.exists(output) and not overwrite:
-        raise InputError(f"{output}: exists (use --overwrite)")
+def _template_conditions(model: ModelFile, warp_path: str | None,
+                         overrides: dict[str, Any]) -> tuple[Observation, dict[str, Any]]:  # fmt: skip
+    """The observation a template is made for, from a warp on the model's grid or from the
+    overrides alone (elevation or airmass, parallactic angle); and the metadata to record."""
     if warp_path is not None:
         info, obs = observation_for_warp(warp_path, overrides)
         if info.shape != tuple(model.model.shape[1:]):
@@ -130,25 +123,30 @@ def write_template(
             raise InputError(
                 f"{warp_path}: WCS differs from the model's ({model.path}); warp it onto the patch grid first"
             )
-        meta = {k: v for k, v in info.meta.items() if not k.startswith("_")}
-    else:
-        o = dict(overrides or {})
-        if "elevation" not in o and "airmass" not in o:
-            raise InputError("give a warp or --elevation/--airmass and --parallactic-angle")
-        if "parallacticAngle" not in o:
-            raise InputError("give --parallactic-angle (deg)")
-        from ..dcr import elevation_from_airmass
+        return obs, {k: v for k, v in info.meta.items() if not k.startswith("_")}
+    if "elevation" not in overrides and "airmass" not in overrides:
+        raise InputError("give a warp or --elevation/--airmass and --parallactic-angle")
+    if "parallacticAngle" not in overrides:
+        raise InputError("give --parallactic-angle (deg)")
+    elevation = overrides.get("elevation") or elevation_from_airmass(overrides["airmass"])
+    check_elevation(elevation)
+    obs = Observation(elevation, overrides["parallacticAngle"], overrides.get("rotationAngle", 0.0))
+    meta = {"elevation": elevation, "airmass": obs.airmass, "parallacticAngle": obs.parallactic_angle,
+            "rotationAngle": obs.rotation_angle}  # fmt: skip
+    return obs, meta
 
-        elevation = o.get("elevation") or elevation_from_airmass(o["airmass"])
-        obs = Observation(
-            elevation=elevation, parallactic_angle=o["parallacticAngle"], rotation_angle=o.get("rotationAngle", 0.0)
-        )
-        meta = {
-            "elevation": elevation,
-            "airmass": obs.airmass,
-            "parallacticAngle": obs.parallactic_angle,
-            "rotationAngle": obs.rotation_angle,
-        }
+
+def write_template(
+    model_path: str,
+    warp_path: str | None,
+    output: str,
+    overrides: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the DCR-matched template for ``warp_path``'s conditions (or for ``overrides`` alone)."""
+    check_output_path(output, [model_path] + ([warp_path] if warp_path else []), overwrite, "template")
+    model = read_model(model_path)
+    obs, meta = _template_conditions(model, warp_path, dict(overrides or {}))
     template = template_for(model, obs)
     write_lsst_warp(output, template, model.variance, model.mask, model.mask_planes, meta, _wcs(model))
     return {

@@ -31,6 +31,7 @@ from ..errors import InputError, PhysicsError
 from ..masks import add_plane
 from ..tiling import Box
 from .metadata import KEYWORDS, observation, resolve_pointing, visit_metadata
+from .outputs import write_fits
 from .paths import regular_file_problem
 from .wcs import same_wcs
 
@@ -144,23 +145,28 @@ def _scan_lsst(path: str) -> tuple[WarpInfo, fits.Header]:
     return info, primary
 
 
+def _first_2d(hdul: fits.HDUList, path: str) -> fits.ImageHDU:
+    hdu = next((h for h in hdul if h.header.get("NAXIS", 0) == 2), None)
+    if hdu is None:
+        raise InputError(f"{path}: no 2-D image HDU")
+    return hdu
+
+
 def _scan_plain(plain: dict[str, str]) -> tuple[WarpInfo, fits.Header]:
     """A plain-layout warp: image, variance or weight, optional mask files; (info, primary header)."""
     image_path = plain["image"]
+    variance = plain.get("variance") or plain.get("weight") or ""
+    if not variance:
+        raise InputError(f"{image_path}: the manifest names no variance or weight file for this image")
     with fits.open(image_path, memmap=False) as hdul:
-        hdu = next((h for h in hdul if h.header.get("NAXIS", 0) == 2), None)
-        if hdu is None:
-            raise InputError(f"{image_path}: no 2-D image HDU")
+        hdu = _first_2d(hdul, image_path)
         primary = hdul[0].header if hdul[0].header.get("NAXIS", 0) == 0 else hdu.header
         shape = (int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]))
         wcs_header = hdu.header.tostring()
     planes = {}
     if plain.get("mask"):
         with fits.open(plain["mask"], memmap=False) as hdul:
-            planes = mask_planes_from_header(next(h for h in hdul if h.header.get("NAXIS", 0) == 2).header)
-    variance = plain.get("variance") or plain.get("weight") or ""
-    if not variance:
-        raise InputError(f"{image_path}: the manifest names no variance or weight file for this image")
+            planes = mask_planes_from_header(_first_2d(hdul, plain["mask"]).header)
     info = WarpInfo(image_path, "plain", shape, planes, wcs_header, {}, image_path=image_path, variance_path=variance,
                     variance_is_weight=bool(plain.get("weight")), mask_path=plain.get("mask") or "")  # fmt: skip
     return info, primary
@@ -220,6 +226,28 @@ def _first_image_hdu(path: str) -> int:
     raise InputError(f"{path}: no 2-D image HDU")
 
 
+def _read_plain(info: WarpInfo, box: Box, image: NDArray, variance: NDArray, mask: NDArray) -> None:
+    _section(info.image_path, _first_image_hdu(info.image_path), box, image)
+    _section(info.variance_path, _first_image_hdu(info.variance_path), box, variance)
+    if info.variance_is_weight:
+        with np.errstate(divide="ignore"):
+            variance[...] = np.where(variance > 0, 1.0 / variance, np.inf)
+    if info.mask_path:
+        _section(info.mask_path, _first_image_hdu(info.mask_path), box, mask)
+    else:
+        mask[...] = 0
+
+
+def _renumber_planes(mask: NDArray, own: dict[str, int], planes: dict[str, int]) -> None:
+    """Move the bits of a warp's own planes (``own``) to the run's numbering (``planes``), in place."""
+    if not own or all(planes.get(n) == b for n, b in own.items()):
+        return
+    raw = mask.copy()
+    mask[...] = 0
+    for name, bit in own.items():
+        mask |= np.where((raw >> bit) & 1, np.int32(1 << planes[name]), np.int32(0))
+
+
 def read_window(info: WarpInfo, box: Box, planes: dict[str, int],
                 out: tuple[NDArray, NDArray, NDArray] | None = None) -> tuple[NDArray, NDArray, NDArray]:  # fmt: skip
     """(image, variance, mask) of ``box`` from one warp: float32, float32, int32 with ``planes`` bits.
@@ -232,31 +260,17 @@ def read_window(info: WarpInfo, box: Box, planes: dict[str, int],
     image, variance, mask = out
     try:
         if info.layout == "lsst":
-            _section(info.path, "IMAGE", box, image)
-            _section(info.path, "MASK", box, mask)
-            _section(info.path, "VARIANCE", box, variance)
+            for extension, target in (("IMAGE", image), ("MASK", mask), ("VARIANCE", variance)):
+                _section(info.path, extension, box, target)
         else:
-            _section(info.image_path, _first_image_hdu(info.image_path), box, image)
-            _section(info.variance_path, _first_image_hdu(info.variance_path), box, variance)
-            if info.variance_is_weight:
-                with np.errstate(divide="ignore"):
-                    variance[...] = np.where(variance > 0, 1.0 / variance, np.inf)
-            if info.mask_path:
-                _section(info.mask_path, _first_image_hdu(info.mask_path), box, mask)
-            else:
-                mask[...] = 0
+            _read_plain(info, box, image, variance, mask)
     except InputError:
         raise
     except Exception as exc:
         raise InputError(
             f"{info.path}: cannot read pixels ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         ) from None
-    own = info.mask_planes
-    if own and any(planes.get(n) != b for n, b in own.items()):
-        raw = mask.copy()
-        mask[...] = 0
-        for name, bit in own.items():
-            mask |= np.where((raw >> bit) & 1, np.int32(1 << planes[name]), np.int32(0))
+    _renumber_planes(mask, info.mask_planes, planes)
     return image, variance, mask
 
 
@@ -269,6 +283,25 @@ def _set_long(header: fits.Header, key: str, value: Any) -> None:
         header[key] = value
 
 
+def _primary(meta: dict[str, Any]) -> fits.PrimaryHDU:
+    """A primary HDU carrying the visit metadata of ``meta`` under its keywords."""
+    primary = fits.PrimaryHDU()
+    for name, value in meta.items():
+        if name in KEYWORDS and value is not None:
+            _set_long(primary.header, KEYWORDS[name][0], value)
+    return primary
+
+
+def _image_header(wcs_header: fits.Header | None) -> fits.Header:
+    """The WCS cards of ``wcs_header`` without the structural ones (astropy writes those)."""
+    header = fits.Header()
+    structural = ("NAXIS", "NAXIS1", "NAXIS2", "SIMPLE", "BITPIX", "EXTEND", "PCOUNT", "GCOUNT")
+    for card in wcs_header.cards if wcs_header is not None else ():
+        if card.keyword not in structural:
+            header.append(card)
+    return header
+
+
 def write_lsst_warp(
     path: str | os.PathLike,
     image: NDArray,
@@ -279,24 +312,12 @@ def write_lsst_warp(
     wcs_header: fits.Header | None = None,
     overwrite: bool = True,
 ) -> None:
-    """Write a warp in the LSST layout (primary metadata + IMAGE, MASK, VARIANCE)."""
-    primary = fits.PrimaryHDU()
-    for name, value in meta.items():
-        if name in KEYWORDS and value is not None:
-            _set_long(primary.header, KEYWORDS[name][0], value)
-    header = fits.Header()
-    if wcs_header is not None:
-        for card in wcs_header.cards:
-            if card.keyword not in ("NAXIS", "NAXIS1", "NAXIS2", "SIMPLE", "BITPIX", "EXTEND", "PCOUNT", "GCOUNT"):
-                header.append(card)
-    img = fits.ImageHDU(np.asarray(image, dtype=np.float32), header=header, name="IMAGE")
+    """Write a warp in the LSST layout (primary metadata + IMAGE, MASK, VARIANCE), atomically."""
+    img = fits.ImageHDU(np.asarray(image, dtype=np.float32), header=_image_header(wcs_header), name="IMAGE")
     msk = fits.ImageHDU(np.asarray(mask, dtype=np.int32), name="MASK")
     for name, bit in mask_planes.items():
         _set_long(msk.header, f"MP_{name}", bit)
     var = fits.ImageHDU(np.asarray(variance, dtype=np.float32), name="VARIANCE")
-    tmp = f"{path}.tmp"
-    fits.HDUList([primary, img, msk, var]).writeto(tmp, overwrite=True)
     if os.path.exists(path) and not overwrite:
-        os.remove(tmp)
         raise InputError(f"{path}: exists (use --overwrite)")
-    os.replace(tmp, path)
+    write_fits(str(path), fits.HDUList([_primary(meta), img, msk, var]))

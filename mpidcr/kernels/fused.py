@@ -455,40 +455,46 @@ def _row_pairs(index: NDArray[np.int64], weight: NDArray[np.float64]) -> NDArray
     return pair
 
 
+def _stacked(tables: list[tuple[NDArray, NDArray]]) -> tuple[NDArray, NDArray]:
+    """(index, weight) tap tables of several shifts stacked along a new first axis."""
+    return (np.ascontiguousarray(np.stack([t[0] for t in tables])),
+            np.ascontiguousarray(np.stack([t[1] for t in tables])))  # fmt: skip
+
+
+def _column_spans(tables: list[tuple[NDArray, NDArray]]) -> tuple[NDArray, ...]:
+    """Per shift, the interior column span and offset (:func:`_interior`) and the valid span (:func:`_valid`)."""
+    interiors = [_interior(index, weight) for index, weight in tables]
+    valid = [_valid(weight) for _, weight in tables]
+    return (*(np.array(v, dtype=np.int64) for v in zip(*interiors, strict=True)),
+            *(np.array(v, dtype=np.int64) for v in zip(*valid, strict=True)))  # fmt: skip
+
+
+def _forward_scales(forward: NDArray) -> NDArray:
+    """Weight of each of the K·J forward shifts: 1/J for split sub-filters; an unsplit sub-filter's
+    identical shifts are applied once with weight 1 and their copies get 0, as the per-shift path does."""
+    K, J = forward.shape[:2]
+    same = [bool(np.all(forward[k] == forward[k, 0])) for k in range(K)]
+    return np.array([(0.0 if i % J else 1.0) if same[i // J] else 1.0 / J for i in range(K * J)])
+
+
 class VisitPass:
     """Tables of one visit's shifts for :func:`_visit_pass`, built once per run (the shifts are fixed)."""
 
     def __init__(self, shape: tuple[int, int], forward: NDArray, mean: NDArray, block: int = 16):
         ny, nx = shape
         K, J = forward.shape[:2]
-        tabs = [
-            (tap_table(ny, float(forward[k, j, 0]), 1), tap_table(nx, float(forward[k, j, 1]), 1))
-            for k in range(K)
-            for j in range(J)
-        ]
-        same = [bool(np.all(forward[k] == forward[k, 0])) for k in range(K)]
-        # every plane has J entries (shift f belongs to plane f // J); identical split shifts are
-        # applied once with weight 1 and their copy gets weight 0, as the per-shift path does
-        order = list(range(K * J))
-        scales = [0.0 if (same[i // J] and i % J) else (1.0 if same[i // J] else 1.0 / J) for i in order]
-        self.fiy = np.ascontiguousarray(np.stack([tabs[i][0][0] for i in order]))
-        self.fwy = np.ascontiguousarray(np.stack([tabs[i][0][1] for i in order]))
-        self.fix = np.ascontiguousarray(np.stack([tabs[i][1][0] for i in order]))
-        self.fwx = np.ascontiguousarray(np.stack([tabs[i][1][1] for i in order]))
-        interiors = [_interior(tabs[i][1][0], tabs[i][1][1]) for i in order]
-        self.fxa, self.fxb, self.foff = (np.array(v, dtype=np.int64) for v in zip(*interiors, strict=True))
-        self.fva, self.fvb = (
-            np.array(v, dtype=np.int64) for v in zip(*(_valid(tabs[i][1][1]) for i in order), strict=True)
-        )
-        self.fscale = np.array(scales)
-        rt = [(tap_table(ny, -float(mean[k, 0]), 1), tap_table(nx, -float(mean[k, 1]), 1)) for k in range(K)]
-        self.riy = np.ascontiguousarray(np.stack([t[0][0] for t in rt]))
-        self.rwy = np.ascontiguousarray(np.stack([t[0][1] for t in rt]))
-        self.rix = np.ascontiguousarray(np.stack([t[1][0] for t in rt]))
-        self.rwx = np.ascontiguousarray(np.stack([t[1][1] for t in rt]))
-        rints = [_interior(t[1][0], t[1][1]) for t in rt]
-        self.rxa, self.rxb, self.roff = (np.array(v, dtype=np.int64) for v in zip(*rints, strict=True))
-        self.rva, self.rvb = (np.array(v, dtype=np.int64) for v in zip(*(_valid(t[1][1]) for t in rt), strict=True))
+        # every plane has J entries (shift f belongs to plane f // J)
+        fy = [tap_table(ny, float(forward[k, j, 0]), 1) for k in range(K) for j in range(J)]
+        fx = [tap_table(nx, float(forward[k, j, 1]), 1) for k in range(K) for j in range(J)]
+        self.fiy, self.fwy = _stacked(fy)
+        self.fix, self.fwx = _stacked(fx)
+        self.fxa, self.fxb, self.foff, self.fva, self.fvb = _column_spans(fx)
+        self.fscale = _forward_scales(forward)
+        ry = [tap_table(ny, -float(mean[k, 0]), 1) for k in range(K)]
+        rx = [tap_table(nx, -float(mean[k, 1]), 1) for k in range(K)]
+        self.riy, self.rwy = _stacked(ry)
+        self.rix, self.rwx = _stacked(rx)
+        self.rxa, self.rxb, self.roff, self.rva, self.rvb = _column_spans(rx)
         # residual rows needed by accumulator row y: up to y + lag
         self.lag = max(0, int(np.max(self.riy.max(axis=2) - np.arange(ny)[None, :])))
         self.block = max(block, 1)

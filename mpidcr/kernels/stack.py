@@ -54,66 +54,98 @@ def _segment(inputs, options, total_weight, outputs, scratch, y, x0, m):  # prag
     statistic, sigma_clip, clip_iter, prop_bits, prop_thresholds, from_input_variance, nodata_bit, network = options
     image, variance, mask, count = outputs
     val, keep, s, kw, acc = scratch
-    nv = val.shape[0]  # columns 0 … m − 1 of the buffers are used
     sw, swx, cnt, center, sigma, tmp = acc[0], acc[1], acc[2], acc[3], acc[4], acc[5]
-    for v in range(nv):
+    _gather(images, good, weights, y, x0, m, val, keep)
+    if statistic == MEDIAN or (statistic == MEANCLIP and val.shape[0] > 2):
+        _robust_center(val, keep, m, network, s, cnt, center, sigma)
+        if statistic == MEANCLIP:
+            for _ in range(clip_iter):
+                _moments(val, keep, m, weights, center, sigma, sigma_clip, kw, sw, swx, tmp)
+            _final_selection(val, keep, m, center, sigma, sigma_clip)
+    out = image[y, x0 : x0 + m]
+    _weighted_result(val, keep, m, weights, statistic, center, sw, swx, cnt, out)
+    for x in range(m):
+        count[y, x0 + x] = int(cnt[x])
+    _variance(val, keep, m, weights, variances, y, x0, from_input_variance, out, sw, cnt, tmp, variance[y, x0 : x0 + m])
+    _mask(masks, y, x0, keep, m, weights, total_weight, prop_bits, prop_thresholds, nodata_bit, cnt, tmp,
+          mask[y, x0 : x0 + m])  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _gather(images, good, weights, y, x0, m, val, keep):  # pragma: no cover - compiled
+    """The segment's values (V, m) and whether each input is used (good, of a visit with weight)."""
+    for v in range(val.shape[0]):
         im, gd = images[v, y, x0 : x0 + m], good[v, y, x0 : x0 + m]
         on = 1.0 if weights[v] > 0 else 0.0
         for x in range(m):
             val[v, x] = im[x]
             keep[v, x] = on * gd[x]
-    if statistic == MEDIAN or (statistic == MEANCLIP and nv > 2):
-        # sort each column's used values to its front (unused = +inf) with a sorting network:
-        # every comparator is a min/max of two rows, vectorised over the columns
-        for v in range(nv):
-            for x in range(m):
-                s[v, x] = val[v, x] if keep[v, x] > 0 else np.inf
-        for c in range(network.shape[0]):
-            a, b = s[network[c, 0]], s[network[c, 1]]
-            for x in range(m):
-                lo = min(a[x], b[x])
-                b[x] = max(a[x], b[x])
-                a[x] = lo
-        cnt[:] = 0.0
-        for v in range(nv):
-            for x in range(m):
-                cnt[x] += keep[v, x]
+
+
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _robust_center(val, keep, m, network, s, cnt, center, sigma):  # pragma: no cover - compiled
+    """Median and 0.7413·IQR of each column's used values (NaN where none): the used values are
+    sorted to the column's front (unused = +inf) by a sorting network whose comparators are
+    min/max of two rows, vectorised over the columns."""
+    nv = val.shape[0]
+    for v in range(nv):
         for x in range(m):
-            n = int(cnt[x])
-            if n == 0:
-                center[x] = np.nan
-                sigma[x] = np.nan
-                continue
-            center[x] = _quantile(s, x, n, 0.5)
-            sigma[x] = _IQR_TO_SIGMA * (_quantile(s, x, n, 0.75) - _quantile(s, x, n, 0.25))
-        if statistic == MEANCLIP:
-            for _ in range(clip_iter):
-                _moments(val, keep, m, weights, center, sigma, sigma_clip, kw, sw, swx, tmp)
-            # the final selection (NaN centre or sigma rejects nothing, as in numpy); selects,
-            # not branches, here and below: data-dependent branches and stores do not vectorise
-            for v in range(nv):
-                for x in range(m):
-                    keep[v, x] = 0.0 if abs(val[v, x] - center[x]) > sigma_clip * sigma[x] else keep[v, x]
+            s[v, x] = val[v, x] if keep[v, x] > 0 else np.inf
+    for c in range(network.shape[0]):
+        a, b = s[network[c, 0]], s[network[c, 1]]
+        for x in range(m):
+            lo = min(a[x], b[x])
+            b[x] = max(a[x], b[x])
+            a[x] = lo
+    cnt[:] = 0.0
+    for v in range(nv):
+        for x in range(m):
+            cnt[x] += keep[v, x]
+    for x in range(m):
+        n = int(cnt[x])
+        if n == 0:
+            center[x] = np.nan
+            sigma[x] = np.nan
+            continue
+        center[x] = _quantile(s, x, n, 0.5)
+        sigma[x] = _IQR_TO_SIGMA * (_quantile(s, x, n, 0.75) - _quantile(s, x, n, 0.25))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _final_selection(val, keep, m, center, sigma, sigma_clip):  # pragma: no cover - compiled
+    """Drop the inputs beyond ``sigma_clip``·σ of the centre (a NaN centre or σ rejects nothing, as
+    in numpy); selects, not branches: data-dependent branches and stores do not vectorise."""
+    for v in range(val.shape[0]):
+        for x in range(m):
+            keep[v, x] = 0.0 if abs(val[v, x] - center[x]) > sigma_clip * sigma[x] else keep[v, x]
+
+
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _weighted_result(val, keep, m, weights, statistic, center, sw, swx, cnt, out):  # pragma: no cover - compiled
+    """The statistic (median, or the weighted mean of the kept inputs; 0 where undefined) into
+    ``out``; Σw, Σwx and the count of kept inputs into ``sw``, ``swx``, ``cnt``."""
     sw[:] = 0.0
     swx[:] = 0.0
     cnt[:] = 0.0
-    for v in range(nv):
+    for v in range(val.shape[0]):
         w = weights[v]
         for x in range(m):
             k = keep[v, x] * w
             sw[x] += k
             swx[x] += k * val[v, x]
             cnt[x] += keep[v, x]
-    out = image[y, x0 : x0 + m]
     for x in range(m):
-        if statistic == MEDIAN:
-            r = center[x]
-        else:
-            r = swx[x] / sw[x] if sw[x] > 0 else 0.0
+        r = center[x] if statistic == MEDIAN else (swx[x] / sw[x] if sw[x] > 0 else 0.0)
         out[x] = r if math.isfinite(r) else 0.0
-        count[y, x0 + x] = int(cnt[x])
+
+
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _variance(val, keep, m, weights, variances, y, x0, from_input_variance, out, sw, cnt, tmp,
+              var_out):  # pragma: no cover - compiled
+    """Σw²σ²/(Σw)² of the kept inputs, or their weighted scatter about ``out`` over their number; inf
+    where undefined."""
     tmp[:] = 0.0
-    for v in range(nv):
+    for v in range(val.shape[0]):
         w = weights[v]
         if from_input_variance:
             var = variances[v, y, x0 : x0 + m]
@@ -122,17 +154,22 @@ def _segment(inputs, options, total_weight, outputs, scratch, y, x0, m):  # prag
         else:
             for x in range(m):
                 tmp[x] += keep[v, x] * w * (val[v, x] - out[x]) ** 2
-    var_out = variance[y, x0 : x0 + m]
     for x in range(m):
         q = tmp[x] / (sw[x] * sw[x]) if from_input_variance else tmp[x] / sw[x] / max(cnt[x], 1.0)
         var_out[x] = q if (sw[x] > 0) & math.isfinite(q) else np.inf
-    bits = mask[y, x0 : x0 + m]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _mask(masks, y, x0, keep, m, weights, total_weight, prop_bits, prop_thresholds, nodata_bit, cnt, tmp,
+          bits):  # pragma: no cover - compiled
+    """OR of the kept inputs' masks; the propagated planes whose rejected inputs hold more than their
+    threshold of the pixel's weight; NO_DATA where no input is kept."""
+    nv = masks.shape[0]
     bits[:] = 0
     for v in range(nv):
         mk = masks[v, y, x0 : x0 + m]
         for x in range(m):
             bits[x] |= mk[x] if keep[v, x] > 0 else 0
-    # planes carried by unused inputs holding more than a threshold of the pixel's weight
     for p in range(prop_bits.shape[0]):
         tmp[:] = 0.0
         for v in range(nv):

@@ -12,10 +12,9 @@ import sys
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from ..errors import DecompositionError
 from ..halo import HaloExchanger, NoExchange
 from ..reduction import Reducer, SerialReducer
-from ..tiling import Box, Plan, block_range
+from ..tiling import Box, Plan
 
 log = logging.getLogger(__name__)
 
@@ -170,36 +169,3 @@ def install_abort_hook(comm: Comm) -> None:
         comm.abort(1)
 
     sys.excepthook = hook
-
-
-#: Tiles at least this many rows tall are preferred whole-width (see :func:`choose_dims`).
-MIN_ROW_TILE = 256
-
-
-def choose_dims(size: int, shape: tuple[int, int]) -> tuple[int, int]:
-    """Tile grid (py, px) for ``size`` ranks on a patch of ``shape``.
-
-    Whole-width tiles (px = 1) while they stay at least :data:`MIN_ROW_TILE` rows tall: a tile of
-    whole rows is read as contiguous byte ranges from every warp and its row kernels run full
-    width (measured on 2048×4096 × 12 visits, 2 ranks: 9.9 s with 2×1 tiles, 11.5 s with 1×2,
-    whose strided reads took 2.2 s instead of 0.45 s).  Otherwise the factorisation whose smallest
-    tile side is largest (so the halo fits), ties broken towards square tiles, then towards more
-    tiles along y.  Unlike ``MPI.Compute_dims`` this looks at the patch's aspect ratio.
-    """
-    if size <= shape[0] and shape[0] // size >= MIN_ROW_TILE:
-        return (size, 1)
-    best: tuple[tuple[int, int, int], tuple[int, int]] | None = None
-    for py in range(1, size + 1):
-        if size % py:
-            continue
-        px = size // py
-        if py > shape[0] or px > shape[1]:
-            continue
-        ty = min(b - a for a, b in (block_range(shape[0], py, i) for i in range(py)))
-        tx = min(b - a for a, b in (block_range(shape[1], px, i) for i in range(px)))
-        key = (min(ty, tx), -abs(ty - tx), py)  # ties: split rows (contiguous reads, whole-row kernels)
-        if best is None or key > best[0]:
-            best = (key, (py, px))
-    if best is None:
-        raise DecompositionError(f"cannot split a {shape[0]}x{shape[1]} patch over {size} ranks")
-    return best[1]

@@ -17,8 +17,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..dcr import Observation, Site, Weather, elevation_from_airmass, subfilter_edges, water_vapour_pressure
 from ..masks import DEFAULT_PLANES, plane_bits
@@ -31,7 +34,7 @@ BLACKBODY_TEMPERATURES = (3000, 3500, 4000, 5000, 6000, 7500, 10000, 15000, 2000
 SHIPPED_SEDS = (("vega.txt", "nm"), ("CWW_E_ext.sed", "Ang"), ("CWW_Sbc_ext.sed", "Ang"), ("CWW_Im_ext.sed", "Ang"))
 
 
-def lsst_g_band() -> tuple[object, float, float]:
+def lsst_g_band() -> tuple[Any, float, float]:
     """GalSim's LSST g bandpass, its effective wavelength and its half-maximum width (nm)."""
     import galsim
 
@@ -42,7 +45,7 @@ def lsst_g_band() -> tuple[object, float, float]:
     return bp, float(bp.effective_wavelength), float(half.max() - half.min())
 
 
-def sed_pool() -> list[tuple[str, object]]:
+def sed_pool() -> list[tuple[str, Any]]:
     """(name, galsim.SED) for the blackbodies and the shipped SEDs."""
     import galsim
 
@@ -55,6 +58,120 @@ def sed_pool() -> list[tuple[str, object]]:
     for name, unit in SHIPPED_SEDS:
         pool.append((name, galsim.SED(name, wave_type=unit, flux_type="flambda")))
     return pool
+
+
+@dataclass
+class _Sources:
+    """The stars (positions, total flux, SED index) and galaxies (positions, flux, SED, profile)."""
+
+    ys: NDArray
+    xs: NDArray
+    total: NDArray
+    which: NDArray
+    gy: NDArray
+    gx: NDArray
+    gflux: NDArray
+    gsed: NDArray
+    profiles: list[Any]
+
+
+def _sources(rng: np.random.Generator, seed: int, shape: tuple[int, int], num_stars: int, num_galaxies: int,
+             flux_range: tuple[float, float], edge: int, pool: list[tuple[str, Any]],
+             positions: list[tuple[float, float]] | None, sed_names: list[str] | None) -> _Sources:  # fmt: skip
+    import galsim
+
+    ny, nx = shape
+    ys = rng.uniform(edge, ny - edge, num_stars)
+    xs = rng.uniform(edge, nx - edge, num_stars)
+    total = np.exp(rng.uniform(np.log(flux_range[0]), np.log(flux_range[1]), num_stars))
+    which = rng.integers(0, len(pool), num_stars)
+    if positions is not None:  # explicit stars (tests): positions (y, x) and, in order, SED names
+        ys, xs = (np.array(c, dtype=float) for c in zip(*positions, strict=True))
+        num_stars = len(positions)
+        total = total[:num_stars] if total.size >= num_stars else np.full(num_stars, flux_range[1])
+    names = [n for n, _ in pool]
+    if sed_names is not None:
+        which = np.array([names.index(n) for n in sed_names])
+    # faint chromatic galaxies (their own random stream, so adding them leaves the stars unchanged)
+    grng = np.random.default_rng(seed + 7919)
+    galaxy_seds = [names.index(n) for n, _ in SHIPPED_SEDS if n.startswith("CWW")]
+    gy = grng.uniform(edge, ny - edge, num_galaxies)
+    gx = grng.uniform(edge, nx - edge, num_galaxies)
+    gflux = grng.uniform(100.0, 600.0, num_galaxies)
+    gsed = grng.choice(galaxy_seds, num_galaxies) if num_galaxies else np.zeros(0, dtype=int)
+    profiles = [
+        galsim.Exponential(half_light_radius=float(grng.uniform(0.3, 1.0))).shear(
+            e1=float(grng.uniform(-0.3, 0.3)), e2=float(grng.uniform(-0.3, 0.3))
+        )
+        for _ in range(num_galaxies)
+    ]
+    return _Sources(ys, xs, total, which, gy, gx, gflux, gsed, profiles)
+
+
+def _truth_by_k(seds: list[Any], bandpass: Any, lam_eff: float, bandwidth: float) -> dict[int, NDArray]:
+    """Flux of each star in mpidcr's K equal sub-bands, K = 2..5."""
+    truth = {}
+    for K in range(2, 6):
+        edges = subfilter_edges(lam_eff, bandwidth, K)
+        flux = np.zeros((len(seds), K))
+        for k in range(K):
+            lo, hi = max(edges[k], bandpass.blue_limit), min(edges[k + 1], bandpass.red_limit)
+            if hi <= lo:
+                continue
+            sub = bandpass.truncate(blue_limit=lo, red_limit=hi)
+            flux[:, k] = [s.calculateFlux(sub) for s in seds]
+        truth[K] = flux
+    return truth
+
+
+def _draw(clean: Any, source: Any, cx: float, cy: float, half: int) -> None:
+    """Add ``source`` centred at 1-based (cx, cy) to ``clean`` within a stamp of half-width ``half``."""
+    import galsim
+
+    bounds = galsim.BoundsI(int(cx) - half, int(cx) + half, int(cy) - half, int(cy) + half) & clean.bounds
+    sub = clean[bounds]
+    offset = galsim.PositionD(cx - sub.true_center.x, cy - sub.true_center.y)
+    source.drawImage(image=sub, offset=offset, add_to_image=True)
+
+
+def _render_visit(psf: Any, src: _Sources, pool: list[tuple[str, Any]], bandpass: Any, shape: tuple[int, int],
+                  pixel_scale: float, stamp: int) -> NDArray:  # fmt: skip
+    """The noiseless image of every source seen through one visit's chromatic ``psf``."""
+    import galsim
+
+    ny, nx = shape
+    clean = galsim.ImageD(nx, ny, scale=pixel_scale)  # GalSim pixels are 1-based
+    # A point source's image is its SED's effective PSF (chromatic atmosphere integrated
+    # through the bandpass), the same wherever it lies: draw it once per SED, oversampled ×2,
+    # then place every star as an interpolated image.
+    effective = {}
+    for j in sorted(set(src.which.tolist()) | set(src.gsed.tolist())):
+        chromatic = galsim.Convolve(psf, galsim.DeltaFunction() * pool[j][1].withFlux(1.0, bandpass))
+        fine = chromatic.drawImage(bandpass, nx=4 * stamp, ny=4 * stamp, scale=pixel_scale / 2, method="no_pixel")
+        effective[j] = galsim.InterpolatedImage(fine)
+    for i in range(len(src.ys)):
+        _draw(clean, effective[src.which[i]].withFlux(float(src.total[i])), src.xs[i] + 1.0, src.ys[i] + 1.0,
+              stamp // 2)  # fmt: skip
+    for i in range(len(src.gy)):  # galaxy ⊗ its SED's effective PSF
+        galaxy = galsim.Convolve(effective[src.gsed[i]], src.profiles[i]).withFlux(float(src.gflux[i]))
+        _draw(clean, galaxy, src.gx[i] + 1.0, src.gy[i] + 1.0, stamp)
+    return clean.array.copy()
+
+
+def _atmosphere(seeing: float, base_wavelength: float, obs: Observation) -> Any:
+    """GalSim's chromatic atmosphere of one visit: Kolmogorov seeing (FWHM, arcsec) and DCR."""
+    import galsim
+
+    weather = obs.resolved_weather
+    return galsim.ChromaticAtmosphere(
+        galsim.Kolmogorov(fwhm=seeing),
+        base_wavelength=base_wavelength,
+        zenith_angle=(90.0 - obs.elevation) * galsim.degrees,
+        parallactic_angle=obs.parallactic_angle * galsim.degrees,
+        pressure=weather.pressure / 1000.0,
+        temperature=weather.temperature + 273.15,
+        H2O_pressure=water_vapour_pressure(weather.humidity, weather.temperature) / 1000.0,
+    )
 
 
 def make_galsim_field(
@@ -80,54 +197,13 @@ def make_galsim_field(
     ``num_galaxies`` adds faint chromatic galaxies: sheared exponential profiles (half-light
     radius 0.3–1.0″, flux 100–600) with the CWW galaxy SEDs, seen through the same atmosphere.
     """
-    import galsim
-
     site = site or Site()
     rng = np.random.default_rng(seed)
     bandpass, lam_eff, bandwidth = lsst_g_band()
     pool = sed_pool()
-    ny, nx = shape
-    ys = rng.uniform(edge, ny - edge, num_stars)
-    xs = rng.uniform(edge, nx - edge, num_stars)
-    total = np.exp(rng.uniform(np.log(flux_range[0]), np.log(flux_range[1]), num_stars))
-    which = rng.integers(0, len(pool), num_stars)
-    if positions is not None:  # explicit stars (tests): positions (y, x) and, in order, SED names
-        ys, xs = (np.array(c, dtype=float) for c in zip(*positions, strict=True))
-        num_stars = len(positions)
-        total = total[:num_stars] if total.size >= num_stars else np.full(num_stars, flux_range[1])
-    if sed_names is not None:
-        names = [n for n, _ in pool]
-        which = np.array([names.index(n) for n in sed_names])
-    seds = [pool[i][1].withFlux(float(f), bandpass) for i, f in zip(which, total, strict=True)]  # for the truth
-
-    # truth: flux of each star in mpidcr's K equal sub-bands, K = 2..5
-    truth_by_k = {}
-    for K in range(2, 6):
-        edges = subfilter_edges(lam_eff, bandwidth, K)
-        flux = np.zeros((num_stars, K))
-        for k in range(K):
-            lo, hi = max(edges[k], bandpass.blue_limit), min(edges[k + 1], bandpass.red_limit)
-            if hi <= lo:
-                continue
-            sub = bandpass.truncate(blue_limit=lo, red_limit=hi)
-            flux[:, k] = [s.calculateFlux(sub) for s in seds]
-        truth_by_k[K] = flux
-
-    # faint chromatic galaxies (their own random stream, so adding them leaves the stars unchanged)
-    grng = np.random.default_rng(seed + 7919)
-    names = [n for n, _ in pool]
-    galaxy_seds = [names.index(n) for n, _ in SHIPPED_SEDS if n.startswith("CWW")]
-    gy = grng.uniform(edge, ny - edge, num_galaxies)
-    gx = grng.uniform(edge, nx - edge, num_galaxies)
-    gflux = grng.uniform(100.0, 600.0, num_galaxies)
-    gsed = grng.choice(galaxy_seds, num_galaxies) if num_galaxies else np.zeros(0, dtype=int)
-    profiles = [
-        galsim.Exponential(half_light_radius=float(grng.uniform(0.3, 1.0))).shear(
-            e1=float(grng.uniform(-0.3, 0.3)), e2=float(grng.uniform(-0.3, 0.3))
-        )
-        for _ in range(num_galaxies)
-    ]
-
+    src = _sources(rng, seed, shape, num_stars, num_galaxies, flux_range, edge, pool, positions, sed_names)
+    seds = [pool[i][1].withFlux(float(f), bandpass) for i, f in zip(src.which, src.total, strict=True)]
+    truth_by_k = _truth_by_k(seds, bandpass, lam_eff, bandwidth)
     airmass = np.linspace(airmass_range[0], airmass_range[1], num_visits)
     rng.shuffle(airmass)
     seeing = rng.uniform(seeing_range[0], seeing_range[1], num_visits)
@@ -140,53 +216,11 @@ def make_galsim_field(
         q = float(rng.uniform(-angle_spread, angle_spread))
         rot = float(rng.uniform(-10, 10)) if rotation_for is None else float(rotation_for(q))
         elevation = elevation_from_airmass(float(airmass[v]))
-        obs = Observation(elevation=elevation, parallactic_angle=q, rotation_angle=rot, weather=weather, site=site)
-        observations.append(obs)
-        psf = galsim.ChromaticAtmosphere(
-            galsim.Kolmogorov(fwhm=float(seeing[v])),
-            base_wavelength=lam_eff,
-            zenith_angle=(90.0 - elevation) * galsim.degrees,
-            parallactic_angle=q * galsim.degrees,
-            pressure=weather.pressure / 1000.0,
-            temperature=weather.temperature + 273.15,
-            H2O_pressure=water_vapour_pressure(weather.humidity, weather.temperature) / 1000.0,
-        )
-        clean = galsim.ImageD(nx, ny, scale=pixel_scale)  # GalSim pixels are 1-based
-        # A point source's image is its SED's effective PSF (chromatic atmosphere integrated
-        # through the bandpass), the same wherever it lies: draw it once per SED, oversampled ×2,
-        # then place every star as an interpolated image.
-        effective = {}
-        for j in sorted(set(which.tolist()) | set(gsed.tolist())):
-            chromatic = galsim.Convolve(psf, galsim.DeltaFunction() * pool[j][1].withFlux(1.0, bandpass))
-            fine = chromatic.drawImage(bandpass, nx=4 * stamp, ny=4 * stamp, scale=pixel_scale / 2, method="no_pixel")
-            effective[j] = galsim.InterpolatedImage(fine)
-        for i in range(num_stars):
-            cx, cy = xs[i] + 1.0, ys[i] + 1.0
-            bounds = (
-                galsim.BoundsI(int(cx) - stamp // 2, int(cx) + stamp // 2, int(cy) - stamp // 2, int(cy) + stamp // 2)
-                & clean.bounds
-            )
-            sub = clean[bounds]
-            offset = galsim.PositionD(cx - sub.true_center.x, cy - sub.true_center.y)
-            effective[which[i]].withFlux(float(total[i])).drawImage(image=sub, offset=offset, add_to_image=True)
-        for i in range(num_galaxies):  # galaxy ⊗ its SED's effective PSF
-            cx, cy = gx[i] + 1.0, gy[i] + 1.0
-            half = stamp
-            bounds = galsim.BoundsI(int(cx) - half, int(cx) + half, int(cy) - half, int(cy) + half) & clean.bounds
-            sub = clean[bounds]
-            offset = galsim.PositionD(cx - sub.true_center.x, cy - sub.true_center.y)
-            galsim.Convolve(effective[gsed[i]], profiles[i]).withFlux(float(gflux[i])).drawImage(
-                image=sub, offset=offset, add_to_image=True
-            )
-        log.info(
-            "rendered visit %d/%d with GalSim (airmass %.2f, %d stars, %d galaxies)",
-            v + 1,
-            num_visits,
-            airmass[v],
-            num_stars,
-            num_galaxies,
-        )
-        arr = clean.array.copy()
+        observations.append(Observation(elevation, q, rot, weather, site))
+        psf = _atmosphere(float(seeing[v]), lam_eff, observations[-1])
+        arr = _render_visit(psf, src, pool, bandpass, shape, pixel_scale, stamp)
+        log.info("rendered visit %d/%d with GalSim (airmass %.2f, %d stars, %d galaxies)", v + 1, num_visits,
+                 airmass[v], len(src.ys), num_galaxies)  # fmt: skip
         images.append((arr + rng.normal(0.0, sky_sigma, shape)).astype(np.float32))
         variances.append(np.full(shape, sky_sigma**2, dtype=np.float32))
         masks.append(np.where(arr > 2.0 * sky_sigma, det, 0).astype(np.int32))
@@ -197,9 +231,9 @@ def make_galsim_field(
         masks=np.stack(masks),
         observations=observations,
         airmass=airmass,
-        true_subfilter_images=np.zeros((K, ny, nx)),
-        star_y=ys,
-        star_x=xs,
+        true_subfilter_images=np.zeros((K, *shape)),
+        star_y=src.ys,
+        star_x=src.xs,
         star_flux=truth_by_k[K],
         effective_wavelength=lam_eff,
         bandwidth=bandwidth,
@@ -209,11 +243,11 @@ def make_galsim_field(
         mask_planes=planes,
         extra={
             "truth_by_k": truth_by_k,
-            "sed": [pool[i][0] for i in which],
+            "sed": [pool[i][0] for i in src.which],
             "seeing": seeing,
-            "galaxy_y": gy,
-            "galaxy_x": gx,
-            "galaxy_flux": gflux,
-            "galaxy_sed": [pool[i][0] for i in gsed],
+            "galaxy_y": src.gy,
+            "galaxy_x": src.gx,
+            "galaxy_flux": src.gflux,
+            "galaxy_sed": [pool[i][0] for i in src.gsed],
         },
     )

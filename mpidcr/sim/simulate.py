@@ -11,18 +11,20 @@ noiseless sub-filter images).  The image model is that of
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from astropy.io import fits
+from numpy.typing import NDArray
 
 from ..dcr import Site
 from ..errors import InputError
 from ..io.manifest import write_manifest
 from ..io.warps import write_lsst_warp
 from ..io.wcs import image_rotation_angle
-from .field import add_artifacts, make_field
+from .field import SyntheticField, add_artifacts, make_field
 
 EFFECTIVE_WAVELENGTH = 476.31  # LSST g, nm
 BANDWIDTH = 147.0
@@ -39,6 +41,108 @@ def tan_wcs_header(shape: tuple[int, int], pixel_scale: float, ra: float = 150.0
     h["CUNIT1"], h["CUNIT2"] = "deg", "deg"
     h["NAXIS1"], h["NAXIS2"] = shape[1], shape[0]
     return h
+
+
+def _check_request(manifest: Path, size: int | tuple[int, int], num_visits: int, overwrite: bool,
+                   num_galaxies: int, engine: str) -> tuple[int, int]:  # fmt: skip
+    """The patch shape; InputError for a request that cannot be simulated."""
+    if manifest.exists() and not overwrite:
+        raise InputError(f"{manifest}: exists (use --overwrite)")
+    if num_visits < 2:
+        raise InputError("--visits must be at least 2")
+    shape = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if min(shape) < 16:
+        raise InputError(f"--size {shape[0]}x{shape[1]}: the patch must be at least 16 pixels on each side")
+    if num_galaxies and engine != "galsim":
+        raise InputError("--galaxies needs the galsim engine")
+    return shape
+
+
+def _rotation(wcs_text: str) -> Callable[[float], float]:
+    """The image rotation angle (deg) for a parallactic angle on the simulated WCS."""
+
+    def rotation(parallactic_angle: float) -> float:
+        angle = image_rotation_angle(wcs_text, parallactic_angle)
+        if angle is None:  # pragma: no cover - the simulated WCS is always celestial
+            raise InputError("the simulated WCS is not celestial")
+        return angle
+
+    return rotation
+
+
+def _render(engine: str, seeing: tuple[float, float], **kwargs: Any) -> SyntheticField:
+    """The field, rendered by GalSim (chromatic, through LSST g) or in numpy (power-law stars)."""
+    if engine == "galsim":
+        try:
+            from .galsim_field import make_galsim_field
+        except ImportError:
+            raise InputError(
+                "the galsim engine needs GalSim: pip install 'mpidcr[sim]' (or use --engine numpy)"
+            ) from None
+        return make_galsim_field(seeing_range=seeing, **kwargs)
+    if engine == "numpy":
+        kwargs.pop("num_galaxies")
+        return make_field(effective_wavelength=EFFECTIVE_WAVELENGTH, bandwidth=BANDWIDTH,
+                          psf_fwhm_pixels=seeing[0] / kwargs["pixel_scale"], **kwargs)  # fmt: skip
+    raise InputError(f"unknown simulation engine '{engine}' (galsim or numpy)")
+
+
+def _science_visits(airmass: NDArray, num_science: int) -> set[int]:
+    """Held-out visits spread over the airmass range, starting from the highest (where DCR matters most)."""
+    if not num_science:
+        return set()
+    order = np.argsort(airmass)[::-1]
+    step = max(1, len(airmass) // max(num_science, 1))
+    return set(order[::step][:num_science].tolist())
+
+
+def _write_visits(out: Path, field: SyntheticField, science: set[int], wcs: fits.Header,
+                  seeing: float) -> tuple[list[str], list[str]]:  # fmt: skip
+    """Every visit as an LSST-layout warp (warps/ or science/); (warp paths, science paths)."""
+    (out / "warps").mkdir(parents=True, exist_ok=True)
+    if science:
+        (out / "science").mkdir(parents=True, exist_ok=True)
+    site = Site()
+    warp_paths: list[str] = []
+    science_paths: list[str] = []
+    for v, obs in enumerate(field.observations):
+        w = obs.resolved_weather
+        meta = {
+            "visit": 1000 + v,
+            "airmass": float(field.airmass[v]),
+            "elevation": obs.elevation,
+            "parallacticAngle": obs.parallactic_angle,
+            "rotationAngle": 0.0,
+            "latitude": site.latitude,
+            "longitude": site.longitude,
+            "height": site.height,
+            "temperature": w.temperature,
+            "pressure": w.pressure,
+            "humidity": w.humidity,
+            "psfFwhm": float(field.extra["seeing"][v]) if "seeing" in field.extra else seeing,
+            "mjd": 60000.0 + 0.01 * v,
+        }
+        folder = "science" if v in science else "warps"
+        path = out / folder / f"visit_{1000 + v:04d}.fits"
+        write_lsst_warp(path, field.images[v], field.variances[v], field.masks[v], field.mask_planes, meta, wcs)
+        (science_paths if v in science else warp_paths).append(str(path))
+    return warp_paths, science_paths
+
+
+def _write_truth(path: Path, field: SyntheticField, artifacts: NDArray, pixel_scale: float, engine: str) -> None:
+    """``truth.npz``: star positions and fluxes, noiseless sub-filter images, artifacts, SEDs."""
+    extra = {f"star_flux_k{k}": f for k, f in field.extra.get("truth_by_k", {}).items()}
+    for key in ("galaxy_y", "galaxy_x", "galaxy_flux", "galaxy_sed"):
+        if key in field.extra:
+            extra[key] = np.asarray(field.extra[key])
+    if artifacts.any():
+        extra["artifacts"] = artifacts
+    if "sed" in field.extra:
+        extra["star_sed"] = np.array(field.extra["sed"])
+    np.savez_compressed(path, star_y=field.star_y, star_x=field.star_x, star_flux=field.star_flux,
+                        subfilter_images=field.true_subfilter_images, effective_wavelength=field.effective_wavelength,
+                        bandwidth=field.bandwidth, pixel_scale=pixel_scale, psf_sigma_pixels=field.psf_sigma,
+                        sky_sigma=field.sky_sigma, engine=engine, **extra)  # fmt: skip
 
 
 def simulate(
@@ -74,114 +178,24 @@ def simulate(
     """
     out = Path(outdir)
     manifest = out / "manifest.toml"
-    if manifest.exists() and not overwrite:
-        raise InputError(f"{manifest}: exists (use --overwrite)")
-    if num_visits < 2:
-        raise InputError("--visits must be at least 2")
-    shape = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    if min(shape) < 16:
-        raise InputError(f"--size {shape[0]}x{shape[1]}: the patch must be at least 16 pixels on each side")
+    shape = _check_request(manifest, size, num_visits, overwrite, num_galaxies, engine)
     wcs = tan_wcs_header(shape, pixel_scale)
-    wcs_text = wcs.tostring()
-    stars = num_stars if num_stars is not None else max(10, int(0.0027 * shape[0] * shape[1]))
     total = num_visits + num_science
-    if engine == "galsim":
-        try:
-            from .galsim_field import make_galsim_field
-        except ImportError:
-            raise InputError(
-                "the galsim engine needs GalSim: pip install 'mpidcr[sim]' (or use --engine numpy)"
-            ) from None
-        field = make_galsim_field(
-            shape=shape,
-            num_visits=total,
-            num_stars=stars,
-            airmass_range=airmass_range,
-            pixel_scale=pixel_scale,
-            seeing_range=(seeing_fwhm_arcsec, seeing_max_arcsec or seeing_fwhm_arcsec),
-            angle_spread=angle_spread,
-            seed=seed,
-            rotation_for=lambda q: image_rotation_angle(wcs_text, q),
-            num_galaxies=num_galaxies,
-        )
-    elif engine == "numpy":
-        field = make_field(
-            shape=shape,
-            num_visits=total,
-            num_stars=stars,
-            airmass_range=airmass_range,
-            effective_wavelength=EFFECTIVE_WAVELENGTH,
-            bandwidth=BANDWIDTH,
-            pixel_scale=pixel_scale,
-            psf_fwhm_pixels=seeing_fwhm_arcsec / pixel_scale,
-            seed=seed,
-            angle_spread=angle_spread,
-            rotation_for=lambda q: image_rotation_angle(wcs_text, q),
-        )
-    else:
-        raise InputError(f"unknown simulation engine '{engine}' (galsim or numpy)")
-    if num_galaxies and engine != "galsim":
-        raise InputError("--galaxies needs the galsim engine")
-    # science visits: spread over the airmass range, starting from the highest (where DCR matters most)
-    order = np.argsort(field.airmass)[::-1]
-    step = max(1, total // max(num_science, 1))
-    science = set(order[::step][:num_science].tolist()) if num_science else set()
+    field = _render(engine, shape=shape, num_visits=total,
+                    num_stars=num_stars if num_stars is not None else max(10, int(0.0027 * shape[0] * shape[1])),
+                    airmass_range=airmass_range, pixel_scale=pixel_scale, seeing=(seeing_fwhm_arcsec,
+                    seeing_max_arcsec or seeing_fwhm_arcsec), angle_spread=angle_spread, seed=seed,
+                    rotation_for=_rotation(wcs.tostring()), num_galaxies=num_galaxies)  # fmt: skip
+    science = _science_visits(field.airmass, num_science)
     # artifacts only in the warps that build the model; the science visits stay clean
     modelled = [v for v in range(total) if v not in science]
     artifacts = np.zeros(field.images.shape, dtype=bool)
-    sub = field.images[modelled]
-    artifacts[modelled] = add_artifacts(sub, cosmic_rays, satellite_fraction, seed)
-    field.images[modelled] = sub
-    (out / "warps").mkdir(parents=True, exist_ok=True)
-    if science:
-        (out / "science").mkdir(parents=True, exist_ok=True)
-    site = Site()
-    warp_paths, science_paths = [], []
-    for v in range(total):
-        obs = field.observations[v]
-        w = obs.resolved_weather
-        meta = {
-            "visit": 1000 + v,
-            "airmass": float(field.airmass[v]),
-            "elevation": obs.elevation,
-            "parallacticAngle": obs.parallactic_angle,
-            "rotationAngle": 0.0,
-            "latitude": site.latitude,
-            "longitude": site.longitude,
-            "height": site.height,
-            "temperature": w.temperature,
-            "pressure": w.pressure,
-            "humidity": w.humidity,
-            "psfFwhm": float(field.extra["seeing"][v]) if "seeing" in field.extra else seeing_fwhm_arcsec,
-            "mjd": 60000.0 + 0.01 * v,
-        }
-        sub = "science" if v in science else "warps"
-        path = out / sub / f"visit_{1000 + v:04d}.fits"
-        write_lsst_warp(path, field.images[v], field.variances[v], field.masks[v], field.mask_planes, meta, wcs)
-        (science_paths if v in science else warp_paths).append(str(path))
-    write_manifest(manifest, warp_paths, field.effective_wavelength, field.bandwidth, site, config)
-    extra_truth = {f"star_flux_k{k}": f for k, f in field.extra.get("truth_by_k", {}).items()}
-    for key in ("galaxy_y", "galaxy_x", "galaxy_flux", "galaxy_sed"):
-        if key in field.extra:
-            extra_truth[key] = np.asarray(field.extra[key])
-    if artifacts.any():
-        extra_truth["artifacts"] = artifacts
-    if "sed" in field.extra:
-        extra_truth["star_sed"] = np.array(field.extra["sed"])
-    np.savez_compressed(
-        out / "truth.npz",
-        star_y=field.star_y,
-        star_x=field.star_x,
-        star_flux=field.star_flux,
-        subfilter_images=field.true_subfilter_images,
-        effective_wavelength=field.effective_wavelength,
-        bandwidth=field.bandwidth,
-        pixel_scale=pixel_scale,
-        psf_sigma_pixels=field.psf_sigma,
-        sky_sigma=field.sky_sigma,
-        engine=engine,
-        **extra_truth,
-    )
+    images = field.images[modelled]
+    artifacts[modelled] = add_artifacts(images, cosmic_rays, satellite_fraction, seed)
+    field.images[modelled] = images
+    warp_paths, science_paths = _write_visits(out, field, science, wcs, seeing_fwhm_arcsec)
+    write_manifest(manifest, warp_paths, field.effective_wavelength, field.bandwidth, Site(), config)
+    _write_truth(out / "truth.npz", field, artifacts, pixel_scale, engine)
     return {
         "manifest": str(manifest),
         "warps": warp_paths,

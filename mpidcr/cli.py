@@ -56,25 +56,42 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def _shift_observation(args: argparse.Namespace):
     """The Observation ``mpidcr shifts`` describes (weather defaults: a standard atmosphere)."""
-    from .dcr import Observation, Site, Weather, check_elevation, elevation_from_airmass, physical_problem
+    from .dcr import (
+        Observation,
+        Site,
+        Weather,
+        check_elevation,
+        elevation_from_airmass,
+        parallactic_angle_from_altaz,
+        parallactic_angle_lsst,  # fmt: skip
+        physical_problem,
+    )
 
-    for name, value in (("latitude", args.latitude), ("height", args.height), ("temperature", args.temperature),
-                        ("pressure", args.pressure), ("humidity", args.humidity)):  # fmt: skip
+    for name in ("latitude", "longitude", "height", "temperature", "pressure", "humidity"):
+        value = getattr(args, name)
         problem = None if value is None else physical_problem(name, value)
         if problem:
             raise MpidcrError(f"--{name} = {value:g}{problem}")
-    site = Site(latitude=args.latitude, height=args.height)
+    site = Site(latitude=args.latitude, longitude=args.longitude, height=args.height)
     if args.elevation is None and args.airmass is None:
         raise MpidcrError("give --elevation or --airmass")
     elevation = args.elevation if args.elevation is not None else elevation_from_airmass(args.airmass)
     check_elevation(elevation)
+    if args.azimuth is not None and args.parallactic_angle is not None:
+        raise MpidcrError("give --parallactic-angle or --azimuth, not both")
+    if args.azimuth is None:
+        angle = args.parallactic_angle or 0.0
+    elif args.profile == "lsst":
+        angle = parallactic_angle_lsst(args.azimuth, elevation, site, args.mjd, "utc")
+    else:
+        angle = float(parallactic_angle_from_altaz(args.azimuth, elevation, site.latitude))
     std = Weather.standard(site.height)
     weather = Weather(
         temperature=std.temperature if args.temperature is None else args.temperature,
         pressure=std.pressure if args.pressure is None else args.pressure,
         humidity=std.humidity if args.humidity is None else args.humidity,
     )
-    return Observation(elevation, args.parallactic_angle, args.rotation_angle, weather, site)
+    return Observation(elevation, angle, args.rotation_angle, weather, site)
 
 
 def _add_shifts(sub: argparse._SubParsersAction) -> None:
@@ -92,11 +109,18 @@ def _add_shifts(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--subfilters", type=int, default=3, help="number of sub-filters K (default 3)")
     s.add_argument("--elevation", type=float, help="elevation of the field, deg")
     s.add_argument("--airmass", type=float, help="airmass (instead of --elevation)")
-    s.add_argument("--parallactic-angle", type=float, default=0.0, help="deg (default 0)")
+    s.add_argument("--parallactic-angle", type=float, help="deg (default 0, or from --azimuth)")
+    s.add_argument("--azimuth", type=float, help="azimuth of the field, deg (north through east): the parallactic "
+                   "angle is computed from it, the elevation and the site")  # fmt: skip
+    s.add_argument("--mjd", type=float, help="with --azimuth and --profile lsst: the visit's time, MJD (UTC; "
+                   "default J2000.0)")  # fmt: skip
     s.add_argument("--rotation-angle", type=float, default=0.0, help="sky rotation angle of the image axes, deg")
     s.add_argument("--pixel-scale", type=float, default=0.2, help="arcsec/pixel (default 0.2)")
     s.add_argument("--latitude", type=float, default=RUBIN.latitude, help="site latitude, deg (default Rubin)")
+    s.add_argument("--longitude", type=float, default=RUBIN.longitude, help="site longitude, deg (default Rubin)")
     s.add_argument("--height", type=float, default=RUBIN.height, help="site height, m (default Rubin)")
+    s.add_argument("--profile", choices=["mpidcr", "lsst"], default="mpidcr",
+                   help="lsst: afw's refraction and parallactic angle, LSST's unsplit shifts")  # fmt: skip
     s.add_argument("--temperature", type=float, help="air temperature, C (default: standard atmosphere)")
     s.add_argument("--pressure", type=float, help="air pressure, Pa (default: standard atmosphere)")
     s.add_argument("--humidity", type=float, help="relative humidity, %% (default 40)")
@@ -111,7 +135,9 @@ def _cmd_shifts(args: argparse.Namespace) -> int:
 
     obs = _shift_observation(args)
     K = args.subfilters
-    s = dcr_shifts(obs, args.wavelength, args.bandwidth, K, args.pixel_scale, args.split, args.split_threshold)
+    lsst = args.profile == "lsst"
+    s = dcr_shifts(obs, args.wavelength, args.bandwidth, K, args.pixel_scale, args.split, args.split_threshold,
+                   formula="afw" if lsst else "stone", lsst_unsplit=lsst)  # fmt: skip
     edges = subfilter_edges(args.wavelength, args.bandwidth, K)
     w = obs.resolved_weather
     if args.json:
@@ -122,6 +148,8 @@ def _cmd_shifts(args: argparse.Namespace) -> int:
             "subfilter_edges_nm": edges.tolist(),
             "refraction_arcsec": s.refraction_arcsec.tolist(),
             "elevation_deg": obs.elevation,
+            "parallactic_angle_deg": obs.parallactic_angle,
+            "profile": args.profile,
             "weather": {"temperature_C": w.temperature, "pressure_Pa": w.pressure, "humidity_pct": w.humidity},
             "buffer_pixels": dcr_buffer(s.max_abs),
         }, indent=2))  # fmt: skip
@@ -141,7 +169,8 @@ def _cmd_shifts(args: argparse.Namespace) -> int:
 
 
 def _resolve_config(args: argparse.Namespace, manifest_config: dict | None = None, band: dict | None = None):
-    """Defaults < manifest [config] < manifest [band] < --effective-wavelength/--bandwidth < --config < --set."""
+    """Defaults < manifest [config] < manifest [band] < --effective-wavelength/--bandwidth < --config <
+    --profile < --set."""
     from .io.configfile import load_config
 
     base: dict = dict(manifest_config or {})
@@ -150,7 +179,9 @@ def _resolve_config(args: argparse.Namespace, manifest_config: dict | None = Non
         base["effectiveWavelength"] = args.effective_wavelength
     if getattr(args, "bandwidth", None) is not None:
         base["bandwidth"] = args.bandwidth
-    return load_config(args.config, args.set or [], base=base)
+    profile = getattr(args, "profile", None)
+    sets = ([f"profile={profile}"] if profile else []) + list(args.set or [])
+    return load_config(args.config, sets, base=base)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -175,6 +206,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--pixel-scale", type=float, help="arcsec/pixel, if the warps carry no celestial WCS")
     r.add_argument("--config", help="configuration file (TOML, YAML or LSST .py overrides)")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a configuration field")
+    r.add_argument("--profile", choices=["mpidcr", "lsst"],
+                   help="whose behaviour to follow (the configuration field 'profile'; lsst: DcrAssembleCoaddTask's, "
+                        "see docs/lsst-differences.md)")  # fmt: skip
+    r.add_argument("--static-model", metavar="FILE",
+                   help="the static model T: a deepCoadd-layout FITS (IMAGE/MASK/VARIANCE) or an mpidcr model file "
+                        "(default: the coadd of the warps)")  # fmt: skip
     r.add_argument("--tiles", metavar="PYxPX", help="tile grid (default: chosen from the patch shape)")
     r.add_argument(
         "--output-mode",
@@ -222,8 +259,8 @@ def _cmd_run(args: argparse.Namespace, comm) -> int:
             manifest = Manifest(warps=merge_entries(entries, "--warps"))
         cfg = _resolve_config(args, manifest.config, manifest.band)
         if args.manifest:
-            return inputs_from_manifest(manifest, cfg, args.pixel_scale, sources)
-        return prepare_inputs(manifest.warps, cfg, None, args.pixel_scale, sources)
+            return inputs_from_manifest(manifest, cfg, args.pixel_scale, sources, args.static_model)
+        return prepare_inputs(manifest.warps, cfg, None, args.pixel_scale, sources, args.static_model)
 
     from .kernels import set_threads
 
@@ -384,6 +421,9 @@ def _add_template(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--elevation", type=float, help="deg")
     t.add_argument("--parallactic-angle", type=float, help="deg")
     t.add_argument("--rotation-angle", type=float, help="deg (default: from the warp's WCS)")
+    t.add_argument("--profile", choices=["mpidcr", "lsst"],
+                   help="make the template as mpidcr or as LSST's buildMatchedExposure does (spline order 3, "
+                        "sub-filters always split, LSST's angles); default: the model's profile")  # fmt: skip
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=_cmd_template)
 
@@ -391,7 +431,8 @@ def _add_template(sub: argparse._SubParsersAction) -> None:
 def _cmd_template(args: argparse.Namespace) -> int:
     from .io.products import write_template
 
-    info = write_template(args.model, args.warp, args.output, _visit_overrides(args), overwrite=args.overwrite)
+    info = write_template(args.model, args.warp, args.output, _visit_overrides(args), overwrite=args.overwrite,
+                          profile=args.profile)  # fmt: skip
     print(
         f"wrote {info['output']} (elevation {info['elevation']:.2f} deg, parallactic angle "
         f"{info['parallactic_angle']:.2f} deg)"

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 Check = Callable[[Any], str | None]
 """A check returns None when a value is allowed, else the allowed values as text."""
 
+#: FieldSpec.seed when the seed's raw default is the effective default
+SAME = "<same>"
+
 
 @dataclass(frozen=True)
 class FieldSpec:
@@ -57,6 +60,8 @@ class FieldSpec:
     optional : None is an allowed value.
     check : extra range/choice check, see :data:`Check`.
     status : ``used``, ``lsst-only`` or ``planned``.
+    seed : the seed listing's raw default where it differs from ``default`` (the effective
+        default LSST's ``setDefaults`` chain gives the task); :data:`SAME` otherwise.
     """
 
     name: str
@@ -66,6 +71,12 @@ class FieldSpec:
     optional: bool = False
     check: Check | None = None
     status: str = "used"
+    seed: Any = "<same>"
+
+    @property
+    def seed_default(self) -> Any:
+        """The seed listing's raw default."""
+        return self.default if self.seed == SAME else self.seed
 
     @property
     def type_name(self) -> str:
@@ -115,7 +126,7 @@ F, L, P = FieldSpec, "lsst-only", "planned"
 #: The 68 fields of the seed task, alphabetical as in its listing.
 FIELDS: tuple[FieldSpec, ...] = (
     F("accelerateModel", "float", 3.0, "Factor A (1 to 100) amplifying the differences between sub-filter planes in the forward model and the output.", check=_range(1.0, 100.0)),
-    F("badMaskPlanes", "list", ("NO_DATA",), "Mask planes whose pixels are excluded from the coadd and the fit."),
+    F("badMaskPlanes", "list", ("NO_DATA", "BAD", "SAT"), "Mask planes whose pixels are excluded from the coadd and the fit.", seed=("NO_DATA",)),
     F("bandwidth", "float", None, "Width of the band in nm (required).", optional=True, check=_range(0.0, None, lo_open=True)),
     F("baseGain", "float", None, "Weight of the new solution against the last one (1 = equal); None: 1/(K-1).", optional=True, check=_range(0.0, None, lo_open=True)),
     F("brightObjectMaskName", "str", "BRIGHT_OBJECT", "Mask plane name for bright-object regions.", status=P),
@@ -136,8 +147,8 @@ FIELDS: tuple[FieldSpec, ...] = (
     F("doInputMap", "bool", False, "Write a HealSparse map of the inputs.", status=L),
     F("doInterp", "bool", True, "Interpolate over NaN pixels of the coadd.", status=P),
     F("doMaskBrightObjects", "bool", False, "Set brightObjectMaskName over bright-object regions.", status=P),
-    F("doNImage", "bool", False, "Also keep the per-pixel count of contributing visits (mpidcr always writes nImage)."),
-    F("doOnlineForMean", "bool", False, "Online accumulation for MEAN (mpidcr streams tiles, so memory is bounded anyway)."),
+    F("doNImage", "bool", True, "Write the per-sub-filter count of contributing visits (/nimage, /nimage_total).", seed=False),
+    F("doOnlineForMean", "bool", False, "LSST's memory-saving accumulation of MEAN: the same result; mpidcr's tiles bound memory already.", status=L),
     F("doPrefilterArtifacts", "bool", True, "Drop artifact candidates mostly covered by prefilterArtifactsMaskPlanes.", status=P),
     F("doPreserveContainedBySource", "bool", True, "Keep artifact candidates lying wholly inside a source detected on the template.", status=P),
     F("doPsfMatch", "bool", False, "Deprecated in the seed: coadd PSF-matched warps.", status=L),
@@ -166,16 +177,16 @@ FIELDS: tuple[FieldSpec, ...] = (
     F("regularizationWidth", "int", 2, "Radius in pixels (1 to 64) of the smallest region the regularizations act on.", check=_range(1, 64)),
     F("regularizeModelFrequency", "float", 4.0, "Maximum relative change between sub-filters (0 disables).", check=_range(0.0, None)),
     F("regularizeModelIterations", "float", 2.0, "Maximum relative change of the model between iterations (0 disables).", check=_range(0.0, None)),
-    F("removeMaskPlanes", "list", ("NOT_DEBLENDED",), "Mask planes cleared from the warps before coadding."),
+    F("removeMaskPlanes", "list", ("NOT_DEBLENDED", "EDGE"), "Mask planes cleared from the warps before coadding.", seed=("NOT_DEBLENDED",)),
     F("saveLogOutput", "bool", True, "Save the task's log through the butler.", status=L),
     F("saveMetadata", "bool", True, "Save the task's metadata through the butler.", status=L),
     F("sigmaClip", "float", 3.0, "Clipping threshold in sigma of MEANCLIP.", check=_range(0.0, None, lo_open=True)),
     F("spatialThreshold", "float", 0.5, "Artifact rejection: fraction of a candidate's pixels that must be transient outliers.", check=_range(0.0, 1.0), status=P),
     F("splitSubfilters", "bool", True, "Model each sub-filter's DCR by two shifts at 1/4 and 3/4 of its width."),
     F("splitThreshold", "float", 0.1, "Split only where the two shifts differ by at least this many pixels.", check=_range(0.0, None)),
-    F("statistic", "str", "MEANCLIP", "Statistic of the static sky model.", check=_choice("MEAN", "MEDIAN", "MEANCLIP")),
+    F("statistic", "str", "MEAN", "Statistic of the static sky model.", check=_choice("MEAN", "MEDIAN", "MEANCLIP"), seed="MEANCLIP"),
     F("streakMaskName", "str", "STREAK", "Mask plane name for streaks.", status=P),
-    F("subregionSize", "pair", (2000, 2000), "Width, height of the LSST task's subregions (mpidcr tiles by rank instead).", check=_pair_positive),
+    F("subregionSize", "pair", (2000, 2000), "Width, height in pixels of the blocks solved one after another with lsstCompat.subregions (--profile lsst); mpidcr's own fit is one global fit.", check=_pair_positive),
     F("useConvergence", "bool", True, "Stop on convergence; if False run exactly maxNumIter iterations."),
     F("useGlobalExternalPhotoCalib", "bool", True, "Use global rather than per-tract external PhotoCalibs.", status=L),
     F("useGlobalExternalSkyWcs", "bool", True, "Use global rather than per-tract external SkyWcs.", status=L),
@@ -205,7 +216,7 @@ def _detect(threshold: float, grow: int) -> tuple[FieldSpec, ...]:
             check=_range(0.0, None, lo_open=True),
         ),
         F("growRadius", "int", grow, "Grow detected footprints by this many pixels (at most 100).", check=_range(0, 100)),
-        F("minPixels", "int", 1, "Smallest footprint kept, in pixels.", check=_range(1, None)),
+        F("minPixels", "int", 1, "Smallest footprint kept, in pixels.", check=_range(1, None), status=P),
     )
 
 
@@ -243,10 +254,49 @@ SUBTASKS: tuple[SubtaskSpec, ...] = (
         F("maxPsfFwhm", "float", None, "Reject visits with a PSF FWHM above this, in arcsec; None: keep all.", optional=True, check=_range(0.0, None, lo_open=True)),
     )),
 )
+
+#: mpidcr's own fields (not the seed's)
+OWN_FIELDS: tuple[FieldSpec, ...] = (
+    F("templateInterpOrder", "int", 3, "Spline order (1 or 3) of the shifts that make templates from a model (mpidcr template, evaluate); 3 keeps them sharp: residual RMS in footprints 11 % below order 1 (docs/lsst-differences.md).", check=_choice(1, 3)),
+    F("profile", "str", "mpidcr", "Whose behaviour to follow: mpidcr's (published physics, one global fit, rollback on divergence, DCR direction from the WCS) or lsst (DcrAssembleCoaddTask's; docs/lsst-differences.md).", check=_choice("mpidcr", "lsst")),
+)
+
+def _compat(name: str, doc: str) -> FieldSpec:
+    return F(name, "bool", None, doc + " None: follow profile.", optional=True)
+
+#: mpidcr's own sections: each LSST behaviour selectable on its own
+OWN_SECTIONS: tuple[SubtaskSpec, ...] = (
+    SubtaskSpec("lsstCompat", "Each behaviour of the LSST task on its own (True: LSST's, False: mpidcr's, None: profile's).", (
+        _compat("refraction", "afw's refraction formula: the tan³z term added and 7.75141e-4 in the water-vapour density (Stone and Owens as published: subtracted, 7.75141e4)."),
+        _compat("parallacticAngle", "The parallactic angle as afw computes it: from the hour angle (ERA, BORE-RA) and BORE-DEC, or from BORE-AZ/BORE-ALT through ICRS at the visit's time (ERFA's from az/alt differs by 12–27 arcsec)."),
+        _compat("rotationDirection", "The DCR direction θ = parallactic angle − BORE-ROTANG, as ip_diffim since Nov 2025, ignoring the warp's WCS."),
+        _compat("unsplitShifts", "A sub-filter below splitThreshold shifted by LSST's average of its two (dy, dx) shifts, which mixes the axes."),
+        _compat("frequencyRegularization", "LSST's frequency regularization: the previous iteration's planes as reference, zero-padded Gaussians, the noise of the new plane 0 over 5-pixel-shrunk background."),
+        _compat("iterationControl", "LSST's loop: at least minNumIter+1 and at most maxNumIter+2 updates, no rollback on divergence, the gain from the median of at most the last 4 estimates."),
+        _compat("subregions", "subregionSize blocks solved one after another, each with its own metric, gain and model-weight normalisation (results then depend on subregionSize, not on the ranks)."),
+        _compat("templates", "Templates as LSST's buildMatchedExposure makes them: spline order 3, sub-filters always split, the stored planes not amplified again."),
+        _compat("outputMask", "The output mask is the static model's alone (mpidcr adds NO_DATA where the model is undetermined)."),
+    )),
+)
 # fmt: on
 
+#: the seed's fields and subtasks (what an LSST configuration names)
 FIELD_BY_NAME: dict[str, FieldSpec] = {f.name: f for f in FIELDS}
 SUBTASK_BY_NAME: dict[str, SubtaskSpec] = {s.name: s for s in SUBTASKS}
+#: every field and section mpidcr accepts: the seed's and its own
+FIELD_SPECS: dict[str, FieldSpec] = {f.name: f for f in (*FIELDS, *OWN_FIELDS)}
+SECTION_SPECS: dict[str, SubtaskSpec] = {s.name: s for s in (*SUBTASKS, *OWN_SECTIONS)}
+#: LSST subtask field names (in LSST override files) that mean an mpidcr field of the same
+#: section: (section, LSST name) → mpidcr name.  thresholdValue is in sigma under LSST's default
+#: thresholdType 'stdev', the only kind mpidcr has.
+LSST_FIELD_NAMES: dict[tuple[str, str], str] = {
+    ("detect", "thresholdValue"): "thresholdSigma",
+    ("detectTemplate", "thresholdValue"): "thresholdSigma",
+    ("detectPsfSources", "thresholdValue"): "thresholdSigma",
+}
+
+#: the LSST behaviours of lsstCompat
+LSST_BEHAVIOURS: tuple[str, ...] = tuple(f.name for f in OWN_SECTIONS[0].fields)
 
 
 def snake_case(name: str) -> str:
@@ -262,7 +312,7 @@ def _alias_table(names: Iterable[str]) -> dict[str, str]:
     return table
 
 
-_TOP_ALIASES = _alias_table([*FIELD_BY_NAME, *SUBTASK_BY_NAME])
+_TOP_ALIASES = _alias_table([*FIELD_SPECS, *SECTION_SPECS])
 
 
 def canonical_name(name: str, table: Mapping[str, str] | None = None, where: str = "") -> str:
@@ -424,8 +474,8 @@ class DcrConfig:
     """
 
     def __init__(self, **values: Any):
-        object.__setattr__(self, "_values", {f.name: copy.deepcopy(f.default) for f in FIELDS})
-        object.__setattr__(self, "_sections", {s.name: Section(s) for s in SUBTASKS})
+        object.__setattr__(self, "_values", {f.name: copy.deepcopy(f.default) for f in FIELD_SPECS.values()})
+        object.__setattr__(self, "_sections", {s.name: Section(s) for s in SECTION_SPECS.values()})
         self.update(values)
 
     # -- access ---------------------------------------------------------------
@@ -433,7 +483,7 @@ class DcrConfig:
         """Set one field (``name`` or ``section.name``), checking type and range."""
         head, _, tail = name.partition(".")
         canon = canonical_name(head)
-        if canon in SUBTASK_BY_NAME:
+        if canon in SECTION_SPECS:
             if tail:
                 self._sections[canon].set(tail, value)
             elif isinstance(value, Mapping):
@@ -444,7 +494,7 @@ class DcrConfig:
             return
         if tail:
             raise ConfigError(f"configuration field '{canon}' has no sub-field '{tail}'")
-        self._values[canon] = coerce(FIELD_BY_NAME[canon], value)
+        self._values[canon] = coerce(FIELD_SPECS[canon], value)
 
     def update(self, values: Mapping[str, Any]) -> None:
         for k, v in values.items():
@@ -455,7 +505,7 @@ class DcrConfig:
             canon = _TOP_ALIASES[name]
         except KeyError:
             raise AttributeError(name) from None
-        if canon in SUBTASK_BY_NAME:
+        if canon in SECTION_SPECS:
             return object.__getattribute__(self, "_sections")[canon]
         return object.__getattribute__(self, "_values")[canon]
 
@@ -527,8 +577,25 @@ class DcrConfig:
             )
         return self
 
+    def lsst(self, behaviour: str) -> bool:
+        """Whether LSST's ``behaviour`` (a field of lsstCompat) is in effect: its own value, else the profile's."""
+        if behaviour not in LSST_BEHAVIOURS:
+            raise ConfigError(f"unknown LSST behaviour '{behaviour}' (one of {', '.join(LSST_BEHAVIOURS)})")
+        value = getattr(self._sections["lsstCompat"], behaviour)
+        return self._values["profile"] == "lsst" if value is None else bool(value)
+
+    def shift_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`mpidcr.dcr.dcr_shifts` this configuration asks for."""
+        return {
+            "split_subfilters": bool(self._values["splitSubfilters"]),
+            "split_threshold": float(self._values["splitThreshold"]),
+            "formula": "afw" if self.lsst("refraction") else "stone",
+            "lsst_unsplit": self.lsst("unsplitShifts"),
+        }
+
     def notices(self) -> list[str]:
-        """One message per field set away from its default that has no effect here."""
+        """One warning per field set away from its default that has no effect here (an LSST-only
+        field, a planned feature, a subregion size without subregions)."""
         out = []
         for f in FIELDS:
             if f.status != "used" and self._values[f.name] != f.default:
@@ -539,7 +606,19 @@ class DcrConfig:
                 st = "planned" if s.status == "planned" or f.status == "planned" else s.status
                 if st != "used" and sec._values[f.name] != f.default:
                     out.append(_notice(f"{s.name}.{f.name}", st))
+        if self._values["subregionSize"] != FIELD_SPECS["subregionSize"].default and not self.lsst("subregions"):
+            out.append("configuration field 'subregionSize' acts only with lsstCompat.subregions (--profile lsst); "
+                       "ignored")  # fmt: skip
         return out
+
+    def default_notice(self) -> str | None:
+        """One line naming the planned features that are on at their default (True), so do not act."""
+        names = [f.name for f in FIELDS
+                 if f.status == "planned" and f.kind == "bool" and f.default is True and self._values[f.name] is True]  # fmt: skip
+        if not names:
+            return None
+        return (f"not implemented in this version, so without effect: {', '.join(f'{n}=True' for n in names)} "
+                "(the LSST task's defaults; set them false to silence this)")
 
     # -- conversion -----------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
@@ -563,7 +642,7 @@ class DcrConfig:
         return isinstance(other, DcrConfig) and self.as_dict() == other.as_dict()
 
     def __repr__(self) -> str:
-        changed = {k: v for k, v in self._values.items() if v != FIELD_BY_NAME[k].default}
+        changed = {k: v for k, v in self._values.items() if v != FIELD_SPECS[k].default}
         return f"DcrConfig({changed})"
 
 
@@ -609,7 +688,8 @@ def resolve_config(
 ) -> DcrConfig:
     """A DcrConfig from ``base`` values, then a file's values, then overrides (later ones win).
 
-    Notices for LSST-only and not-yet-implemented fields are logged once here.  Reading files is
+    Notices for LSST-only and not-yet-implemented fields are logged once here: a warning for each
+    one set away from its default, one line (info) for the planned features on by default.  Reading files is
     :func:`mpidcr.io.configfile.load_config`'s.
     """
     cfg = DcrConfig()
@@ -620,6 +700,9 @@ def resolve_config(
     cfg.update(overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
     for msg in cfg.notices():
         log.warning(msg)
+    default = cfg.default_notice()
+    if default:
+        log.info(default)
     return cfg
 
 
@@ -630,24 +713,40 @@ def _fmt(v: Any) -> str:
     return repr(v)
 
 
-def _default_rows() -> list[tuple[str, str, str, str, str]]:
-    """(name, type, default, status, doc) of every field and section."""
-    rows = [(f.name, f.type_name, _fmt(f.default), f.status, f.doc) for f in FIELDS]
-    for s in SUBTASKS:
-        rows.append((f"[{s.name}]", "section", "", s.status, s.doc))
-        rows += [(f"{s.name}.{f.name}", f.type_name, _fmt(f.default), f.status if s.status == "used" else s.status,
-                  f.doc) for f in s.fields]  # fmt: skip
+#: what the ``acts`` column says for each status
+ACTS = {"used": "yes", "lsst-only": "no: LSST middleware", "planned": "not yet"}
+
+
+def _default_rows() -> list[tuple[str, str, str, str, str, str]]:
+    """(name, type, effective default, seed default (``=``: the same; ``n/a``: mpidcr's own field),
+    acts, doc) of every field and section: the seed's, then mpidcr's own."""
+
+    def row(name: str, f: FieldSpec, status: str, own: bool) -> tuple[str, str, str, str, str, str]:
+        seed = "n/a" if own else "=" if f.seed == SAME else _fmt(f.seed)
+        return (name, f.type_name, _fmt(f.default), seed, ACTS[status], f.doc)
+
+    rows = [row(f.name, f, f.status, f in OWN_FIELDS) for f in (*FIELDS, *OWN_FIELDS)]
+    for s in (*SUBTASKS, *OWN_SECTIONS):
+        own = s in OWN_SECTIONS
+        rows.append((f"[{s.name}]", "section", "", "n/a" if own else "", ACTS[s.status], s.doc))
+        rows += [row(f"{s.name}.{f.name}", f, f.status if s.status == "used" else s.status, own) for f in s.fields]
     return rows
 
 
+_HEADER = ("field", "type", "default", "seed default", "acts", "description")
+
+
 def defaults_table(markdown: bool = False) -> str:
-    """Every field with type, default, status and doc (``mpidcr config --defaults``)."""
+    """Every field with type, effective default, the seed's raw default where it differs (``=``
+    where not), whether mpidcr acts on it, and doc (``mpidcr config --defaults``)."""
     rows = _default_rows()
     if markdown:
-        lines = ["| field | type | default | status | description |", "|---|---|---|---|---|"]
+        lines = ["| " + " | ".join(_HEADER) + " |", "|---|---|---|---|---|---|"]
         for r in rows:
-            cells = (f"`{r[0]}`", r[1], f"`{r[2]}`" if r[2] else "", r[3], r[4])
+            cells = (f"`{r[0]}`", r[1], f"`{r[2]}`" if r[2] else "", f"`{r[3]}`" if r[3] not in ("", "=", "n/a") else r[3],
+                     r[4], r[5])  # fmt: skip
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         return "\n".join(lines) + "\n"
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:<{w[3]}}  {r[4]}" for r in rows) + "\n"
+    table = [_HEADER, *rows]
+    w = [max(len(r[i]) for r in table) for i in range(5)]
+    return "\n".join("  ".join(f"{r[i]:<{w[i]}}" for i in range(5)) + f"  {r[5]}" for r in table) + "\n"

@@ -12,6 +12,7 @@ coefficients as printed in the papers.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,8 +180,14 @@ def check_wavelength(wavelength: ArrayLike, what: str = "wavelength") -> NDArray
     return lam
 
 
-def refractivity(wavelength: ArrayLike, weather: Weather) -> NDArray[np.float64]:
-    """n − 1 of moist air at ``wavelength`` (nm), Stone (1996) eq. 13 with Owens' densities."""
+#: The refraction formulas: Stone (1996) and Owens (1967) as published, and afw's implementation
+#: (the LSST stack's), which adds the tan³z term and has 7.75141e-4 for Owens' 7.75141e4.
+REFRACTION_FORMULAS = ("stone", "afw")
+
+
+def refractivity(wavelength: ArrayLike, weather: Weather, formula: str = "stone") -> NDArray[np.float64]:
+    """n − 1 of moist air at ``wavelength`` (nm), Stone (1996) eq. 13 with Owens' densities
+    (``formula="afw"``: with afw's water-vapour coefficient, see :data:`REFRACTION_FORMULAS`)."""
     lam = check_wavelength(wavelength)
     t_k = weather.temperature + 273.15
     p = weather.pressure / 100.0  # mbar
@@ -188,11 +195,8 @@ def refractivity(wavelength: ArrayLike, weather: Weather) -> NDArray[np.float64]
     ps = p - pw
     sigma2 = (1000.0 / lam) ** 2  # µm^-2
     ds = (1.0 + ps * (57.90e-8 - 9.3250e-4 / t_k + 0.25844 / t_k**2)) * ps / t_k
-    dw = (
-        (1.0 + pw * (1.0 + 3.7e-4 * pw) * (-2.37321e-3 + 2.23366 / t_k - 710.792 / t_k**2 + 7.75141e4 / t_k**3))
-        * pw
-        / t_k
-    )
+    cubic = 7.75141e-4 if formula == "afw" else 7.75141e4
+    dw = (1.0 + pw * (1.0 + 3.7e-4 * pw) * (-2.37321e-3 + 2.23366 / t_k - 710.792 / t_k**2 + cubic / t_k**3)) * pw / t_k
     n1e8 = (2371.34 + 683939.7 / (130.0 - sigma2) + 4547.3 / (38.9 - sigma2)) * ds + (
         6487.31 + 58.058 * sigma2 - 0.71150 * sigma2**2 + 0.08851 * sigma2**3
     ) * dw
@@ -204,22 +208,27 @@ def refraction(
     elevation: ArrayLike,
     weather: Weather | None = None,
     site: Site | None = None,
+    formula: str = "stone",
 ) -> NDArray[np.float64]:
     """Atmospheric refraction R (arcsec) at ``wavelength`` (nm) and ``elevation`` (deg).
 
-    Broadcasts over both arguments.  Stone (1996) eq. 10 with κ and β of eqs. 6–7.
+    Broadcasts over both arguments.  Stone (1996) eq. 10 with κ and β of eqs. 6–7;
+    ``formula="afw"``: afw's variant (:data:`REFRACTION_FORMULAS`).
     """
     site = site or Site()
     weather = weather or Weather.standard(site.height)
     elev = np.asarray(elevation, dtype=np.float64)
     for e in np.unique(elev):
         check_elevation(float(e))
-    n1 = refractivity(wavelength, weather)
+    if formula not in REFRACTION_FORMULAS:
+        raise PhysicsError(f"unknown refraction formula '{formula}' (one of {', '.join(REFRACTION_FORMULAS)})")
+    n1 = refractivity(wavelength, weather, formula)
     phi = math.radians(site.latitude)
     kappa = 1.0 + 0.005302 * math.sin(phi) ** 2 - 0.00000583 * math.sin(2 * phi) ** 2 - 0.000000315 * site.height
     beta = 4.5908e-6 * (weather.temperature + 273.15)
     tan_z = np.tan(np.radians(90.0 - elev))
-    r = kappa * n1 * (1.0 - beta) * tan_z - kappa * n1 * (beta - n1 / 2.0) * tan_z**3
+    sign = 1.0 if formula == "afw" else -1.0
+    r = kappa * n1 * (1.0 - beta) * tan_z + sign * kappa * n1 * (beta - n1 / 2.0) * tan_z**3
     return r * _ARCSEC_PER_RAD
 
 
@@ -229,9 +238,11 @@ def differential_refraction(
     elevation: ArrayLike,
     weather: Weather | None = None,
     site: Site | None = None,
+    formula: str = "stone",
 ) -> NDArray[np.float64]:
     """R(λ) − R(λ_ref) in arcsec; positive (towards the zenith) for λ bluer than λ_ref."""
-    return refraction(wavelength, elevation, weather, site) - refraction(reference_wavelength, elevation, weather, site)
+    return (refraction(wavelength, elevation, weather, site, formula)
+            - refraction(reference_wavelength, elevation, weather, site, formula))  # fmt: skip
 
 
 def subfilter_edges(effective_wavelength: float, bandwidth: float, num_subfilters: int) -> NDArray[np.float64]:
@@ -286,17 +297,23 @@ def dcr_shifts(
     pixel_scale: float,
     split_subfilters: bool = True,
     split_threshold: float = 0.1,
+    formula: str = "stone",
+    lsst_unsplit: bool = False,
 ) -> VisitShifts:
     """Per sub-filter DCR shifts (pixels) of one visit, SPEC §1.
 
     pixel_scale : arcsec per pixel.  Splitting uses the 0.75/0.25 weights of the
     sub-band's edge refractions; a sub-filter is split only when the two shifts
     differ by at least ``split_threshold`` pixels in some component.
+    formula : the refraction formula (:data:`REFRACTION_FORMULAS`).
+    lsst_unsplit : a sub-filter below the threshold is shifted as LSST's ``applyDcr`` does it,
+        by (mean(dy₀, dx₀), mean(dy₁, dx₁)) — an average that mixes the axes — instead of by its
+        mean shift.  The reverse (mean) shift is unchanged.
     """
     if not pixel_scale > 0:
         raise PhysicsError(f"pixel scale {pixel_scale} arcsec must be positive")
     edges = subfilter_edges(effective_wavelength, bandwidth, num_subfilters)
-    dr = differential_refraction(edges, effective_wavelength, obs.elevation, obs.resolved_weather, obs.site)
+    dr = differential_refraction(edges, effective_wavelength, obs.elevation, obs.resolved_weather, obs.site, formula)
     a = dr / pixel_scale
     uy, ux = zenith_direction(obs.parallactic_angle, obs.rotation_angle)
     unit = np.array([uy, ux])
@@ -310,12 +327,21 @@ def dcr_shifts(
         split = np.max(np.abs(s1 - s0), axis=1) >= split_threshold
         forward[split, 0] = s0[split]
         forward[split, 1] = s1[split]
+        if lsst_unsplit:
+            mixed = np.stack([s0.mean(axis=1), s1.mean(axis=1)], axis=1)  # (K, 2): (mean of s0, mean of s1)
+            forward[~split] = mixed[~split][:, None, :]
     return VisitShifts(forward=forward, mean=mean, split=split, refraction_arcsec=dr)
 
 
 def dcr_buffer(max_shift: float) -> int:
     """Buffer in pixels around a region for shifts up to ``max_shift`` pixels: ceil(max) + 1."""
     return math.ceil(max_shift) + 1
+
+
+def lsst_buffer(shifts: Sequence[VisitShifts]) -> int:
+    """The LSST task's bufferSize: :func:`dcr_buffer` of the largest component of the visits'
+    mean (unsplit) shifts."""
+    return dcr_buffer(max((float(np.max(np.abs(s.mean))) for s in shifts), default=0.0))
 
 
 def parallactic_angle_from_hour_angle(
@@ -334,3 +360,45 @@ def parallactic_angle_from_altaz(azimuth: ArrayLike, elevation: ArrayLike, latit
     phi = math.radians(latitude)
     ha, dec = erfa.ae2hd(np.radians(azimuth), np.radians(elevation), phi)
     return np.degrees(erfa.hd2pa(ha, dec, phi))
+
+
+def parallactic_angle_afw(hour_angle: float, declination: float, latitude: float) -> float:
+    """Parallactic angle (deg) as afw's VisitInfo computes it: atan2(sin H, cos δ tan φ − sin δ cos H)
+    from the hour angle H (deg; ERA + longitude − RA, with the ICRS RA), the declination and the
+    latitude (deg).  No precession or nutation is applied: it differs from ERFA's by up to ~30″."""
+    h, d, p = (math.radians(v) for v in (hour_angle, declination, latitude))
+    return math.degrees(math.atan2(math.sin(h), math.cos(d) * math.tan(p) - math.sin(d) * math.cos(h)))
+
+
+#: The time afw's parallactic angle is computed at when a visit gives none: J2000.0 (TT), the epoch
+#: of the LSST tests' visits
+J2000_MJD_TT = 51544.5
+
+
+def parallactic_angle_lsst(azimuth: float, elevation: float, site: Site, mjd: float | None = None,
+                           scale: str = "tai") -> float:  # fmt: skip
+    """Parallactic angle (deg) of a pointing at ``azimuth``/``elevation`` (deg) as the LSST stack
+    gets it: the ICRS position of the pointing at the visit's time (astropy, no refraction), the
+    Earth rotation angle of that time (UT1), and :func:`parallactic_angle_afw`.
+
+    mjd : the visit's time (MJD in ``scale``); None: J2000.0 (TT).
+    """
+    import warnings
+
+    import astropy.units as u
+    import erfa
+    from astropy.coordinates import AltAz, EarthLocation, SkyCoord
+    from astropy.time import Time
+    from astropy.utils.exceptions import AstropyWarning
+
+    time = Time(J2000_MJD_TT, format="mjd", scale="tt") if mjd is None else Time(mjd, format="mjd", scale=scale)
+    location = EarthLocation(lat=site.latitude * u.deg, lon=site.longitude * u.deg, height=site.height * u.m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)  # e.g. a time beyond the IERS tables
+        warnings.simplefilter("ignore", erfa.ErfaWarning)
+        icrs = SkyCoord(AltAz(az=azimuth * u.deg, alt=elevation * u.deg, obstime=time, location=location)).icrs
+        ut1 = time.ut1
+    era = math.degrees(erfa.era00(ut1.jd1, ut1.jd2))
+    geodetic = location.to_geodetic()
+    hour_angle = era + geodetic.lon.degree - icrs.ra.degree
+    return parallactic_angle_afw(hour_angle, icrs.dec.degree, geodetic.lat.degree)

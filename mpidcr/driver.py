@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from . import __version__
+from .coadd import StaticModel
 from .config import DcrConfig
-from .dcr import Observation, Site, VisitShifts, dcr_buffer, dcr_shifts, subfilter_edges
+from .dcr import Observation, Site, VisitShifts, dcr_buffer, dcr_shifts, lsst_buffer, subfilter_edges
 from .errors import InputError, MpidcrError, Preempted
 from .halo import halo_width
 from .io.checkpoint import inputs_digest, read_checkpoint, verify_checkpoint, write_checkpoint
@@ -31,6 +32,7 @@ from .io.manifest import Manifest, WarpEntry
 from .io.modelfile import ModelMeta, ModelTile, chunk_shape, model_file_bytes, write_model
 from .io.outputs import OutputLock, SpaceReservation, free_bytes
 from .io.paths import check_output_path, same_file
+from .io.static import StaticInfo, check_static_grid, read_static_window, scan_static, static_files, static_mask_planes
 from .io.warps import (
     WarpInfo,
     check_consistent,
@@ -45,8 +47,11 @@ from .parallel.comm import Comm, SerialComm
 from .preemption import STOP
 from .resources import BASELINE_BYTES, memory_per_rank, memory_problem
 from .solver import DcrResult, DcrSolver, SolverState, WarpStack, history_table
-from .tiling import Plan, Tile, choose_dims, parse_tiles
+from .tiling import Box, Plan, Tile, choose_dims, parse_tiles
 from .warmup import warm_up
+
+if TYPE_CHECKING:
+    from .subregions import SubregionOutcome
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +63,7 @@ class RunInputs:
     """Validated inputs of a run, identical on every rank.
 
     ``sources``: other files the run reads (manifest, configuration file), never to be written.
+    ``static``: the static model T given with ``--static-model`` (None: the coadd of the warps).
     """
 
     infos: list[WarpInfo]
@@ -68,13 +74,14 @@ class RunInputs:
     pixel_scale: float
     config: DcrConfig
     sources: list[str] = field(default_factory=list)
+    static: StaticInfo | None = None
 
     def files(self) -> list[str]:
         """Every pixel file the run reads, in order (for the resume digest)."""
         out: list[str] = []
         for info in self.infos:
             out += [f for f in (info.path, info.variance_path, info.mask_path) if f]
-        return out
+        return out + static_files(self.static)
 
 
 @dataclass(frozen=True)
@@ -184,20 +191,46 @@ def _check_unique_visits(infos: list[WarpInfo]) -> None:
         seen[visit] = info.path
 
 
+def select_visits(infos: list[WarpInfo], max_psf_fwhm: float | None) -> list[WarpInfo]:
+    """select.maxPsfFwhm: leave out visits whose PSF FWHM (PSF-FWHM, arcsec) is above it (each
+    named in a warning); every visit must then carry PSF-FWHM, and at least 2 must remain."""
+    if max_psf_fwhm is None:
+        return infos
+    kept = []
+    for info in infos:
+        fwhm = info.meta.get("psfFwhm")
+        if fwhm is None:
+            raise InputError(f"{info.path}: no PSF FWHM (PSF-FWHM keyword or psfFwhm in the manifest), which "
+                             f"select.maxPsfFwhm = {max_psf_fwhm} needs")  # fmt: skip
+        if fwhm > max_psf_fwhm:
+            log.warning("%s: PSF FWHM %.3g arcsec is above select.maxPsfFwhm = %g; visit left out", info.path, fwhm,
+                        max_psf_fwhm)  # fmt: skip
+        else:
+            kept.append(info)
+    if len(kept) < 2:
+        raise InputError(f"select.maxPsfFwhm = {max_psf_fwhm} arcsec leaves {len(kept)} of {len(infos)} visits; "
+                         "at least 2 are needed")  # fmt: skip
+    return kept
+
+
 def prepare_inputs(
     entries: list[WarpEntry],
     config: DcrConfig,
     site: Site | None = None,
     pixel_scale: float | None = None,
     sources: list[str] | None = None,
+    static_model: str | None = None,
 ) -> RunInputs:
-    """Read every warp's headers, resolve metadata and DCR shifts, and validate (before any pixels)."""
+    """Read every warp's headers (and the static model's, if given), resolve metadata and DCR
+    shifts, and validate (before any pixels)."""
     config.validate()
     if len(entries) < 2:
         raise InputError(f"{len(entries)} warp(s) given; at least 2 visits are needed")
     site = site or Site()
-    infos = [resolve_geometry(scan_warp(e.path, e.overrides, e.plain), site) for e in entries]
+    angles, rotation = config.lsst("parallacticAngle"), config.lsst("rotationDirection")
+    infos = [resolve_geometry(scan_warp(e.path, e.overrides, e.plain), site, angles, rotation) for e in entries]
     _check_unique_visits(infos)
+    infos = select_visits(infos, config.select.maxPsfFwhm)
     check_consistent(infos)
     scale = pixel_scale if pixel_scale is not None else pixel_scale_arcsec(infos[0].wcs_header)
     if scale is None:
@@ -209,17 +242,25 @@ def prepare_inputs(
     for info, obs in zip(infos, observations, strict=True):
         try:
             shifts.append(dcr_shifts(obs, cfg.effectiveWavelength, cfg.bandwidth, cfg.num_subfilters, scale,
-                                     cfg.splitSubfilters, cfg.splitThreshold))  # fmt: skip
+                                     **cfg.shift_options()))  # fmt: skip
         except MpidcrError as exc:
             raise InputError(f"{info.path}: {exc}") from None
-    return RunInputs(infos, observations, shifts, union_mask_planes(infos), infos[0].shape, scale, config,
-                     list(sources or []))  # fmt: skip
+    planes = union_mask_planes(infos)
+    static = None
+    if static_model:
+        static = scan_static(static_model)
+        check_static_grid(static, infos[0])
+        planes = static_mask_planes(static, planes)
+    return RunInputs(infos, observations, shifts, planes, infos[0].shape, scale, config, list(sources or []),
+                     static)  # fmt: skip
 
 
 def inputs_from_manifest(manifest: Manifest, config: DcrConfig, pixel_scale: float | None = None,
-                         sources: list[str] | None = None) -> RunInputs:  # fmt: skip
+                         sources: list[str] | None = None, static_model: str | None = None) -> RunInputs:  # fmt: skip
+    """The inputs a manifest names (``static_model``, e.g. from the command line, wins over its own)."""
     extra = ([manifest.source] if manifest.source else []) + list(sources or [])
-    return prepare_inputs(manifest.warps, config, manifest.site, pixel_scale, extra)
+    return prepare_inputs(manifest.warps, config, manifest.site, pixel_scale, extra,
+                          static_model or manifest.static_model or None)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- phase: claim outputs
@@ -279,8 +320,11 @@ def decompose(inputs: RunInputs, options: RunOptions, comm: Comm) -> Layout:
     """The tile grid, this rank's tile, the halo, and the memory check (collective errors)."""
     cfg = inputs.config
     max_shift = max(s.max_abs for s in inputs.shifts)
-    buffer = dcr_buffer(max_shift)
-    halo = halo_width(cfg, buffer)
+    halo = halo_width(cfg, dcr_buffer(max_shift))
+    # the DCR buffer of the metric's noise region (and of LSST's subregion boxes): LSST's task takes
+    # it from the mean shifts (its bufferSize), mpidcr from the largest shift
+    lsst = cfg.lsst("iterationControl") or cfg.lsst("subregions")
+    buffer = lsst_buffer(inputs.shifts) if lsst else dcr_buffer(max_shift)
     try:  # the same on every rank: a collective error, reported once
         dims = parse_tiles(options.tiles) if options.tiles else choose_dims(comm.size, inputs.shape)
         if dims[0] * dims[1] != comm.size:
@@ -342,7 +386,12 @@ def ranks_within(inputs: RunInputs, plan: Plan, limit: int) -> int:
 # ----------------------------------------------------------------------------- phase: read
 def read_tile(inputs: RunInputs, tile: Tile) -> WarpStack:
     """Every warp's window of this rank's outer box (no whole image is ever read)."""
-    shape = (len(inputs.infos), *tile.outer.shape)
+    return read_box(inputs, tile.outer)
+
+
+def read_box(inputs: RunInputs, box: Box) -> WarpStack:
+    """Every warp's window of ``box`` (patch coordinates)."""
+    shape = (len(inputs.infos), *box.shape)
     try:
         images, variances = np.empty(shape, np.float32), np.empty(shape, np.float32)
         masks = np.empty(shape, np.int32)
@@ -352,10 +401,15 @@ def read_tile(inputs: RunInputs, tile: Tile) -> WarpStack:
             "use more ranks"
         ) from None
     for v, info in enumerate(inputs.infos):
-        read_window(info, tile.outer, inputs.mask_planes, out=(images[v], variances[v], masks[v]))
+        read_window(info, box, inputs.mask_planes, out=(images[v], variances[v], masks[v]))
     airmass = np.array([o.airmass for o in inputs.observations])
     return WarpStack(images, variances, masks, dict(inputs.mask_planes), inputs.shifts, airmass,
                      [i.visit for i in inputs.infos])  # fmt: skip
+
+
+def read_static(inputs: RunInputs, box: Box) -> StaticModel | None:
+    """The given static model T on ``box`` (None when T is to be the coadd of the warps)."""
+    return None if inputs.static is None else read_static_window(inputs.static, box, inputs.mask_planes)
 
 
 # ----------------------------------------------------------------------------- phase: solve
@@ -422,7 +476,8 @@ def resume_state(path: str, schedule: CheckpointSchedule, tile: Tile, comm: Comm
     return read_checkpoint(path, tile.outer)
 
 
-def solve_tile(inputs: RunInputs, warps: WarpStack, layout: Layout, options: RunOptions, comm: Comm) -> DcrResult:
+def solve_tile(inputs: RunInputs, warps: WarpStack, static: StaticModel | None, layout: Layout, options: RunOptions,
+               comm: Comm) -> DcrResult:  # fmt: skip
     """Iterate the model of this rank's tile to the end condition (checkpoints on schedule)."""
     cfg = inputs.config
     reducer, exchanger = comm.decompose(layout.plan)
@@ -434,7 +489,7 @@ def solve_tile(inputs: RunInputs, warps: WarpStack, layout: Layout, options: Run
         log.info("iteration %d/%d: metric %.6g, gain %.3f", n, cfg.max_iterations, metric, gain)
 
     solver = DcrSolver(warps, cfg, tile=layout.tile, reducer=reducer, exchanger=exchanger, buffer=layout.buffer,
-                       progress=progress, resume=state)  # fmt: skip
+                       progress=progress, resume=state, static=static)  # fmt: skip
     return solver.run(hooks=[schedule])
 
 
@@ -481,7 +536,8 @@ def visits_table(inputs: RunInputs, result: DcrResult) -> np.ndarray:
     return rows
 
 
-def _model_meta(inputs: RunInputs, result: DcrResult, layout: Layout, comm: Comm) -> ModelMeta:
+def _model_meta(inputs: RunInputs, result: DcrResult, layout: Layout, comm: Comm,
+                extra: SubregionOutcome | None) -> ModelMeta:  # fmt: skip
     cfg, dims = inputs.config, layout.plan.dims
     attrs = {
         "effective_wavelength": float(cfg.effectiveWavelength),
@@ -500,12 +556,19 @@ def _model_meta(inputs: RunInputs, result: DcrResult, layout: Layout, comm: Comm
         "iterations": result.iterations,
         "image_interp_order": int(cfg.imageInterpOrder),
         "accelerate_model": float(cfg.accelerateModel),
+        "profile": str(cfg.profile),
+        "static_model": inputs.static.path if inputs.static is not None else "",
     }
-    return ModelMeta(inputs.shape, cfg.num_subfilters, chunk_shape(inputs.shape, dims), visits_table(inputs, result), history_table(result.history),
-                     attrs, result.mask_planes)  # fmt: skip
+    tables = {}
+    if extra is not None:  # the subregion solve: its blocks, the whole patch's metric before and after
+        tables["subregions"] = extra.blocks
+        attrs.update(initial_metric=extra.initial_metric, final_metric=extra.final_metric)
+    return ModelMeta(inputs.shape, cfg.num_subfilters, chunk_shape(inputs.shape, dims), visits_table(inputs, result),
+                     history_table(result.history), attrs, result.mask_planes, tables, bool(cfg.doNImage))  # fmt: skip
 
 
-def write_output(inputs: RunInputs, result: DcrResult, layout: Layout, options: RunOptions, comm: Comm) -> str:
+def write_output(inputs: RunInputs, result: DcrResult, layout: Layout, options: RunOptions, comm: Comm,
+                 extra: SubregionOutcome | None = None) -> str:  # fmt: skip
     """Write the model file (collectively or through rank 0); returns the output mode used."""
     inner = layout.tile.inner_local
     # views of the inner box in the file's dtypes (a copy only where the dtype differs): copying
@@ -516,10 +579,11 @@ def write_output(inputs: RunInputs, result: DcrResult, layout: Layout, options: 
         "coadd/variance": np.asarray(result.variance[inner], np.float32),
         "coadd/mask": np.asarray(result.mask[inner], np.int32),
         "coadd/static": np.asarray(result.static.image[inner], np.float32),
-        "nimage": np.asarray(result.nimage[(..., *inner)], np.int32),
-        "nimage_total": np.asarray(result.nimage_total[inner], np.int32),
     }
-    meta = comm.bcast(_model_meta(inputs, result, layout, comm) if comm.rank == 0 else None, root=0)
+    if inputs.config.doNImage:
+        arrays["nimage"] = np.asarray(result.nimage[(..., *inner)], np.int32)
+        arrays["nimage_total"] = np.asarray(result.nimage_total[inner], np.int32)
+    meta = comm.bcast(_model_meta(inputs, result, layout, comm, extra) if comm.rank == 0 else None, root=0)
     return write_model(options.output, ModelTile(layout.tile.inner, arrays), meta, comm, options.output_mode)
 
 
@@ -530,11 +594,19 @@ def run(inputs: RunInputs, options: RunOptions, comm: Comm | None = None) -> Run
     With ``checkpoint_every`` K > 0 a checkpoint is written every K iterations; SIGTERM (what
     Slurm sends before a kill) makes the run checkpoint at the end of the current iteration and
     stop with :class:`Preempted` (exit code 75); ``resume`` continues from such a checkpoint.
+    With lsstCompat.subregions the LSST task's block-by-block solve runs instead
+    (:mod:`mpidcr.subregions`; no checkpoints).
     """
     comm = comm or SerialComm()
     timer = PhaseTimer()
+    subregions = inputs.config.lsst("subregions")
+    if subregions and (options.resume or options.checkpoint_every):
+        flag = "--resume" if options.resume else "--checkpoint-every"
+        raise _collective(InputError(f"{flag}: the subregion solve (lsstCompat.subregions, --profile lsst) keeps no "
+                                     "checkpoints; set lsstCompat.subregions=false to checkpoint"))  # fmt: skip
     with timer.phase("check"):
         claim = claim_outputs(inputs, options, comm)
+    extra = None
     try:
         with timer.phase("decompose"):
             layout = decompose(inputs, options, comm)
@@ -546,23 +618,32 @@ def run(inputs: RunInputs, options: RunOptions, comm: Comm | None = None) -> Run
             warm_up(inputs.config, tiled=comm.size > 1)
         if comm.rank == 0:
             log.info("kernels ready in %.1f s (compiled, or read back from the on-disk cache)", timer.seconds["compile"])
-        with timer.phase("read"):
-            warps = read_tile(inputs, layout.tile)
-        stop_point(comm, "while the warps were read")
-        with timer.phase("solve"):
-            result = solve_tile(inputs, warps, layout, options, comm)
+        if subregions:
+            from .subregions import solve_in_subregions  # (it builds on this module's phases)
+
+            with timer.phase("solve"):  # it reads the warps block by block
+                extra = solve_in_subregions(inputs, layout, comm)
+            result, metric = extra.result, extra.final_metric
+        else:
+            with timer.phase("read"):
+                warps = read_tile(inputs, layout.tile)
+                static = read_static(inputs, layout.tile.outer)
+            stop_point(comm, "while the warps were read")
+            with timer.phase("solve"):
+                result = solve_tile(inputs, warps, static, layout, options, comm)
+            metric = result.history[min(result.iterations, len(result.history) - 1)].metric
         if comm.rank == 0:
             claim.release_space()  # the reserved bytes are now the model file's
         with timer.phase("write"):  # a SIGTERM now is answered after the write: the model is complete
-            mode = write_output(inputs, result, layout, options, comm)
+            mode = write_output(inputs, result, layout, options, comm, extra)
     finally:
         claim.close()
     if STOP.requested and comm.rank == 0:
         log.warning("SIGTERM arrived after the last iteration: the model was written and is complete")
-    return _summary(result, layout, mode, options, timer, comm)
+    return _summary(result, metric, layout, mode, options, timer, comm)
 
 
-def _summary(result: DcrResult, layout: Layout, mode: str, options: RunOptions, timer: PhaseTimer,
+def _summary(result: DcrResult, metric: float, layout: Layout, mode: str, options: RunOptions, timer: PhaseTimer,
              comm: Comm) -> RunSummary:  # fmt: skip
     # peak resident memory of the largest rank (ru_maxrss is in KiB on Linux)
     peaks = comm.gather(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -572,7 +653,7 @@ def _summary(result: DcrResult, layout: Layout, mode: str, options: RunOptions, 
         output=options.output,
         iterations=result.iterations,
         stop_reason=result.stop_reason.value,
-        metric=result.history[min(result.iterations, len(result.history) - 1)].metric,
+        metric=metric,
         ranks=comm.size,
         tiles=layout.plan.dims,
         halo=layout.halo,

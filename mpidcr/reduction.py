@@ -51,7 +51,8 @@ def _as_image(a: NDArray) -> NDArray:
 def selected_moments(reducer: Reducer, values: NDArray, select: NDArray | None = None, lo: float = -math.inf,
                      hi: float = math.inf, guess: float = 0.0,
                      masks: NDArray | None = None, excluded: int = 0,
-                     region: tuple[slice, slice] | None = None) -> tuple[float, float, float]:  # fmt: skip
+                     region: tuple[slice, slice] | None = None,
+                     extra: tuple[float, float, float] | None = None) -> tuple[float, float, float]:  # fmt: skip
     """(n, mean, population std) of the selected finite ``values`` within [lo, hi], pooled over all tiles.
 
     One pass: each tile contributes its count, sum and sum of squared deviations about ``guess``
@@ -62,12 +63,15 @@ def selected_moments(reducer: Reducer, values: NDArray, select: NDArray | None =
     mean), still ~1e-8 for a first pass about 0 with the mean 10⁴ σ away.  ``select`` (same shape as
     ``values``; default all) picks pixels; pixels whose ``masks`` value has any ``excluded`` bit
     are left out; ``region`` (y slice, x slice) restricts the sums to part of the images (a tile's inner
-    box).  (0, 0, 0) when nothing is selected.
+    box); ``extra`` (count, sum, sum of squares about ``guess``) adds pixels held elsewhere (the same
+    on every rank).  (0, 0, 0) when nothing is selected.
     """
     v = _as_image(values)
     sel = np.ones(v.shape, dtype=np.bool_) if select is None else _as_image(select)
     msk = None if masks is None else _as_image(masks)
     n, total, m2_guess = reducer.sum(moments.selected_sums(v, sel, lo, hi, guess, msk, excluded, region))
+    if extra is not None:
+        n, total, m2_guess = n + extra[0], total + extra[1], m2_guess + extra[2]
     if n == 0:
         return 0.0, 0.0, 0.0
     mean = total / n
@@ -76,9 +80,10 @@ def selected_moments(reducer: Reducer, values: NDArray, select: NDArray | None =
 
 
 def merged_std(reducer: Reducer, values: NDArray, select: NDArray | None = None,
-               region: tuple[slice, slice] | None = None) -> float:  # fmt: skip
-    """Population standard deviation of the selected finite ``values`` pooled over all tiles (0 if empty)."""
-    return selected_moments(reducer, values, select, region=region)[2]
+               region: tuple[slice, slice] | None = None, extra: tuple[float, float, float] | None = None) -> float:  # fmt: skip
+    """Population standard deviation of the selected finite ``values`` pooled over all tiles (0 if
+    empty), with ``extra`` moments (see :func:`selected_moments`)."""
+    return selected_moments(reducer, values, select, region=region, extra=extra)[2]
 
 
 def clipped_std(reducer: Reducer, values: NDArray, nsigma: float = 3.0, iterations: int = 3,

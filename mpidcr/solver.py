@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,8 +39,15 @@ from .kernels.fused import SweepPlan, VisitPass
 from .kernels.gaussian import gaussian_filter
 from .masks import add_plane, plane_bits
 from .reduction import Reducer, SerialReducer, clipped_std, merged_std
-from .tiling import Tile
-from .update import amplified, clamp_to_previous, next_gain, regularize_frequency, static_share
+from .tiling import Box, Tile
+from .update import (
+    LSST_GAIN_WINDOW,
+    amplified,
+    clamp_to_previous,
+    next_gain,
+    regularize_frequency,
+    static_share,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +135,89 @@ class SolverState:
 
 
 @dataclass
+class Subregion:
+    """One block of LSST's subregion-sequential solve (lsstCompat.subregions), as the solver of its
+    grown box sees it: the solver's patch is the block grown by the DCR buffer (LSST's dcrBBox).
+
+    inner : the block in the solver's patch coordinates; only it is updated (the ring around it
+        keeps the values it started with, as LSST assigns only the block back).
+    inverse_weights, nimage, determined : the whole patch's coverage (LSST computes it once, on the
+        patch) on this tile's outer box.
+    metric_edge : outer-box pixels at least the DCR buffer from the whole patch's edge.
+    outside_noise : (count, sum, sum of squares about 0) of model plane 1's background outside the
+        solver's patch: LSST's metric takes its noise over the whole patch.
+    visit_weights, variance_scale : the whole patch's (a block may hold no pixel of some visit).
+    converge_from_static : the convergence pixels of every visit are the static mask's (the
+        patch-wide pass found no input carrying convergenceMaskPlanes and detected on T).
+    """
+
+    inner: Box
+    inverse_weights: NDArray
+    nimage: NDArray
+    determined: NDArray
+    metric_edge: NDArray
+    outside_noise: tuple[float, float, float]
+    visit_weights: NDArray
+    variance_scale: NDArray
+    converge_from_static: bool = False
+
+
+def metric_sums(image: NDArray, template: NDArray, use: NDArray, significance: NDArray) -> tuple[float, float]:
+    """One visit's metric terms over ``use`` pixels with a finite template:
+    (Σ|image − template|·s, Σ|image + template|·s / 2)."""
+    use = use & np.isfinite(template)
+    s = significance[use]
+    return float(np.sum(np.abs(image - template)[use] * s)), float(np.sum(np.abs(image + template)[use] * s) / 2.0)
+
+
+@dataclass
+class BlockView:
+    """The block-only metric of a subregion on one tile: LSST builds those templates from the model
+    cropped to the block, so a shift reads zeros beyond the block's edges and samples falling
+    outside it are zero (scipy's mode 'constant').  The part of the tile's outer box inside the
+    block is that crop here: its edges are the block's where they are, a halo's elsewhere.
+
+    box : slices of the crop in the outer box; sums : slices of the block's share of the inner
+    box in the crop (empty if none); images, good, converge : (V, h, w) copies on the crop.
+    """
+
+    box: tuple[slice, slice]
+    sums: tuple[slice, slice]
+    images: NDArray
+    good: NDArray
+    converge: NDArray
+
+    @classmethod
+    def of(cls, block: Box, tile: Tile, images: NDArray, good: NDArray, converge: NDArray) -> BlockView:
+        crop = block.intersect(tile.outer)
+        box = crop.slices(tile.outer)
+        mine = block.intersect(tile.inner)
+        if mine.size == 0:
+            mine = Box(crop.y0, crop.y0, crop.x0, crop.x0)
+        sel = (slice(None), *box)
+        return cls(box, mine.slices(crop), np.ascontiguousarray(images[sel]), np.ascontiguousarray(good[sel]),
+                   np.ascontiguousarray(converge[sel]))  # fmt: skip
+
+    def metric_sums(self, planes: NDArray, significance: NDArray, shifts: Sequence[VisitShifts], active: NDArray,
+                    order: int) -> NDArray:  # fmt: skip
+        """The (2V,) metric sums of every visit (zeros for inactive ones) over the block's share."""
+        V = len(shifts)
+        sums = np.zeros(2 * V)
+        forward = kernels.prefilter_planes(np.ascontiguousarray(planes[(slice(None), *self.box)]), order)
+        sig = significance[self.box][self.sums]
+        template = np.zeros(forward.shape[1:], dtype=np.float64)
+        for v in map(int, np.flatnonzero(active)):
+            kernels.build_template(forward, shifts[v].forward, order, out=template)
+            sums[v], sums[V + v] = metric_sums(self.images[v][self.sums], template[self.sums],
+                                               self.good[v][self.sums] & self.converge[v][self.sums], sig)  # fmt: skip
+        return sums
+
+
+#: LSST measures the frequency regularization's noise this many pixels inside its box
+LSST_NOISE_MARGIN = 5
+
+
+@dataclass
 class DcrResult:
     """A solved DCR model on a tile's outer box (slice with ``tile.inner_local`` for owned pixels).
 
@@ -185,6 +276,9 @@ class DcrSolver:
     progress : called as ``progress(iteration, metric, gain)`` after each accepted iteration.
     fused : at order 1, use the one-pass-per-visit kernel (False: the per-shift kernels, for tests).
     resume : continue from a checkpointed state instead of the static model.
+    static : the static model T (the LSST task's deepCoadd); default: the coadd of the warps.
+    region : a block of LSST's subregion-sequential solve (:class:`Subregion`).
+    initial : the starting planes (K, ny, nx) instead of T/K in each.
 
     After construction: ``static`` (the static model), ``visit_weights``, ``variance_scale``,
     ``inverse_weights``, ``nimage``, ``model_weights``, ``mask_planes`` (the warps' own, plus
@@ -194,7 +288,8 @@ class DcrSolver:
     def __init__(self, warps: WarpStack, config: DcrConfig, tile: Tile | None = None, reducer: Reducer | None = None,
                  exchanger: HaloExchanger | None = None, buffer: int | None = None,
                  progress: Callable[[int, float, float], None] | None = None, fused: bool = True,
-                 resume: SolverState | None = None):  # fmt: skip
+                 resume: SolverState | None = None, static: StaticModel | None = None,
+                 region: Subregion | None = None, initial: NDArray | None = None):  # fmt: skip
         self.warps, self.cfg = warps, config
         self.tile = tile or Tile.whole(warps.images.shape[1:])
         self.reducer = reducer or SerialReducer()
@@ -209,24 +304,46 @@ class DcrSolver:
         self.converge_bits = plane_bits(self.mask_planes, config.convergenceMaskPlanes)
         # order 1: one cache-blocked pass per visit (kernels.fused); order 3: per-shift kernels
         self.fused = fused and self.order == 1
+        self.lsst_loop, self.lsst_freq = config.lsst("iterationControl"), config.lsst("frequencyRegularization")
+        self.region = region
         self._allocate()
         self.good, self.converge_pixels = self._classify()
-        self.variance_scale = self._scale_warp_variances() if config.doScaleWarpVariance else np.ones(warps.num_visits)
-        self.visit_weights = self._visit_weights()
-        self.static = static_sky_model(warps.images, warps.variances, warps.masks, self.good, self.visit_weights,
-                                       config.static_statistic, self.mask_planes, config.sigmaClip, config.clipIter,
-                                       config.maskPropagationThresholds,
-                                       config.calcErrorFromInputVariance)  # fmt: skip
+        if region is not None:  # a block: the patch-wide pass's
+            self.variance_scale, self.visit_weights = region.variance_scale, region.visit_weights
+        else:
+            self.variance_scale = (self._scale_warp_variances() if config.doScaleWarpVariance
+                                   else np.ones(warps.num_visits))  # fmt: skip
+            self.visit_weights = self._visit_weights()
+        # the static model T: given (the LSST task's deepCoadd), or the weighted coadd of the warps
+        self.static = static if static is not None else static_sky_model(
+            warps.images, warps.variances, warps.masks, self.good, self.visit_weights, config.static_statistic,
+            self.mask_planes, config.sigmaClip, config.clipIter, config.maskPropagationThresholds,
+            config.calcErrorFromInputVariance)  # fmt: skip
         self.static_image = self.static.image.astype(MODEL_DTYPE)
         self.base_mask = self.static.mask.copy()
-        self._detect_if_no_convergence_planes()
-        self.background = ((self.base_mask & (self.bad_bits | self.converge_bits)) == 0) & self._edge_distance_ok()
-        self.inverse_weights, self.nimage, self.dcr_good = self._coverage()
-        self.base_mask |= np.where(self.dcr_good, 0, plane_bits(self.mask_planes, ["NO_DATA"])).astype(np.int32)
+        self.detected_on_static = False
+        if region is None:  # (a block takes the patch-wide pass's decision)
+            self._detect_if_no_convergence_planes()
+        elif region.converge_from_static:
+            self.converge_pixels[:] = ((self.base_mask & self.converge_bits) != 0)[None]
+        quiet = ((self.base_mask & (self.bad_bits | self.converge_bits)) == 0)
+        edge = self._edge_distance_ok(self.buffer) if region is None else region.metric_edge
+        self.background = quiet & edge  # the metric's noise (and mpidcr's frequency regularization's)
+        self.freq_background = quiet & self._edge_distance_ok(LSST_NOISE_MARGIN) if self.lsst_freq else self.background
+        if region is None:
+            self.inverse_weights, self.nimage, self.dcr_good = self._coverage()
+        else:
+            self.inverse_weights, self.nimage, self.dcr_good = region.inverse_weights, region.nimage, region.determined
+        if not config.lsst("outputMask"):
+            self.base_mask |= np.where(self.dcr_good, 0, plane_bits(self.mask_planes, ["NO_DATA"])).astype(np.int32)
         # the model weights M and T·(1 − M)/K, the static model's share of every plane under them (step 7)
         self.model_weights, self.static_share = self._model_weights()
+        if resume is not None:
+            initial = resume.model
+        self._frozen, self._block_view = self._block_arrays(initial)
         self.stop_reason: StopReason | None = None
-        self.it = self._start(resume)
+        self._improvement = 1.0  # LSST's convergence check of the last update (its loop runs on it)
+        self.it = self._start(resume, initial)
 
     # -- construction, step by step --------------------------------------------------
     def _allocate(self) -> None:
@@ -260,19 +377,21 @@ class DcrSolver:
         return kernels.classify_pixels(w.images, w.variances, w.masks, remove, self.bad_bits, self.converge_bits,
                                        nodata, MAX_PIXEL_MAGNITUDE)  # fmt: skip
 
-    def _edge_distance_ok(self) -> NDArray[np.bool_]:
-        """Outer-box pixels at least ``buffer`` from the patch edge."""
+    def _edge_distance_ok(self, distance: int) -> NDArray[np.bool_]:
+        """Outer-box pixels at least ``distance`` from the (solver's) patch edge."""
         t = self.tile
         ny, nx = t.patch.shape
         yy = np.arange(t.outer.y0, t.outer.y1)
         xx = np.arange(t.outer.x0, t.outer.x1)
-        oky = (yy >= self.buffer) & (yy < ny - self.buffer)
-        okx = (xx >= self.buffer) & (xx < nx - self.buffer)
+        oky = (yy >= distance) & (yy < ny - distance)
+        okx = (xx >= distance) & (xx < nx - distance)
         return oky[:, None] & okx[None, :]
 
     def background_noise(self, image: NDArray) -> float:
-        """Std of ``image`` over background pixels of the patch (merged over tiles)."""
-        return merged_std(self.reducer, image, self.background, region=self.inner)
+        """Std of ``image`` over background pixels of the patch (merged over tiles; in a subregion,
+        with the background outside the solver's box): the convergence metric's noise."""
+        extra = None if self.region is None else self.region.outside_noise
+        return merged_std(self.reducer, image, self.background, region=self.inner, extra=extra)
 
     def _scale_warp_variances(self) -> NDArray:
         """doScaleWarpVariance: scale each warp's variance so that image/√variance has unit
@@ -343,6 +462,7 @@ class DcrSolver:
         sources = kernels.binary_dilation_diamond(sources, int(cfg.detectTemplate.growRadius))
         self.base_mask |= np.where(sources, bit, np.int32(0))
         self.converge_pixels[:] = sources[None]
+        self.detected_on_static = True
         count = float(self.reducer.sum([np.count_nonzero(self._inner(sources))])[0])
         log.warning("no input pixel carries %s: marked %d pixels above %.1f sigma of the static model as %s instead",
                     "/".join(cfg.convergenceMaskPlanes), int(count), cfg.detectTemplate.thresholdSigma, name)  # fmt: skip
@@ -392,14 +512,27 @@ class DcrSolver:
         m *= MODEL_DTYPE.type(1.0 / peak)
         return m, static_share(self.static_image, m, self.K)
 
-    def _start(self, resume: SolverState | None) -> _Iterate:
-        """The iterate of the first model (T/K in every plane, or the resumed one) and its sweep."""
+    def _block_arrays(self, initial: NDArray | None) -> tuple[Any, Any]:
+        """For a subregion that is not the whole solver patch: the ring outside the block with the
+        values it keeps, (pixels, (K, n) values), and the view of the block-only metric
+        (:class:`BlockView`).  (None, None) otherwise."""
+        region = self.region
+        shape = self.warps.images.shape[1:]
+        if region is None or region.inner == self.tile.patch:
+            return None, None
+        block = np.zeros(shape, dtype=np.bool_)
+        block[region.inner.intersect(self.tile.outer).slices(self.tile.outer)] = True
+        start = (self.static_image / self.K)[None] if initial is None else initial
+        frozen = (~block, np.ascontiguousarray(np.broadcast_to(start, (self.K, *shape))[:, ~block]))
+        return frozen, BlockView.of(region.inner, self.tile, self.warps.images, self.good, self.converge_pixels)
+
+    def _start(self, resume: SolverState | None, initial: NDArray | None) -> _Iterate:
+        """The iterate of the first model (T/K in every plane, the given one, or the resumed one)
+        and its sweep."""
         t0 = time.perf_counter()
         # the starting model, T/K in every plane, in the first of the two model buffers
         model = self._next_buffer(self._model_buffers, np.empty((self.K, *self.static_image.shape), MODEL_DTYPE))
-        model[...] = (self.static_image / self.K)[None]
-        if resume is not None:
-            model = resume.model
+        model[...] = (self.static_image / self.K)[None] if initial is None else initial
         metric, per_visit, acc = self.sweep(model)
         if resume is None:
             history = [IterationRecord(0, metric, float("nan"), time.perf_counter() - t0, per_visit)]
@@ -407,10 +540,12 @@ class DcrSolver:
         else:
             it = _Iterate(resume.iteration, model, acc, per_visit, list(resume.metrics), list(resume.gains),
                           list(resume.history))  # fmt: skip
-        if self.cfg.useConvergence and metric == 0.0:
+        if self.cfg.useConvergence and metric == 0.0 and not self.lsst_loop:  # (LSST's loop runs regardless)
             log.warning("convergence metric is 0 before the first iteration: no pixels carry %s",
                         "/".join(self.cfg.convergenceMaskPlanes))  # fmt: skip
             self.stop_reason = StopReason.ZERO_METRIC
+        if len(it.metrics) >= 2:
+            self._improvement = (it.metrics[-2] - it.metrics[-1]) / it.metrics[-1]
         return it
 
     @staticmethod
@@ -430,7 +565,9 @@ class DcrSolver:
     def sweep(self, model: NDArray) -> tuple[float, NDArray, NDArray]:
         """Templates of ``model`` for every visit → (metric, per-visit metrics, update accumulators).
 
-        The accumulators are Σ_v reverse-shift_{v,k}(residual_v), (K, ny, nx).
+        The accumulators are Σ_v reverse-shift_{v,k}(residual_v), (K, ny, nx).  In a subregion
+        (LSST's blocks), the metric compares the visits with templates made from the block alone
+        (zeros around it), over the block, as LSST's task does.
         """
         V = self.warps.num_visits
         noise = self.background_noise(model[1])
@@ -443,20 +580,33 @@ class DcrSolver:
         if float(self.reducer.max([np.max(self._inner(significance), initial=0.0)])[0]) == 0.0:
             significance = np.ones_like(significance)
         acc = self._next_buffer(self._acc_buffers, model)
-        sums = self._sweep_fused(planes, significance, acc) if self.fused else self._sweep_per_shift(planes,
-                                                                                                    significance, acc)  # fmt: skip
+        sums = self._visit_sums(planes, significance, acc, self.inner)
+        if self._block_view is not None:  # the metric from the block alone, over the block
+            sums = self._block_view.metric_sums(planes, significance, self.warps.shifts, self.visit_weights > 0,
+                                                self.order)  # fmt: skip
         total = self.reducer.sum(sums)
         with np.errstate(divide="ignore", invalid="ignore"):
             per_visit = np.where(total[V:] > 0, total[:V] / total[V:], 0.0)
         active = self.visit_weights > 0
-        metric = float(per_visit[active].mean()) if np.any(active) else 0.0
+        if self.lsst_loop:  # LSST averages over every visit
+            metric = float(per_visit.mean())
+        else:
+            metric = float(per_visit[active].mean()) if np.any(active) else 0.0
         return metric, per_visit, acc
 
-    def _sweep_fused(self, planes: NDArray, significance: NDArray, acc: NDArray) -> NDArray:
+    def _visit_sums(self, planes: NDArray, significance: NDArray, acc: NDArray,
+                    region: tuple[slice, slice]) -> NDArray:  # fmt: skip
+        """One pass over the visits: ``acc`` set, the metric sums over ``region`` returned."""
+        if self.fused:
+            return self._sweep_fused(planes, significance, acc, region)
+        return self._sweep_per_shift(planes, significance, acc, region)
+
+    def _sweep_fused(self, planes: NDArray, significance: NDArray, acc: NDArray,
+                     region: tuple[slice, slice]) -> NDArray:  # fmt: skip
         """Order 1: one cache-blocked pass per visit (sets every accumulator pixel); the metric's
-        numerator and denominator sums of each visit, (2V,)."""
+        numerator and denominator sums of each visit over ``region``, (2V,)."""
         V = self.warps.num_visits
-        ys, xs = self.inner
+        ys, xs = region
         bounds = (ys.start, ys.stop, xs.start, xs.stop)
         visit_sums = self.sweep_plan.run(planes, self.warps.images, self.good, self.converge_pixels, significance,
                                          bounds, self.visit_weights > 0, acc)  # fmt: skip
@@ -464,21 +614,20 @@ class DcrSolver:
         sums[:V], sums[V:] = visit_sums[:, 0], visit_sums[:, 1]
         return sums
 
-    def _sweep_per_shift(self, planes: NDArray, significance: NDArray, acc: NDArray) -> NDArray:
+    def _sweep_per_shift(self, planes: NDArray, significance: NDArray, acc: NDArray,
+                         region: tuple[slice, slice]) -> NDArray:  # fmt: skip
         """Any order, one shift at a time (the reference path of the fused sweep)."""
         w, order, V = self.warps, self.order, self.warps.num_visits
         sums = np.zeros(2 * V)
         acc.fill(0)
         forward = kernels.prefilter_planes(planes, order)
-        sig_inner = self._inner(significance)
+        sig = significance[region]
         template = np.zeros(planes.shape[1:], dtype=np.float64)
         for v in map(int, np.flatnonzero(self.visit_weights > 0)):
             kernels.build_template(forward, w.shifts[v].forward, order, out=template)
             image, good = w.images[v], self.good[v]
-            ti, si = self._inner(template), self._inner(image)
-            use = self._inner(good) & self._inner(self.converge_pixels[v]) & np.isfinite(ti)
-            sums[v] = np.sum(np.abs(si - ti)[use] * sig_inner[use])
-            sums[V + v] = np.sum(np.abs(si + ti)[use] * sig_inner[use]) / 2.0
+            sums[v], sums[V + v] = metric_sums(image[region], template[region], good[region] &
+                                               self.converge_pixels[v][region], sig)  # fmt: skip
             residual = np.where(good, image - template, 0.0)
             kernels.accumulate_reverse(residual, w.shifts[v].mean, order, acc)
         return sums
@@ -495,10 +644,16 @@ class DcrSolver:
             for k in range(self.K):
                 clamp_to_previous(new[k], model[k], cfg.regularizeModelIterations, width, work.sel, work.scratch)
         if cfg.regularizeModelFrequency > 0:
-            noise = self.background_noise(new[0])
-            regularize_frequency(new, cfg.regularizeModelFrequency, width, noise, work)
+            noise = merged_std(self.reducer, new[0], self.freq_background, region=self.inner)
+            if self.lsst_freq:  # LSST's: the previous planes as reference, zero-padded Gaussians
+                regularize_frequency(new, cfg.regularizeModelFrequency, width, noise, work, model, "constant")
+            else:
+                regularize_frequency(new, cfg.regularizeModelFrequency, width, noise, work)
         # steps 6 and 7 in one pass, in place
         regularize.condition_weighted(new, model, gain, self.model_weights, self.static_share, out=new)
+        if self._frozen is not None:  # a subregion: only the block changes, the ring keeps its values
+            where, values = self._frozen
+            new[:, where] = values
         self.exchanger.exchange(new)
         return new
 
@@ -508,6 +663,11 @@ class DcrSolver:
         if self.stop_reason is not None:
             return False
         cfg, it = self.cfg, self.it
+        if self.lsst_loop:  # LSST: while the improvement exceeds the threshold or n ≤ minNumIter
+            if self._improvement > cfg.convergenceThreshold or it.iteration <= cfg.min_iterations:
+                return True
+            self.stop_reason = StopReason.CONVERGED
+            return False
         if it.iteration >= cfg.max_iterations:
             if cfg.useConvergence:
                 log.warning("reached maxNumIter = %d before the convergence threshold %g", cfg.max_iterations,
@@ -524,6 +684,8 @@ class DcrSolver:
     def step(self) -> bool:
         """One iteration: gain, update, sweep.  Returns whether it was accepted; an iteration that
         ends the run (a zero metric, or divergence: the model before it is kept) is not."""
+        if self.lsst_loop:
+            return self._step_lsst()
         cfg, it = self.cfg, self.it
         t0 = time.perf_counter()
         gain = next_gain(it.metrics, it.gains, cfg.base_gain, cfg.useProgressiveGain)
@@ -546,6 +708,40 @@ class DcrSolver:
         it.iteration, it.model, it.acc, it.per_visit = n, new, acc, per_visit
         if self.progress is not None:
             self.progress(n, metric, gain)
+        return True
+
+    def _step_lsst(self) -> bool:
+        """One update of LSST's loop: every update is kept.  It ends the run on a zero metric, on a
+        worse metric after more than minNumIter updates (the worse model kept), and after the
+        update that follows the (maxNumIter + 1)-th, so between minNumIter + 1 and maxNumIter + 2
+        updates run.  The gain: the median of at most the last 4 estimates."""
+        cfg, it = self.cfg, self.it
+        t0 = time.perf_counter()
+        progressive = cfg.useProgressiveGain and cfg.useConvergence
+        gain = next_gain(it.metrics, it.gains, cfg.base_gain, progressive, LSST_GAIN_WINDOW)
+        new = self.update(it.model, it.acc, gain)
+        metric, per_visit, acc = self.sweep(new)
+        n = it.iteration  # LSST's modelIter: the updates done before this one
+        it.history.append(IterationRecord(n + 1, metric, gain, time.perf_counter() - t0, per_visit))
+        it.iteration, it.model, it.acc, it.per_visit = n + 1, new, acc, per_visit
+        if cfg.useConvergence and metric == 0.0:
+            log.warning("convergence metric became 0 at update %d (no valid data); stopping", n + 1)
+            self.stop_reason = StopReason.ZERO_METRIC
+        elif cfg.useConvergence:
+            self._improvement = (it.metrics[-1] - metric) / metric
+            if self._improvement < 0 and n > cfg.min_iterations:
+                log.warning("update %d diverged (metric %.6g > %.6g); the LSST task keeps this model", n + 1, metric,
+                            it.metrics[-1])  # fmt: skip
+                self.stop_reason = StopReason.DIVERGED
+        it.gains.append(gain)
+        it.metrics.append(metric)
+        if self.stop_reason is None and n > cfg.max_iterations:
+            if cfg.useConvergence:
+                log.warning("reached maxNumIter = %d (%d updates, LSST's count) before the convergence threshold %g",
+                            cfg.max_iterations, n + 1, cfg.convergenceThreshold)  # fmt: skip
+            self.stop_reason = StopReason.MAX_ITERATIONS
+        if self.progress is not None:
+            self.progress(n + 1, metric, gain)
         return True
 
     def state(self) -> SolverState:

@@ -28,17 +28,20 @@ def clamp_to_previous(new: NDArray, old: NDArray, factor: float, width: int, sel
 
 
 def regularize_frequency(planes: NDArray, factor: float, width: int, noise: float,
-                         work: regularize.FrequencyWork | None = None) -> None:  # fmt: skip
+                         work: regularize.FrequencyWork | None = None, previous: NDArray | None = None,
+                         mode: str = "reflect") -> None:  # fmt: skip
     """Step 5 (in place on ``planes`` (K, ny, nx)): limit the sub-filters' departure from their mean.
 
     With ref = mean of the planes (0 where not positive), smooth = G_w(ref) + 3·noise/(2w):
     clamp each plane to [smooth/√f, smooth·√f] on coherent groups, then replace it by
     ratio·ref with ratio = (G_w(plane) + 3·noise/(2w))/smooth sharpened as
     ratio + 3·(ratio − G_{w/3}(ratio)).  ``noise`` is the background std of plane 0; G_σ is a
-    Gaussian (scipy's, reflect, truncate 4).  ``work``: preallocated work images.
+    Gaussian (scipy's, truncate 4; ``mode`` 'reflect', or LSST's 'constant' for the two of width
+    w).  ``previous``: take ref from these planes instead (LSST's task uses the previous
+    iteration's).  ``work``: preallocated work images.
     """
     work = work or regularize.FrequencyWork(planes.shape[1:], planes.dtype)
-    regularize.regularize_frequency(planes, factor, width, noise, work)
+    regularize.regularize_frequency(planes, factor, width, noise, work, previous, mode)
 
 
 def condition(new: NDArray, old: NDArray, gain: float) -> NDArray:
@@ -57,8 +60,14 @@ def apply_model_weights(new: NDArray, static: NDArray, weights: NDArray) -> NDAr
     return regularize.condition_weighted(new, new, 0.0, weights, share, out=np.empty_like(new))
 
 
-def next_gain(metrics: Sequence[float], gains: Sequence[float], base_gain: float, progressive: bool) -> float:
-    """Gain of the next iteration from the metric and gain histories (SPEC §2 'Gain').
+#: Estimates of the final metric whose median the progressive gain takes: mpidcr's, and the LSST task's
+GAIN_WINDOW, LSST_GAIN_WINDOW = 5, 4
+
+
+def next_gain(metrics: Sequence[float], gains: Sequence[float], base_gain: float, progressive: bool,
+              window: int = GAIN_WINDOW) -> float:  # fmt: skip
+    """Gain of the next iteration from the metric and gain histories (SPEC §2 'Gain'): the median
+    of at most the last ``window`` estimates of the final metric.
 
     ``metrics`` must have exactly one element more than ``gains``.
     """
@@ -69,7 +78,7 @@ def next_gain(metrics: Sequence[float], gains: Sequence[float], base_gain: float
         return base_gain
     est = np.array([((1 + gains[i]) * metrics[i + 1] - metrics[i]) / gains[i] for i in range(n - 1)])
     est[est < 0] = 0.0
-    final = float(np.median(est[-5:]))
+    final = float(np.median(est[-window:]))
     g_last, c_prev, c_new = gains[-1], metrics[-2], metrics[-1]
     predicted = (final * g_last + c_prev) / (1.0 + g_last)
     denom = (c_prev - final) / (1.0 + g_last)

@@ -42,8 +42,8 @@ def tiny_field(config: DcrConfig, num_visits: int = 4) -> WarpStack:
     observations = [Observation(elevation=40.0 + 45.0 * v / max(num_visits - 1, 1), parallactic_angle=-60.0 + 80.0 * v)
                     for v in range(num_visits)]  # fmt: skip
     K = config.num_subfilters
-    shifts = [dcr_shifts(o, config.effectiveWavelength, config.bandwidth, K, _PIXEL_SCALE, config.splitSubfilters,
-                         config.splitThreshold) for o in observations]  # fmt: skip
+    shifts = [dcr_shifts(o, config.effectiveWavelength, config.bandwidth, K, _PIXEL_SCALE, **config.shift_options())
+              for o in observations]
     airmass = np.array([o.airmass for o in observations])
     return WarpStack(images, variances, masks, dict(DEFAULT_PLANES), shifts, airmass)
 

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("kernels", ["kernels"]),
     ("numerical core", ["reduction", "coadd", "update", "solver", "warmup"]),
     ("parallel and files", ["parallel", "io"]),
-    ("composition", ["driver"]),
+    ("composition", ["driver", "subregions"]),
     ("tools", ["sim", "analysis"]),
     ("command line", ["cli", "__main__", "__init__"]),
 ]

@@ -34,7 +34,26 @@ def test_seed_fields_and_defaults_match():
         if default == "<ConfigField>":  # nested LSST configs: accepted as tables
             assert getattr(cfg, name) == {}
             continue
-        assert _norm(getattr(cfg, name)) == _norm(default), name
+        assert _norm(C.FIELD_BY_NAME[name].seed_default) == _norm(default), name
+
+
+#: what LSST's setDefaults chain (AssembleCoadd → CompareWarp → DcrAssembleCoadd) makes of the
+#: seed's raw defaults: the task's effective defaults
+LSST_EFFECTIVE = {
+    "badMaskPlanes": ["NO_DATA", "BAD", "SAT"],
+    "doNImage": True,
+    "statistic": "MEAN",
+    "removeMaskPlanes": ["NOT_DEBLENDED", "EDGE"],
+}
+
+
+def test_defaults_are_the_tasks_effective_ones():
+    """The defaults are what the task runs with; exactly those fields differ from the seed listing."""
+    cfg = C.DcrConfig()
+    for name, value in LSST_EFFECTIVE.items():
+        assert _norm(getattr(cfg, name)) == _norm(value), name
+    differing = {f.name for f in C.FIELDS if _norm(f.default) != _norm(f.seed_default)}
+    assert differing == set(LSST_EFFECTIVE)
 
 
 def test_defaults_listing_has_every_field(capsys):
@@ -48,12 +67,22 @@ def test_defaults_listing_has_every_field(capsys):
     for line in out.splitlines():
         cols = re.split(r"\s{2,}", line.strip())
         rows[cols[0]] = cols
+    assert rows["field"][:5] == ["field", "type", "default", "seed default", "acts"]
+    cfg = C.DcrConfig()
     for name, default in seed_fields.items():
         assert name in rows, name
-        if default != "<ConfigField>":
-            assert _norm(ast.literal_eval(rows[name][2])) == _norm(default), name
+        if default == "<ConfigField>":
+            continue
+        # the effective default, then the seed's raw one where it differs
+        assert _norm(ast.literal_eval(rows[name][2])) == _norm(getattr(cfg, name)), name
+        seed_cell = rows[name][3]
+        assert _norm(default) == _norm(getattr(cfg, name) if seed_cell == "=" else ast.literal_eval(seed_cell)), name
+        status = C.FIELD_BY_NAME[name].status
+        assert rows[name][4].startswith("yes" if status == "used" else "no" if status == "lsst-only" else "not yet")
     for sub in seed_subtasks:
         assert f"[{sub}]" in rows
+    for name in ("profile", "lsstCompat.subregions", "lsstCompat.refraction"):
+        assert rows[name][3] == "n/a" and rows[name][4] == "yes"
 
 
 def test_defaults_listing_values_parse_back():
@@ -61,10 +90,10 @@ def test_defaults_listing_values_parse_back():
     import ast
 
     for f in C.FIELDS:
-        shown = C._fmt(f.default)
         if seed_fields[f.name] == "<ConfigField>":
             continue
-        assert _norm(ast.literal_eval(shown)) == _norm(seed_fields[f.name]), f.name
+        assert _norm(ast.literal_eval(C._fmt(f.seed_default))) == _norm(seed_fields[f.name]), f.name
+        assert _norm(ast.literal_eval(C._fmt(f.default))) == _norm(f.default), f.name
 
 
 def test_snake_case_aliases():
@@ -131,6 +160,45 @@ def test_planned_field_notice(caplog):
     assert any("not implemented in this version" in r.getMessage() for r in caplog.records)
 
 
+def test_planned_features_on_by_default_are_named_every_run(caplog):
+    """doInterp & co. are True in the task and do nothing here yet: one line says so each run (info),
+    and it goes once they are turned off."""
+    with caplog.at_level(logging.INFO, logger="mpidcr"):
+        load_config()
+    lines = [r for r in caplog.records if "not implemented in this version, so without effect" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    for name in ("doInterp", "doPrefilterArtifacts", "doPreserveContainedBySource"):
+        assert f"{name}=True" in lines[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mpidcr"):
+        load_config(overrides=["doInterp=false", "doPrefilterArtifacts=false", "doPreserveContainedBySource=false"])
+    assert not any("without effect" in r.getMessage() for r in caplog.records)
+
+
+def test_subregion_size_without_subregions_is_named(caplog):
+    with caplog.at_level(logging.WARNING, logger="mpidcr"):
+        load_config(overrides=["subregionSize=[500, 500]"])
+    assert any("'subregionSize' acts only with lsstCompat.subregions" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mpidcr"):
+        load_config(overrides=["subregionSize=[500, 500]", "profile=lsst"])
+    assert not any("subregionSize" in r.getMessage() for r in caplog.records)
+
+
+def test_lsst_behaviours_follow_the_profile_unless_set():
+    cfg = C.DcrConfig()
+    assert not any(cfg.lsst(b) for b in C.LSST_BEHAVIOURS)
+    cfg = C.DcrConfig(profile="lsst")
+    assert all(cfg.lsst(b) for b in C.LSST_BEHAVIOURS)
+    cfg = C.DcrConfig(profile="lsst", lsstCompat={"subregions": False})
+    assert not cfg.lsst("subregions") and cfg.lsst("iterationControl")
+    cfg = C.DcrConfig(**{"lsstCompat.refraction": True})
+    assert cfg.lsst("refraction") and not cfg.lsst("subregions")
+    assert cfg.shift_options()["formula"] == "afw"
+    with pytest.raises(C.ConfigError, match="unknown LSST behaviour"):
+        cfg.lsst("nonsense")
+
+
 def test_loaders_toml_yaml_lsst(tmp_path):
     (tmp_path / "a.toml").write_text(
         "dcrNumSubfilters = 4\nbad_mask_planes = ['NO_DATA', 'SAT']\n[detect]\nthresholdSigma = 4.5\n"
@@ -153,10 +221,71 @@ def test_yaml_is_loaded_safely(tmp_path):
         load_config(tmp_path / "evil.yaml")
 
 
-def test_lsst_file_is_not_executed(tmp_path):
-    (tmp_path / "x.py").write_text("import os\nos.system('echo pwned')\n")
-    with pytest.raises(ConfigError, match=r"only 'config\.<field> = <literal>' lines"):
-        load_config(tmp_path / "x.py")
+def test_lsst_file_is_not_executed(tmp_path, caplog):
+    marker = tmp_path / "ran"
+    (tmp_path / "x.py").write_text(f"import os\nopen({str(marker)!r}, 'w').write('x')\nconfig.dcrNumSubfilters = 4\n")
+    with caplog.at_level(logging.WARNING, logger="mpidcr"):
+        cfg = load_config(tmp_path / "x.py")
+    assert not marker.exists() and cfg.dcrNumSubfilters == 4
+    assert any(f"{tmp_path / 'x.py'}:2:" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
+
+
+LSST_OVERRIDES = """\
+# An override file as LSST users have them (obs package style)
+from lsst.pipe.tasks.assembleCoadd import CompareWarpAssembleCoaddTask
+from lsst.meas.algorithms import SourceDetectionTask
+
+config.assembleStaticSkyModel.retarget(CompareWarpAssembleCoaddTask)
+config.dcrNumSubfilters = 4  # four sub-filters
+config.badMaskPlanes = [
+    "NO_DATA",   # no pixels
+    "BAD",
+    "SAT",  # saturated, '#' inside a comment
+    "EDGE",
+]
+config.badMaskPlanes.append("SUSPECT")
+config.removeMaskPlanes += ["CROSSTALK"]
+config.detect.thresholdValue = 4.5
+config.detectTemplate.thresholdValue = 6.0
+config.detectTemplate.nSigmaToGrow = 3.0
+config.maskPropagationThresholds["SAT"] = 0.2
+config.connections.coaddName = "goodSeeing"
+config.effectiveWavelength = 476.31
+config.bandwidth = 147.0 * 1
+"""
+
+
+def test_lsst_override_file_as_users_have_it(tmp_path, caplog):
+    path = tmp_path / "dcrAssembleCoadd.py"
+    path.write_text(LSST_OVERRIDES)
+    with caplog.at_level(logging.INFO, logger="mpidcr"):
+        cfg = load_config(path)
+    assert cfg.dcrNumSubfilters == 4
+    assert cfg.badMaskPlanes == ("NO_DATA", "BAD", "SAT", "EDGE", "SUSPECT")
+    assert cfg.removeMaskPlanes == ("NOT_DEBLENDED", "EDGE", "CROSSTALK")
+    assert cfg.detect.thresholdSigma == 4.5 and cfg.detectTemplate.thresholdSigma == 6.0
+    assert cfg.maskPropagationThresholds["SAT"] == 0.2
+    assert cfg.connections == {"coaddName": "goodSeeing"}
+    assert cfg.effectiveWavelength == 476.31 and cfg.bandwidth is None  # 147.0 * 1 is not a literal
+    messages = {r.getMessage() for r in caplog.records}
+
+    def said(line, text):
+        return any(m.startswith(f"{path}:{line}:") and text in m for m in messages)
+
+    assert said(5, "retarget") and said(17, "no field 'nSigmaToGrow'") and said(21, "not a literal")
+    assert any("detectTemplate.thresholdValue read as detectTemplate.thresholdSigma" in m for m in messages)
+
+
+def test_lsst_override_file_errors_name_the_line(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("config.dcrNumSubfilters = 3\nconfig.dcrNumSubfilterz = 4\n")
+    with pytest.raises(ConfigError, match=r"bad.py:2: unknown configuration field 'dcrNumSubfilterz'"):
+        load_config(bad)
+    bad.write_text("config.dcrNumSubfilters = (\n")
+    with pytest.raises(ConfigError, match=r"bad.py:1: not Python syntax"):
+        load_config(bad)
+    bad.write_text("config.detect.thresholdType = 'value'\nconfig.detect.thresholdValue = 100.0\n")
+    assert load_config(bad).detect.thresholdSigma == 5.0  # not sigma: not mapped
 
 
 def test_override_syntax():

@@ -108,8 +108,11 @@ def test_full_roundtrip_model_export_template(field, tmp_path):
     from mpidcr.update import amplified
 
     v = 2
+    order = cfg.templateInterpOrder  # templates: order-3 splines by default (the fit: imageInterpOrder)
+    assert order == 3
     forward = kernels.build_template(
-        kernels.prefilter_planes(amplified(result.raw_model, cfg.accelerateModel), 1), inputs.shifts[v].forward, 1
+        kernels.prefilter_planes(amplified(result.raw_model, cfg.accelerateModel), order), inputs.shifts[v].forward,
+        order,
     )
     assert main(["-q", "template", str(model_path), info["warps"][v], "-o", str(tmp_path / "t.fits")]) == 0
     template = fits.getdata(tmp_path / "t.fits", "IMAGE")
@@ -198,7 +201,7 @@ def test_bad_parallactic_angle_missing(field, tmp_path):
     _, info = field
     bad = tmp_path / "bad.fits"
     _copy_warp(info["warps"][0], bad, lambda h: h.remove("PARANGLE"))
-    _bad(tmp_path, [bad, *info["warps"][1:]], "no parallactic angle (PARANGLE) and no azimuth (BORE-AZ)")
+    _bad(tmp_path, [bad, *info["warps"][1:]], "no parallactic angle (PARANGLE), no azimuth (BORE-AZ) and no AVG-ERA")
 
 
 def test_parallactic_angle_from_azimuth(field, tmp_path):

@@ -276,7 +276,9 @@ def test_meanclip_rejects_a_cosmic_ray():
     f, config, shifts = _setup()
     stack = _stack(f, shifts, list(range(9)))
     stack.images[3, 40, 10] += 500.0
-    solver = S.DcrSolver(stack, config)
+    clipped = config.copy()
+    clipped.statistic = "MEANCLIP"
+    solver = S.DcrSolver(stack, clipped)
     assert abs(solver.static.image[40, 10]) < 3.0
     cfg = config.copy()
     cfg.statistic = "MEAN"

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from ..io.modelfile import ModelFile, read_model
-from ..io.products import observation_for_warp, template_for
+from ..io.products import observation_for_warp, template_config, template_for
 from ..io.warps import read_window
 from ..masks import plane_bits
 from ..tiling import Box
@@ -36,13 +36,15 @@ def count_detections(significance: NDArray, threshold: float = DETECTION_SIGMA) 
 
 
 def evaluate_visit(model: ModelFile, warp_path: str, edge: int) -> dict[str, Any]:
-    info, obs = observation_for_warp(warp_path)
+    info, obs = observation_for_warp(warp_path, cfg=template_config(model))
     ny, nx = model.model.shape[1:]
     planes = dict(info.mask_planes)
     image, variance, mask = read_window(info, Box(0, ny, 0, nx), planes)
     dcr = template_for(model, obs)
     bad = plane_bits(planes, ["NO_DATA", "BAD", "SAT"])
-    valid = ((mask & bad) == 0) & np.isfinite(image) & (model.nimage_total > 0)
+    valid = ((mask & bad) == 0) & np.isfinite(image)
+    if model.nimage_total is not None:
+        valid &= model.nimage_total > 0
     valid[:edge] = valid[-edge:] = False
     valid[:, :edge] = valid[:, -edge:] = False
     footprint = valid & ((mask & plane_bits(planes, ["DETECTED"])) != 0)

@@ -107,9 +107,10 @@ def quicklooks(model_path: str, outdir: str) -> list[str]:
     ax.set_title(f"stop: {model.attrs['stop_reason']}")
     paths.append(_save(fig, out / f"{stem}_convergence.png"))
 
-    fig, ax = plt.subplots(figsize=(6, 5))
-    im = ax.imshow(model.nimage_total, origin="lower", cmap="viridis")
-    fig.colorbar(im, ax=ax, label="inputs (summed over sub-filters)")
-    ax.set_title("nImage")
-    paths.append(_save(fig, out / f"{stem}_nimage.png"))
+    if model.nimage_total is not None:  # (written with doNImage)
+        fig, ax = plt.subplots(figsize=(6, 5))
+        im = ax.imshow(model.nimage_total, origin="lower", cmap="viridis")
+        fig.colorbar(im, ax=ax, label="inputs (summed over sub-filters)")
+        ax.set_title("nImage")
+        paths.append(_save(fig, out / f"{stem}_nimage.png"))
     return paths

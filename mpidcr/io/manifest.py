@@ -2,6 +2,8 @@
 
 Example::
 
+    static_model = "deepCoadd.fits"  # optional: the static model T (else the coadd of the warps)
+
     [band]
     effectiveWavelength = 476.31   # nm
     bandwidth = 147.0              # nm
@@ -70,10 +72,13 @@ class Manifest:
     site: Site = field(default_factory=Site)
     config: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    static_model: str = ""
 
 
 _PLAIN_KEYS = ("image", "variance", "weight", "mask")
 _SECTIONS = ("band", "site", "warps", "config")
+#: top-level keys (before the first table)
+_KEYS = ("static_model",)
 _BAND_FIELDS = ("effectiveWavelength", "bandwidth", "effective_wavelength")
 
 
@@ -178,9 +183,15 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         data = tomllib.loads(text)
     except Exception as exc:
         raise InputError(f"{path}: cannot parse TOML ({str(exc).splitlines()[0]})") from None
-    unknown = set(data) - set(_SECTIONS)
+    unknown = set(data) - set(_SECTIONS) - set(_KEYS)
     if unknown:
-        raise InputError(f"{path}: unknown manifest section(s) {sorted(unknown)}; expected band, site, warps, config")
+        raise InputError(f"{path}: unknown manifest section(s) {sorted(unknown)}; expected static_model = \"FILE\", "
+                         "then band, site, warps, config")  # fmt: skip
+    static_model = data.get("static_model", "")
+    if not isinstance(static_model, str):
+        raise InputError(f"{path}: static_model must be a file name, not {static_model!r}")
+    if static_model:
+        static_model = str(path.parent / static_model) if not os.path.isabs(static_model) else static_model
     band = _read_band(_table(data, "band", path), path)
     site = _read_site(_table(data, "site", path), path)
     config = _table(data, "config", path)
@@ -195,7 +206,12 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     for i, item in enumerate(raw):
         entries += _read_entry(item, path.parent, f"{path}: warps[{i}]")
     return Manifest(
-        warps=merge_entries(entries, str(path)), band=band, site=site, config=dict(config), source=str(path)
+        warps=merge_entries(entries, str(path)),
+        band=band,
+        site=site,
+        config=dict(config),
+        source=str(path),
+        static_model=static_model,
     )
 
 

@@ -20,7 +20,10 @@ from ..dcr import (
     Site,
     Weather,
     elevation_from_airmass,
+    parallactic_angle_afw,
     parallactic_angle_from_altaz,
+    parallactic_angle_from_hour_angle,
+    parallactic_angle_lsst,
     physical_problem,
 )
 from ..errors import InputError
@@ -44,6 +47,9 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "psfFwhm": ("PSF-FWHM", "arcsec"),
     "visit": ("VISIT", ""),
     "mjd": ("MJD-OBS", "d"),
+    "era": ("AVG-ERA", "deg"),
+    "ra": ("BORE-RA", "deg"),
+    "dec": ("BORE-DEC", "deg"),
 }
 
 
@@ -141,24 +147,46 @@ def _elevation_and_airmass(m: dict[str, Any], path: str) -> tuple[float, float]:
     return elevation, (1.0 / math.sin(math.radians(elevation)) if airmass is None else airmass)
 
 
-def _parallactic_angle(m: dict[str, Any], path: str, site: Site) -> float:
-    """PARANGLE, else from the azimuth, the elevation and the site latitude (deg)."""
+def _parallactic_angle(m: dict[str, Any], path: str, site: Site, lsst: bool) -> float:
+    """PARANGLE; else from the hour angle (AVG-ERA + OBS-LONG − BORE-RA) and BORE-DEC; else from
+    BORE-AZ, the elevation and the latitude.  ``lsst``: the last two as the LSST stack computes
+    them (afw's formula; az/alt through ICRS at MJD-OBS), else with ERFA."""
     if m.get("parallacticAngle") is not None:
         return float(m["parallacticAngle"])
-    if m.get("azimuth") is None:
-        raise InputError(f"{path}: no parallactic angle (PARANGLE) and no azimuth (BORE-AZ) to compute it")
     latitude = site.latitude if m.get("latitude") is None else m["latitude"]
+    longitude = site.longitude if m.get("longitude") is None else m["longitude"]
+    if all(m.get(k) is not None for k in ("era", "ra", "dec")):
+        hour_angle = m["era"] + longitude - m["ra"]
+        if lsst:
+            return parallactic_angle_afw(hour_angle, m["dec"], latitude)
+        return float(parallactic_angle_from_hour_angle(hour_angle, m["dec"], latitude))
+    if m.get("azimuth") is None:
+        raise InputError(
+            f"{path}: no parallactic angle (PARANGLE), no azimuth (BORE-AZ) and no AVG-ERA/BORE-RA/BORE-DEC to compute it"
+        )
+    if lsst:
+        height = site.height if m.get("height") is None else m["height"]
+        return parallactic_angle_lsst(m["azimuth"], m["elevation"], Site(latitude, longitude, height), m.get("mjd"),
+                                      "utc")  # fmt: skip
     return float(parallactic_angle_from_altaz(m["azimuth"], m["elevation"], latitude))
 
 
-def resolve_pointing(meta: dict[str, Any], wcs_header: str, path: str, site: Site) -> dict[str, Any]:
+def resolve_pointing(meta: dict[str, Any], wcs_header: str, path: str, site: Site, lsst_angles: bool = False,
+                     lsst_rotation: bool = False) -> dict[str, Any]:  # fmt: skip
     """``meta`` with elevation, airmass, parallactic angle and the image rotation angle filled in
-    (from whichever of them the header or the manifest gave); InputError naming ``path`` if impossible."""
+    (from whichever of them the header or the manifest gave); InputError naming ``path`` if impossible.
+
+    lsst_angles : the parallactic angle as the LSST stack computes it (lsstCompat.parallacticAngle).
+    lsst_rotation : the rotation angle is BORE-ROTANG (0 without it), not derived from the WCS
+        (lsstCompat.rotationDirection).
+    """
     m = dict(meta)
     m["elevation"], m["airmass"] = _elevation_and_airmass(m, path)
-    m["parallacticAngle"] = _parallactic_angle(m, path, site)
+    m["parallacticAngle"] = _parallactic_angle(m, path, site, lsst_angles)
     # precedence: manifest override > the WCS of the warp > BORE-ROTANG > 0
-    if "rotationAngle" not in m.get("_overrides", ()):
+    if lsst_rotation:
+        m["rotationAngle"] = m.get("rotationAngle") or 0.0
+    elif "rotationAngle" not in m.get("_overrides", ()):
         rot = image_rotation_angle(wcs_header, m["parallacticAngle"])
         m["rotationAngle"] = rot if rot is not None else (m.get("rotationAngle") or 0.0)
     return m

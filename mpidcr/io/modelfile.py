@@ -7,8 +7,8 @@ Schema (axis order ``(subfilter, y, x)``)::
     /coadd/variance      (ny, nx)    float32
     /coadd/mask          (ny, nx)    int32    attrs: MP_<NAME> = bit
     /coadd/static        (ny, nx)    float32  the static sky model T (plain weighted coadd)
-    /nimage              (K, ny, nx) int32    inputs per sub-filter
-    /nimage_total        (ny, nx)    int32
+    /nimage              (K, ny, nx) int32    inputs per sub-filter (with doNImage)
+    /nimage_total        (ny, nx)    int32    (with doNImage)
     /visits              table: visit, file, airmass, elevation, parallactic_angle,
                          rotation_angle, weight, psf_fwhm, max_shift, metric, variance_scale,
                          and the per-sub-filter mean shifts (K, 2) in pixels
@@ -53,6 +53,8 @@ IMAGE_DATASETS: dict[str, tuple[np.dtype, bool]] = {
     "nimage": (np.dtype(np.int32), True),
     "nimage_total": (np.dtype(np.int32), False),
 }
+#: written only with doNImage
+NIMAGE_DATASETS = ("nimage", "nimage_total")
 GATHER_CHUNK_BYTES = 32 * 2**20  # bounded messages on the rank-0 path
 #: Largest HDF5 chunk side of the per-pixel datasets (a tile is a few chunks; 256² float32 = 256 KiB)
 CHUNK_SIDE = 256
@@ -83,6 +85,8 @@ class ModelMeta:
     convergence: np.ndarray  # structured array
     attrs: dict[str, Any] = field(default_factory=dict)
     mask_planes: dict[str, int] = field(default_factory=dict)
+    tables: dict[str, np.ndarray] = field(default_factory=dict)  # more tables (e.g. /subregions)
+    with_nimage: bool = True  # doNImage: write /nimage and /nimage_total
 
 
 def h5py_has_mpi() -> bool:
@@ -111,6 +115,8 @@ def model_layout(meta: ModelMeta) -> dict[str, DatasetSpec]:
     cy, cx = min(meta.chunk[0], ny), min(meta.chunk[1], nx)
     out = {}
     for name, (dtype, lead) in IMAGE_DATASETS.items():
+        if name in NIMAGE_DATASETS and not meta.with_nimage:
+            continue
         out[name] = DatasetSpec((K, ny, nx) if lead else (ny, nx), dtype, (1, cy, cx) if lead else (cy, cx))
     return out
 
@@ -316,7 +322,7 @@ def write_model(path: str, tile: ModelTile, meta: ModelMeta, comm: Comm, mode: s
         model_layout(meta),
         tile.box,
         tile.arrays,
-        {"visits": meta.visits, "convergence": meta.convergence},
+        {"visits": meta.visits, "convergence": meta.convergence, **meta.tables},
         meta.attrs,
         comm,
         mode,
@@ -334,8 +340,8 @@ class ModelFile:
     variance: NDArray
     mask: NDArray
     static: NDArray
-    nimage: NDArray
-    nimage_total: NDArray
+    nimage: NDArray | None  # None: written without doNImage
+    nimage_total: NDArray | None
     visits: np.ndarray
     convergence: np.ndarray
     attrs: dict[str, Any]
@@ -368,8 +374,8 @@ def read_model(path: str) -> ModelFile:
                 variance=f["coadd/variance"][...],
                 mask=mask_ds[...],
                 static=f["coadd/static"][...],
-                nimage=f["nimage"][...],
-                nimage_total=f["nimage_total"][...],
+                nimage=f["nimage"][...] if "nimage" in f else None,
+                nimage_total=f["nimage_total"][...] if "nimage_total" in f else None,
                 visits=f["visits"][...],
                 convergence=f["convergence"][...],
                 attrs=dict(f.attrs),

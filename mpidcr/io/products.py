@@ -85,38 +85,47 @@ def _write_product(
         hdul[0].header["ORIGIN"] = "mpidcr"
 
 
-def visit_shifts_for(model: ModelFile, obs: Observation) -> VisitShifts:
+def template_config(model: ModelFile, profile: str | None = None) -> DcrConfig:
+    """The model's configuration, with ``profile`` (mpidcr or lsst) instead of its own if given:
+    what decides how its templates are made."""
     cfg = model_config(model)
-    return dcr_shifts(
-        obs,
-        cfg.effectiveWavelength,
-        cfg.bandwidth,
-        cfg.num_subfilters,
-        float(model.attrs["pixel_scale"]),
-        cfg.splitSubfilters,
-        cfg.splitThreshold,
-    )
+    if profile is not None:
+        cfg.profile = profile
+    return cfg
 
 
-def observation_for_warp(
-    path: str, overrides: dict[str, Any] | None = None, site: Site | None = None
-) -> tuple[WarpInfo, Observation]:
-    info = resolve_geometry(scan_warp(path, overrides or {}), site or Site())
+def visit_shifts_for(model: ModelFile, obs: Observation, profile: str | None = None) -> VisitShifts:
+    cfg = template_config(model, profile)
+    options = cfg.shift_options()
+    if cfg.lsst("templates"):  # LSST's buildMatchedExposure: sub-filters always split
+        options.update(split_subfilters=True, split_threshold=0.0)
+    return dcr_shifts(obs, cfg.effectiveWavelength, cfg.bandwidth, cfg.num_subfilters,
+                      float(model.attrs["pixel_scale"]), **options)  # fmt: skip
+
+
+def observation_for_warp(path: str, overrides: dict[str, Any] | None = None, site: Site | None = None,
+                         cfg: DcrConfig | None = None) -> tuple[WarpInfo, Observation]:  # fmt: skip
+    """A warp's observing conditions, its angles resolved as ``cfg`` (LSST's or mpidcr's) asks."""
+    lsst_angles, lsst_rotation = (cfg.lsst("parallacticAngle"), cfg.lsst("rotationDirection")) if cfg else (False, False)
+    info = resolve_geometry(scan_warp(path, overrides or {}), site or Site(), lsst_angles, lsst_rotation)
     return info, observation_or_error(info, site or Site(), set())
 
 
-def template_for(model: ModelFile, obs: Observation) -> NDArray[np.float64]:
-    """The DCR-matched template of the model for a visit observed as ``obs``, (ny, nx)."""
-    order = int(model.attrs["image_interp_order"])
-    return matched_template(model.model.astype(np.float64), visit_shifts_for(model, obs), order)
+def template_for(model: ModelFile, obs: Observation, profile: str | None = None) -> NDArray[np.float64]:
+    """The DCR-matched template of the model for a visit observed as ``obs``, (ny, nx); made as
+    the model's profile (or ``profile``) says: spline order templateInterpOrder (LSST's: 3, and
+    sub-filters always split)."""
+    cfg = template_config(model, profile)
+    order = 3 if cfg.lsst("templates") else int(cfg.templateInterpOrder)
+    return matched_template(model.model.astype(np.float64), visit_shifts_for(model, obs, profile), order)
 
 
-def _template_conditions(model: ModelFile, warp_path: str | None,
-                         overrides: dict[str, Any]) -> tuple[Observation, dict[str, Any]]:  # fmt: skip
+def _template_conditions(model: ModelFile, warp_path: str | None, overrides: dict[str, Any],
+                         profile: str | None = None) -> tuple[Observation, dict[str, Any]]:  # fmt: skip
     """The observation a template is made for, from a warp on the model's grid or from the
     overrides alone (elevation or airmass, parallactic angle); and the metadata to record."""
     if warp_path is not None:
-        info, obs = observation_for_warp(warp_path, overrides)
+        info, obs = observation_for_warp(warp_path, overrides, cfg=template_config(model, profile))
         if info.shape != tuple(model.model.shape[1:]):
             raise InputError(f"{warp_path}: shape {info.shape} differs from the model's {model.model.shape[1:]}")
         if not same_wcs(info.wcs_header, model.attrs["wcs_header"]):
@@ -142,12 +151,14 @@ def write_template(
     output: str,
     overrides: dict[str, Any] | None = None,
     overwrite: bool = False,
+    profile: str | None = None,
 ) -> dict[str, Any]:
-    """Write the DCR-matched template for ``warp_path``'s conditions (or for ``overrides`` alone)."""
+    """Write the DCR-matched template for ``warp_path``'s conditions (or for ``overrides`` alone),
+    made as the model's profile (or ``profile``) says."""
     check_output_path(output, [model_path] + ([warp_path] if warp_path else []), overwrite, "template")
     model = read_model(model_path)
-    obs, meta = _template_conditions(model, warp_path, dict(overrides or {}))
-    template = template_for(model, obs)
+    obs, meta = _template_conditions(model, warp_path, dict(overrides or {}), profile)
+    template = template_for(model, obs, profile)
     write_lsst_warp(output, template, model.variance, model.mask, model.mask_planes, meta, _wcs(model))
     return {
         "output": output,

@@ -77,7 +77,7 @@ class WarpInfo:
         return observation(self.meta, self.path, site_defaults, notices)
 
 
-def _file_problem(path: str) -> str | None:
+def fits_file_problem(path: str) -> str | None:
     """A one-line description of why ``path`` cannot be read as FITS, or None."""
     problem = regular_file_problem(path)
     if problem:
@@ -116,15 +116,15 @@ def scan_warp(
     """Read the headers of one warp and resolve its visit metadata; InputError naming file and field."""
     path = str(path)
     for f in [path] if plain is None else [v for v in plain.values() if v]:
-        problem = _file_problem(f)
+        problem = fits_file_problem(f)
         if problem:
             raise InputError(f"{f}: {problem}")
-    info, primary = _scan_lsst(path) if plain is None else _scan_plain(plain)
+    info, primary = scan_lsst_layout(path) if plain is None else _scan_plain(plain)
     info.meta = visit_metadata(primary, path, overrides)
     return info
 
 
-def _scan_lsst(path: str) -> tuple[WarpInfo, fits.Header]:
+def scan_lsst_layout(path: str) -> tuple[WarpInfo, fits.Header]:
     """An LSST-layout warp: IMAGE, MASK and VARIANCE of one shape; (info, primary header)."""
     with fits.open(path, memmap=False) as hdul:
         primary = hdul[0].header
@@ -172,9 +172,10 @@ def _scan_plain(plain: dict[str, str]) -> tuple[WarpInfo, fits.Header]:
     return info, primary
 
 
-def resolve_geometry(info: WarpInfo, site: Site) -> WarpInfo:
+def resolve_geometry(info: WarpInfo, site: Site, lsst_angles: bool = False, lsst_rotation: bool = False) -> WarpInfo:
     """``info`` with elevation, airmass, parallactic and rotation angles resolved (:func:`resolve_pointing`)."""
-    return replace(info, meta=resolve_pointing(info.meta, info.wcs_header, info.path, site))
+    return replace(info, meta=resolve_pointing(info.meta, info.wcs_header, info.path, site, lsst_angles,
+                                               lsst_rotation))  # fmt: skip
 
 
 def observation_or_error(info: WarpInfo, site: Site, notices: set[str]) -> Observation:

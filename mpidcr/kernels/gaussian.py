@@ -67,10 +67,23 @@ def _taps(o, w, src, lo, hi):  # pragma: no cover - compiled
 PLAIN, ADD, RATIO, SHARPEN = 0, 1, 2, 3
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _taps_inside(o, w, src, y):  # pragma: no cover - compiled
+    """The vertical taps of mode 'constant': rows outside the image are zeros, so they add nothing."""
+    ny, nx = src.shape
+    for t in range(1, w.shape[0]):
+        for yy in (y - t, y + t):
+            if 0 <= yy < ny:
+                a = src[yy]
+                for x in range(nx):
+                    o[x] += w[t] * a[x]
+
+
 @numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _gaussian(src, weights, out, block, post, value, image):  # pragma: no cover - compiled
+def _gaussian(src, weights, out, block, post, value, image, constant):  # pragma: no cover - compiled
     """out[y] = post(g) for every smoothed row g of ``src``: PLAIN g; ADD g + value; RATIO
-    (g + value) / image[y], 1 where not finite; SHARPEN (s + 3·(s − g))·image[y], s = src[y]."""
+    (g + value) / image[y], 1 where not finite; SHARPEN (s + 3·(s − g))·image[y], s = src[y].
+    ``constant``: zeros beyond the edges (scipy's mode 'constant'), else mode 'reflect'."""
     ny, nx = src.shape
     r = weights.shape[0] // 2
     dt = src.dtype.type
@@ -95,13 +108,16 @@ def _gaussian(src, weights, out, block, post, value, image):  # pragma: no cover
             s = src[y]
             for x in range(nx):
                 row[x] = w[0] * s[x]
-            for t in range(1, r + 1):  # the vertical taps' rows, reflected at the edges
-                lo[t - 1] = _reflect(y - t, ny)
-                hi[t - 1] = _reflect(y + t, ny)
-            _taps(row, w, src, lo, hi)
-            for t in range(1, r + 1):  # reflected margins of the row
-                pad[r - t] = row[_reflect(-t, nx)]
-                pad[r + nx - 1 + t] = row[_reflect(nx - 1 + t, nx)]
+            if constant:
+                _taps_inside(row, w, src, y)
+            else:
+                for t in range(1, r + 1):  # the vertical taps' rows, reflected at the edges
+                    lo[t - 1] = _reflect(y - t, ny)
+                    hi[t - 1] = _reflect(y + t, ny)
+                _taps(row, w, src, lo, hi)
+            for t in range(1, r + 1):  # margins of the row: reflected, or zeros
+                pad[r - t] = 0 if constant else row[_reflect(-t, nx)]
+                pad[r + nx - 1 + t] = 0 if constant else row[_reflect(nx - 1 + t, nx)]
             for x in range(nx):
                 g[x] = w[0] * pad[r + x]
             _taps_shifted(g, w, pad, r)
@@ -152,7 +168,9 @@ def _taps_shifted(o, w, pad, r):  # pragma: no cover - compiled
 
 
 def _smooth(image: NDArray, sigma: float, out: NDArray | None, post: int, value: float = 0.0,
-            other: NDArray | None = None, block: int = 32) -> NDArray:  # fmt: skip
+            other: NDArray | None = None, block: int = 32, mode: str = "reflect") -> NDArray:  # fmt: skip
+    if mode not in ("reflect", "constant"):
+        raise ValueError(f"mode must be 'reflect' or 'constant', not {mode!r}")
     src = np.ascontiguousarray(image)
     if out is None:
         out = np.empty_like(src)
@@ -161,23 +179,24 @@ def _smooth(image: NDArray, sigma: float, out: NDArray | None, post: int, value:
     # sigma 0: a one-tap kernel, the identity (as scipy)
     weights = gaussian_weights(sigma) if sigma > 0 else np.ones(1)
     other = src if other is None else np.ascontiguousarray(other, dtype=src.dtype)
-    _gaussian(src, weights, out, max(int(block), 1), post, float(value), other)
+    _gaussian(src, weights, out, max(int(block), 1), post, float(value), other, mode == "constant")
     return out
 
 
 def gaussian_filter(image: NDArray, sigma: float, out: NDArray | None = None, block: int = 32,
-                    add: float = 0.0) -> NDArray:  # fmt: skip
-    """Gaussian smoothing with standard deviation ``sigma`` (pixels) of a 2-D image, mode 'reflect',
-    plus ``add``.
+                    add: float = 0.0, mode: str = "reflect") -> NDArray:  # fmt: skip
+    """Gaussian smoothing with standard deviation ``sigma`` (pixels) of a 2-D image, plus ``add``;
+    ``mode`` as scipy's: 'reflect' or 'constant' (zeros beyond the edges).
 
     ``out`` (same shape and dtype, not ``image`` itself) receives the result; it is returned.
     """
-    return _smooth(image, sigma, out, ADD if add else PLAIN, add, block=block)
+    return _smooth(image, sigma, out, ADD if add else PLAIN, add, block=block, mode=mode)
 
 
-def gaussian_ratio(image: NDArray, sigma: float, floor: float, denominator: NDArray, out: NDArray) -> NDArray:
+def gaussian_ratio(image: NDArray, sigma: float, floor: float, denominator: NDArray, out: NDArray,
+                   mode: str = "reflect") -> NDArray:  # fmt: skip
     """``(G_σ(image) + floor) / denominator``, 1 where that is not finite, in one pass."""
-    return _smooth(image, sigma, out, RATIO, floor, denominator)
+    return _smooth(image, sigma, out, RATIO, floor, denominator, mode=mode)
 
 
 def gaussian_sharpen(image: NDArray, sigma: float, scale: NDArray, out: NDArray) -> NDArray:

@@ -159,19 +159,25 @@ class FrequencyWork:
         self.scratch = np.empty(shape, np.uint8)
 
 
-def regularize_frequency(planes: NDArray, factor: float, width: int, noise: float, work: FrequencyWork) -> None:
-    """Step 5 in place on ``planes`` (K, ny, nx): see :func:`mpidcr.solver.regularize_frequency`."""
+def regularize_frequency(planes: NDArray, factor: float, width: int, noise: float, work: FrequencyWork,
+                         reference: NDArray | None = None, mode: str = "reflect") -> None:  # fmt: skip
+    """Step 5 in place on ``planes`` (K, ny, nx): see :func:`mpidcr.update.regularize_frequency`.
+
+    ``reference``: the planes whose positive mean is the reference (default ``planes`` themselves;
+    LSST's task uses the previous iteration's).  ``mode``: of the two Gaussians of width ``width``
+    ('reflect', or LSST's 'constant'); the sharpening's is always 'reflect'.
+    """
     dt = planes.dtype.type
     floor = dt(3.0 * noise / (2.0 * width))
     ref, smooth, ratio = work.ref, work.smooth, work.ratio
-    _plane_mean_positive(planes, ref)
-    gaussian_filter(ref, width, out=smooth, add=floor)
+    _plane_mean_positive(planes if reference is None else np.ascontiguousarray(reference, dtype=planes.dtype), ref)
+    gaussian_filter(ref, width, out=smooth, add=floor, mode=mode)
     max_diff = math.sqrt(factor)
     for k in range(planes.shape[0]):
         clamp_opened(planes[k], smooth, max_diff, False, 1.0 / max_diff, False, width, work.sel, work.scratch)
     for k in range(planes.shape[0]):
         # the ratio and the sharpening are applied to each smoothed row while it is in cache
-        gaussian_ratio(planes[k], width, floor, smooth, out=ratio)
+        gaussian_ratio(planes[k], width, floor, smooth, out=ratio, mode=mode)
         gaussian_sharpen(ratio, width / 3.0, ref, out=planes[k])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -32,7 +33,10 @@ class Comm(Protocol):
 
     def bcast(self, obj: Any, root: int = 0) -> Any: ...
     def gather(self, obj: Any, root: int = 0) -> list[Any] | None: ...
+    def allgather(self, obj: Any) -> list[Any]: ...
+    def split(self, member: bool) -> Comm | None: ...
     def barrier(self) -> None: ...
+    def quiet_barrier(self) -> None: ...
     def abort(self, code: int) -> None: ...
     def node_size(self) -> int: ...
     def any_rank(self, flag: bool) -> bool: ...
@@ -54,11 +58,20 @@ class SerialComm:
     def barrier(self) -> None:
         return None
 
+    def quiet_barrier(self) -> None:
+        return None
+
     def abort(self, code: int) -> None:
         sys.exit(code)
 
     def gather(self, obj: Any, root: int = 0) -> list[Any]:
         return [obj]
+
+    def allgather(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def split(self, member: bool) -> SerialComm | None:
+        return self if member else None
 
     def node_size(self) -> int:
         return 1
@@ -91,6 +104,13 @@ class MpiComm:
     def barrier(self) -> None:
         self.mpi.Barrier()
 
+    def quiet_barrier(self) -> None:
+        """A barrier in which waiting ranks sleep instead of spinning (they leave the cores to the
+        ranks still working, e.g. while a few ranks solve a small block)."""
+        request = self.mpi.Ibarrier()
+        while not request.Test():
+            time.sleep(0.002)
+
     def abort(self, code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -98,6 +118,22 @@ class MpiComm:
 
     def gather(self, obj: Any, root: int = 0) -> list[Any] | None:
         return self.mpi.gather(obj, root=root)
+
+    def allgather(self, obj: Any) -> list[Any]:
+        return self.mpi.allgather(obj)
+
+    def split(self, member: bool) -> MpiComm | None:
+        """The communicator of the ranks that pass ``member`` True, in rank order (None on the
+        others); a collective call."""
+        from mpi4py import MPI
+
+        part = self.mpi.Split(0 if member else MPI.UNDEFINED, self.rank)
+        if part == MPI.COMM_NULL:
+            return None
+        try:
+            return MpiComm(part)
+        finally:
+            part.Free()
 
     def node_size(self) -> int:
         """Ranks of this communicator that share this rank's node (its memory)."""

@@ -70,6 +70,9 @@ PLAUSIBLE = {
     "psfFwhm": st.floats(0.3, 2.0),
     "visit": st.integers(0, 10**6),
     "mjd": st.floats(50000.0, 70000.0),
+    "era": st.floats(0.0, 360.0),
+    "ra": st.floats(0.0, 360.0),
+    "dec": st.floats(-90.0, 90.0),
 }
 
 

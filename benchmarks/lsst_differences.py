@@ -27,7 +27,7 @@ from mpidcr.cli import main
 from mpidcr.sim.simulate import simulate
 
 BEHAVIOURS = ("refraction", "parallacticAngle", "rotationDirection", "unsplitShifts", "frequencyRegularization",
-              "iterationControl", "subregions", "templates")  # fmt: skip
+              "iterationControl", "subregions", "templates", "modelWeights")  # fmt: skip
 
 #: (name, command-line settings) of every variant
 VARIANTS: list[tuple[str, list[str]]] = [

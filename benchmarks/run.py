@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from contention import ceilings
 from kernels import bench
+from psf_cost import psf_cost
 from scaling import scaling
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,6 +55,10 @@ def main() -> None:
             f"{r['order']:>5} {r['fused_ms_per_mpix_visit']:>21.2f} {r['reference_ms_per_mpix_visit']:>20.1f} "
             f"{r['ratio']:>7.1f} {r['max_rel_diff']:>13.1e}"
         )
+    out["psf"] = r = psf_cost()
+    print(f"\nPSF-aware iteration ({r['groups']} blur groups, {r['blur_steps']} steps) / constant-PSF iteration, "
+          f"{r['size']}² x {r['visits']} visits: {r['psf_aware_s'] * 1e3:.1f} / {r['constant_s'] * 1e3:.1f} ms = "
+          f"{r['ratio']:.2f}")
     if not a.skip_scaling:
         ny, nx = (int(v) for v in a.shape.lower().split("x"))
         out["scaling"] = scaling(RESULTS / f"scaling-data-{ny}x{nx}", (ny, nx))

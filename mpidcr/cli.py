@@ -212,6 +212,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--static-model", metavar="FILE",
                    help="the static model T: a deepCoadd-layout FITS (IMAGE/MASK/VARIANCE) or an mpidcr model file "
                         "(default: the coadd of the warps)")  # fmt: skip
+    r.add_argument("--measure-psf", action="store_true",
+                   help="measure the PSF of visits that have none (no PSF HDU, psfFwhm or PSF-FWHM) from their "
+                        "bright isolated stars")  # fmt: skip
     r.add_argument("--tiles", metavar="PYxPX", help="tile grid (default: chosen from the patch shape)")
     r.add_argument(
         "--output-mode",
@@ -259,8 +262,9 @@ def _cmd_run(args: argparse.Namespace, comm) -> int:
             manifest = Manifest(warps=merge_entries(entries, "--warps"))
         cfg = _resolve_config(args, manifest.config, manifest.band)
         if args.manifest:
-            return inputs_from_manifest(manifest, cfg, args.pixel_scale, sources, args.static_model)
-        return prepare_inputs(manifest.warps, cfg, None, args.pixel_scale, sources, args.static_model)
+            return inputs_from_manifest(manifest, cfg, args.pixel_scale, sources, args.static_model, args.measure_psf)
+        return prepare_inputs(manifest.warps, cfg, None, args.pixel_scale, sources, args.static_model,
+                              args.measure_psf)  # fmt: skip
 
     from .kernels import set_threads
 
@@ -328,8 +332,10 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--stars", type=int, default=None, help="number of stars (default: scales with area)")
     m.add_argument("--airmass-min", type=float, default=1.0)
     m.add_argument("--airmass-max", type=float, default=2.0)
-    m.add_argument("--seeing", type=float, default=0.7, help="PSF FWHM, arcsec (default 0.7)")
-    m.add_argument("--seeing-max", type=float, help="galsim engine: draw each visit's seeing in [seeing, seeing-max]")
+    m.add_argument("--seeing", type=float, default=0.6, help="PSF FWHM, arcsec (default 0.6)")
+    m.add_argument("--seeing-max", type=float, default=1.1,
+                   help="galsim engine: each visit's seeing is drawn in [seeing, seeing-max] (default 1.1; "
+                        "= --seeing for constant seeing)")  # fmt: skip
     m.add_argument(
         "--angle-spread",
         type=float,
@@ -424,6 +430,8 @@ def _add_template(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--profile", choices=["mpidcr", "lsst"],
                    help="make the template as mpidcr or as LSST's buildMatchedExposure does (spline order 3, "
                         "sub-filters always split, LSST's angles); default: the model's profile")  # fmt: skip
+    t.add_argument("--match-psf", action="store_true",
+                   help="the template at the science warp's PSF (a PSF-aware model: forward-modelled at it)")  # fmt: skip
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=_cmd_template)
 
@@ -432,7 +440,7 @@ def _cmd_template(args: argparse.Namespace) -> int:
     from .io.products import write_template
 
     info = write_template(args.model, args.warp, args.output, _visit_overrides(args), overwrite=args.overwrite,
-                          profile=args.profile)  # fmt: skip
+                          profile=args.profile, match_psf=args.match_psf)  # fmt: skip
     print(
         f"wrote {info['output']} (elevation {info['elevation']:.2f} deg, parallactic angle "
         f"{info['parallactic_angle']:.2f} deg)"
@@ -482,6 +490,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     v.add_argument("warps", nargs="+", help="science warps (FITS)")
     v.add_argument("--truth", help="truth file of 'mpidcr simulate' (truth.npz) for the colour check")
     v.add_argument("--png", metavar="FILE", help="plot of residuals vs airmass")
+    v.add_argument("--no-psf-match", action="store_true",
+                   help="difference template and science directly (default: PSF-match them first)")  # fmt: skip
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_cmd_evaluate)
 
@@ -489,7 +499,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .analysis.evaluate import evaluate, format_table, residual_plot
 
-    result = evaluate(args.model, args.warps, truth=args.truth)
+    result = evaluate(args.model, args.warps, truth=args.truth, psf_match=not args.no_psf_match)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     if args.png:
         print(residual_plot(result, args.png))

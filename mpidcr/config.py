@@ -257,6 +257,8 @@ SUBTASKS: tuple[SubtaskSpec, ...] = (
 
 #: mpidcr's own fields (not the seed's)
 OWN_FIELDS: tuple[FieldSpec, ...] = (
+    F("usePsf", "bool", False, "The PSF-aware forward model: planes at the sharpest visit's PSF, each visit's template blurred to its own PSF (docs/physics.md); every visit needs a PSF.  Off by default: it does not yet beat the constant-PSF model on the science visits of docs/validation.md."),
+    F("psfTolerance", "float", 0.05, "PSF-aware model: visits whose matching-kernel variances (pixels²) lie within twice this share one blur.", check=_range(0.0, 1.0)),
     F("templateInterpOrder", "int", 3, "Spline order (1 or 3) of the shifts that make templates from a model (mpidcr template, evaluate); 3 keeps them sharp: residual RMS in footprints 11 % below order 1 (docs/lsst-differences.md).", check=_choice(1, 3)),
     F("profile", "str", "mpidcr", "Whose behaviour to follow: mpidcr's (published physics, one global fit, rollback on divergence, DCR direction from the WCS) or lsst (DcrAssembleCoaddTask's; docs/lsst-differences.md).", check=_choice("mpidcr", "lsst")),
 )
@@ -276,6 +278,7 @@ OWN_SECTIONS: tuple[SubtaskSpec, ...] = (
         _compat("subregions", "subregionSize blocks solved one after another, each with its own metric, gain and model-weight normalisation (results then depend on subregionSize, not on the ranks)."),
         _compat("templates", "Templates as LSST's buildMatchedExposure makes them: spline order 3, sub-filters always split, the stored planes not amplified again."),
         _compat("outputMask", "The output mask is the static model's alone (mpidcr adds NO_DATA where the model is undetermined)."),
+        _compat("modelWeights", "LSST's model weights: the smoothed source mask over its maximum, below 1 even on compact sources (mpidcr: 1 on the sources, the smooth taper outside them)."),
     )),
 )
 # fmt: on

@@ -38,6 +38,7 @@ PHYSICAL_RANGES: dict[str, tuple[float, float, str]] = {
     "latitude": (-90.0, 90.0, "deg"),
     "longitude": (-360.0, 360.0, "deg"),
     "height": (-500.0, 9_000.0, "m"),
+    "psfFwhm": (0.01, 30.0, "arcsec"),
 }
 _UNIT_HINTS: dict[str, tuple[tuple[float, float, str], ...]] = {
     "temperature": ((173.15, 333.15, "this looks like kelvin"),),

@@ -32,6 +32,7 @@ from .io.manifest import Manifest, WarpEntry
 from .io.modelfile import ModelMeta, ModelTile, chunk_shape, model_file_bytes, write_model
 from .io.outputs import OutputLock, SpaceReservation, free_bytes
 from .io.paths import check_output_path, same_file
+from .io.psf import measured_psf, visit_psf
 from .io.static import StaticInfo, check_static_grid, read_static_window, scan_static, static_files, static_mask_planes
 from .io.warps import (
     WarpInfo,
@@ -45,6 +46,7 @@ from .io.warps import (
 from .io.wcs import pixel_scale_arcsec
 from .parallel.comm import Comm, SerialComm
 from .preemption import STOP
+from .psf import BlurPlan, Psf, PsfModel, blur_plan, fwhm_pixels, weighted_sum
 from .resources import BASELINE_BYTES, memory_per_rank, memory_problem
 from .solver import DcrResult, DcrSolver, SolverState, WarpStack, history_table
 from .tiling import Box, Plan, Tile, choose_dims, parse_tiles
@@ -64,6 +66,8 @@ class RunInputs:
 
     ``sources``: other files the run reads (manifest, configuration file), never to be written.
     ``static``: the static model T given with ``--static-model`` (None: the coadd of the warps).
+    ``psfs``: each visit's PSF (None where unknown); ``psf_model``: the PSF-aware model's reference
+    PSF and matching variances (None: the constant-PSF model).
     """
 
     infos: list[WarpInfo]
@@ -75,6 +79,15 @@ class RunInputs:
     config: DcrConfig
     sources: list[str] = field(default_factory=list)
     static: StaticInfo | None = None
+    psfs: list[Psf | None] = field(default_factory=list)
+    psf_model: PsfModel | None = None
+
+    @property
+    def blur(self) -> BlurPlan | None:
+        """The PSF-aware model's blur plan (None: the constant-PSF model)."""
+        if self.psf_model is None:
+            return None
+        return blur_plan(self.psf_model.variances, self.config.psfTolerance)
 
     def files(self) -> list[str]:
         """Every pixel file the run reads, in order (for the resume digest)."""
@@ -220,6 +233,7 @@ def prepare_inputs(
     pixel_scale: float | None = None,
     sources: list[str] | None = None,
     static_model: str | None = None,
+    measure_psf: bool = False,
 ) -> RunInputs:
     """Read every warp's headers (and the static model's, if given), resolve metadata and DCR
     shifts, and validate (before any pixels)."""
@@ -251,16 +265,51 @@ def prepare_inputs(
         static = scan_static(static_model)
         check_static_grid(static, infos[0])
         planes = static_mask_planes(static, planes)
+    psfs = visit_psfs(infos, scale, planes, measure_psf)
     return RunInputs(infos, observations, shifts, planes, infos[0].shape, scale, config, list(sources or []),
-                     static)  # fmt: skip
+                     static, psfs, psf_model(config, infos, psfs))  # fmt: skip
+
+
+def visit_psfs(infos: list[WarpInfo], pixel_scale: float, planes: dict[str, int], measure: bool) -> list[Psf | None]:
+    """Each visit's PSF (io/psf.py's order), measured from its stars where none is given and
+    ``measure`` asks for it."""
+    psfs: list[Psf | None] = []
+    for info in infos:
+        psf = visit_psf(info, pixel_scale)
+        if psf is None and measure:
+            psf = measured_psf(info, pixel_scale, planes)
+            log.info("%s: PSF measured from its stars, FWHM %.3f arcsec", info.path, psf.fwhm)
+        psfs.append(psf)
+    return psfs
+
+
+def psf_model(config: DcrConfig, infos: list[WarpInfo], psfs: list[Psf | None]) -> PsfModel | None:
+    """The PSF-aware model's reference PSF and matching variances when usePsf asks for it; None
+    for the constant-PSF model."""
+    missing = [info.path for info, psf in zip(infos, psfs, strict=True) if psf is None]
+    if config.usePsf and missing:
+        raise InputError(f"{missing[0]}: no PSF (no PSF HDU, no psfFwhm in the manifest, no PSF-FWHM/SEEING/FWHM "
+                         "keyword); usePsf = true needs one for every visit (or --measure-psf)")  # fmt: skip
+    if config.usePsf and config.lsst("subregions"):
+        raise InputError("usePsf = true and lsstCompat.subregions: the PSF-aware model is one global fit; "
+                         "set lsstCompat.subregions=false")  # fmt: skip
+    if not config.usePsf:
+        if len(missing) == len(infos):
+            log.info("no visit has a PSF: the constant-PSF model, and products without a PSF")
+        elif missing:
+            log.info("%d of %d visits have no PSF (first: %s): the constant-PSF model", len(missing), len(infos),
+                     missing[0])  # fmt: skip
+        return None
+    return PsfModel.of([p for p in psfs if p is not None])
 
 
 def inputs_from_manifest(manifest: Manifest, config: DcrConfig, pixel_scale: float | None = None,
-                         sources: list[str] | None = None, static_model: str | None = None) -> RunInputs:  # fmt: skip
+                         sources: list[str] | None = None, static_model: str | None = None,
+                         measure_psf: bool = False) -> RunInputs:  # fmt: skip
     """The inputs a manifest names (``static_model``, e.g. from the command line, wins over its own)."""
     extra = ([manifest.source] if manifest.source else []) + list(sources or [])
     return prepare_inputs(manifest.warps, config, manifest.site, pixel_scale, extra,
-                          static_model or manifest.static_model or None)  # fmt: skip
+                          static_model or manifest.static_model or None, measure_psf)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- phase: claim outputs
@@ -320,7 +369,8 @@ def decompose(inputs: RunInputs, options: RunOptions, comm: Comm) -> Layout:
     """The tile grid, this rank's tile, the halo, and the memory check (collective errors)."""
     cfg = inputs.config
     max_shift = max(s.max_abs for s in inputs.shifts)
-    halo = halo_width(cfg, dcr_buffer(max_shift))
+    blur = inputs.blur
+    halo = halo_width(cfg, dcr_buffer(max_shift), blur.support if blur else 0)
     # the DCR buffer of the metric's noise region (and of LSST's subregion boxes): LSST's task takes
     # it from the mean shifts (its bufferSize), mpidcr from the largest shift
     lsst = cfg.lsst("iterationControl") or cfg.lsst("subregions")
@@ -330,7 +380,7 @@ def decompose(inputs: RunInputs, options: RunOptions, comm: Comm) -> Layout:
         if dims[0] * dims[1] != comm.size:
             raise InputError(f"--tiles {dims[0]}x{dims[1]} needs {dims[0] * dims[1]} ranks, not {comm.size}")
         plan = Plan(inputs.shape, dims, halo if comm.size > 1 else 0).validate()
-        need = memory_per_rank(plan, len(inputs.infos), cfg.num_subfilters)
+        need = memory_per_rank(plan, len(inputs.infos), cfg.num_subfilters, len(blur.variances) if blur else 0)
         _check_memory_limit(inputs, plan, need, options.max_memory)
     except MpidcrError as exc:
         raise _collective(exc) from None
@@ -488,8 +538,9 @@ def solve_tile(inputs: RunInputs, warps: WarpStack, static: StaticModel | None, 
     def progress(n: int, metric: float, gain: float) -> None:
         log.info("iteration %d/%d: metric %.6g, gain %.3f", n, cfg.max_iterations, metric, gain)
 
+    variances = inputs.psf_model.variances if inputs.psf_model is not None else None
     solver = DcrSolver(warps, cfg, tile=layout.tile, reducer=reducer, exchanger=exchanger, buffer=layout.buffer,
-                       progress=progress, resume=state, static=static)  # fmt: skip
+                       progress=progress, resume=state, static=static, psf_variances=variances)  # fmt: skip
     return solver.run(hooks=[schedule])
 
 
@@ -503,7 +554,8 @@ VISIT_COLUMNS: list[tuple[str, Any]] = [
     ("parallactic_angle", "f8"),
     ("rotation_angle", "f8"),
     ("weight", "f8"),
-    ("psf_fwhm", "f8"),
+    ("psf_fwhm", "f8"),  # arcsec
+    ("psf_sigma", "f8"),  # the PSF-aware model's matching kernel, pixels
     ("max_shift", "f8"),
     ("metric", "f8"),
     ("variance_scale", "f8"),
@@ -518,7 +570,9 @@ def visits_table(inputs: RunInputs, result: DcrResult) -> np.ndarray:
     dtype = np.dtype([(n, text if t is object else t) for n, t in VISIT_COLUMNS] + [("shift", "f8", (K, 2))])
     rows = np.zeros(len(inputs.infos), dtype=dtype)
     for v, (info, obs, sh) in enumerate(zip(inputs.infos, inputs.observations, inputs.shifts, strict=True)):
-        psf = info.meta.get("psfFwhm")
+        known = inputs.psfs[v] if inputs.psfs else None
+        psf = known.fwhm if known is not None else info.meta.get("psfFwhm")
+        sigma = float(inputs.psf_model.sigmas[v]) if inputs.psf_model is not None else np.nan
         rows[v] = (
             info.visit,
             info.path,
@@ -528,6 +582,7 @@ def visits_table(inputs: RunInputs, result: DcrResult) -> np.ndarray:
             obs.rotation_angle,
             result.visit_weights[v],
             np.nan if psf is None else psf,
+            sigma,
             sh.max_abs,
             result.visit_metrics[v] if v < len(result.visit_metrics) else np.nan,
             result.variance_scale[v] if v < len(result.variance_scale) else 1.0,
@@ -559,12 +614,42 @@ def _model_meta(inputs: RunInputs, result: DcrResult, layout: Layout, comm: Comm
         "profile": str(cfg.profile),
         "static_model": inputs.static.path if inputs.static is not None else "",
     }
-    tables = {}
+    tables, table_attrs = {}, {}
     if extra is not None:  # the subregion solve: its blocks, the whole patch's metric before and after
         tables["subregions"] = extra.blocks
         attrs.update(initial_metric=extra.initial_metric, final_metric=extra.final_metric)
+    psf, static_psf = model_psf(inputs, result), coadd_psf(inputs, result)
+    if psf is not None:
+        tables["psf"] = psf.image
+        table_attrs["psf"] = {"fwhm": psf.fwhm, "kind": psf.source}
+    if static_psf is not None:
+        tables["psf_static"] = static_psf.image
+        table_attrs["psf_static"] = {"fwhm": static_psf.fwhm, "kind": "coadd"}
+    attrs["psf_aware"] = inputs.psf_model is not None
     return ModelMeta(inputs.shape, cfg.num_subfilters, chunk_shape(inputs.shape, dims), visits_table(inputs, result),
-                     history_table(result.history), attrs, result.mask_planes, tables, bool(cfg.doNImage))  # fmt: skip
+                     history_table(result.history), attrs, result.mask_planes, tables, bool(cfg.doNImage),
+                     table_attrs)  # fmt: skip
+
+
+def model_psf(inputs: RunInputs, result: DcrResult) -> Psf | None:
+    """The PSF of the model's planes: the PSF-aware model's reference, else the visit PSFs weighted
+    as the coadd weights them (LSST's CoaddPsf); None unless every visit has one."""
+    if inputs.psf_model is not None:
+        ref = inputs.psf_model.reference
+        return Psf(ref.image, ref.fwhm, ref.profile, "reference")
+    return coadd_psf(inputs, result)
+
+
+def coadd_psf(inputs: RunInputs, result: DcrResult) -> Psf | None:
+    """The PSF of the static coadd: the visit PSFs weighted as the coadd weights them (None
+    unless every visit has one)."""
+    if not inputs.psfs or any(p is None for p in inputs.psfs):
+        return None
+    weights = np.asarray(result.visit_weights, dtype=np.float64)
+    if not np.any(weights > 0):
+        return None
+    image = weighted_sum([p.image for p in inputs.psfs if p is not None], weights)
+    return Psf(image, fwhm_pixels(image) * inputs.pixel_scale, "image", "coadd")
 
 
 def write_output(inputs: RunInputs, result: DcrResult, layout: Layout, options: RunOptions, comm: Comm,
@@ -615,7 +700,7 @@ def run(inputs: RunInputs, options: RunOptions, comm: Comm | None = None) -> Run
         # the numba kernels are compiled (or read back from the on-disk cache) here, after every
         # check that can refuse the run
         with timer.phase("compile"):
-            warm_up(inputs.config, tiled=comm.size > 1)
+            warm_up(inputs.config, tiled=comm.size > 1, psf_aware=inputs.psf_model is not None)
         if comm.rank == 0:
             log.info("kernels ready in %.1f s (compiled, or read back from the on-disk cache)", timer.seconds["compile"])
         if subregions:

@@ -36,19 +36,21 @@ def gaussian_radius(sigma: float) -> int:
 PREFILTER_MARGIN = math.ceil(math.log(1e-7) / math.log(2.0 - math.sqrt(3.0)))
 
 
-def halo_width(config: DcrConfig, buffer: int) -> int:
+def halo_width(config: DcrConfig, buffer: int, psf_support: int = 0) -> int:
     """Ghost pixels a tile needs so that one iteration computes its inner box exactly.
 
     One iteration chains: forward shift (template) → reverse shift (update),
     each ``buffer`` + the interpolation support (order 3: + prefilter margin);
     the iteration clamp's opening (2·regularizationWidth); the frequency
     regularization (smoothing, opening, smoothing, sharpening).  The model
-    weights' Gaussian is computed once from exact data, so it only needs to fit.
+    weights' Gaussian is computed once from exact data, so it only needs to fit.  The PSF-aware
+    model blurs the planes before the forward shifts and the residuals after the reverse ones, one
+    pixel per blur step (``psf_support`` steps) each way.
     """
     order = int(config.imageInterpOrder)
     support = 1 if order == 1 else 2 + PREFILTER_MARGIN
     width = int(config.regularizationWidth)
-    halo = 2 * (buffer + support)
+    halo = 2 * (buffer + support) + 2 * int(psf_support)
     if config.regularizeModelIterations > 0:
         halo += 2 * width
     if config.regularizeModelFrequency > 0:

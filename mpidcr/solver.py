@@ -36,8 +36,9 @@ from .errors import InputError, SolverError
 from .halo import HaloExchanger, NoExchange
 from .kernels import fused, moments, regularize
 from .kernels.fused import SweepPlan, VisitPass
-from .kernels.gaussian import gaussian_filter
+from .kernels.gaussian import blur_step, gaussian_filter
 from .masks import add_plane, plane_bits
+from .psf import blur_plan
 from .reduction import Reducer, SerialReducer, clipped_std, merged_std
 from .tiling import Box, Tile
 from .update import (
@@ -256,6 +257,9 @@ class _Iterate:
     metrics: list[float]
     gains: list[float]
     history: list[IterationRecord]
+    # the iterate before this one (iteration, model, acc, per-visit metrics): its arrays stay
+    # valid in the other work buffers until the next update, so a worse step can be undone
+    previous: tuple[int, NDArray, NDArray, NDArray] | None = None
 
 
 #: A hook called after every accepted iteration (the driver's checkpoint schedule, progress)
@@ -289,7 +293,8 @@ class DcrSolver:
                  exchanger: HaloExchanger | None = None, buffer: int | None = None,
                  progress: Callable[[int, float, float], None] | None = None, fused: bool = True,
                  resume: SolverState | None = None, static: StaticModel | None = None,
-                 region: Subregion | None = None, initial: NDArray | None = None):  # fmt: skip
+                 region: Subregion | None = None, initial: NDArray | None = None,
+                 psf_variances: NDArray | None = None):  # fmt: skip
         self.warps, self.cfg = warps, config
         self.tile = tile or Tile.whole(warps.images.shape[1:])
         self.reducer = reducer or SerialReducer()
@@ -306,6 +311,10 @@ class DcrSolver:
         self.fused = fused and self.order == 1
         self.lsst_loop, self.lsst_freq = config.lsst("iterationControl"), config.lsst("frequencyRegularization")
         self.region = region
+        # the PSF-aware forward model: each visit's template blurred from the reference PSF to its own
+        self.blur = None if psf_variances is None else blur_plan(np.asarray(psf_variances), config.psfTolerance)
+        if self.blur is not None and region is not None:
+            raise SolverError("the PSF-aware model and LSST's subregion solve do not go together")
         self._allocate()
         self.good, self.converge_pixels = self._classify()
         if region is not None:  # a block: the patch-wide pass's
@@ -361,6 +370,10 @@ class DcrSolver:
         self._amplified = np.empty((self.K, *shape), MODEL_DTYPE)
         self._significance = np.empty(shape, MODEL_DTYPE)
         self._work = regularize.FrequencyWork(shape, MODEL_DTYPE)
+        if self.blur is not None:  # each group's blurred planes; one group's accumulators; a scratch
+            self._blurred = np.empty((len(self.blur.variances), self.K, *shape), MODEL_DTYPE)
+            self._group_acc = np.empty((self.K, *shape), MODEL_DTYPE)
+            self._blur_scratch = np.empty((2, *shape), MODEL_DTYPE)
 
     def _inner(self, a: NDArray) -> NDArray:
         return a[(..., *self.inner)]
@@ -494,22 +507,24 @@ class DcrSolver:
 
     def _model_weights(self) -> tuple[NDArray | None, NDArray | None]:
         """useModelWeights: M = 1 on the base mask's convergence planes, Gaussian-smoothed by
-        modelWeightsWidth, divided by its patch-wide maximum; and T·(1 − M)/K.  (None, None) when
-        off or empty."""
+        modelWeightsWidth, divided by its patch-wide maximum, then 1 again on those planes' pixels
+        (LSST's stays below 1 on compact sources, which pulls their colours towards grey and their
+        templates 1 % bright: docs/validation.md); and T·(1 − M)/K.  (None, None) when off or empty."""
         cfg = self.cfg
         if not cfg.useModelWeights:
             return None, None
         if cfg.modelWeightsWidth < 0:
             raise SolverError("modelWeightsWidth must not be negative")
-        m = ((self.base_mask & self.converge_bits) != 0).astype(MODEL_DTYPE)
-        if cfg.modelWeightsWidth > 0:
-            m = gaussian_filter(m, cfg.modelWeightsWidth)
+        sources = ((self.base_mask & self.converge_bits) != 0).astype(MODEL_DTYPE)
+        m = gaussian_filter(sources, cfg.modelWeightsWidth) if cfg.modelWeightsWidth > 0 else sources.copy()
         peak = float(self.reducer.max([np.max(self._inner(m), initial=0.0)])[0])
         if peak <= 0:
             log.warning("no pixel of the static model carries %s; model weights are not applied",
                         "/".join(cfg.convergenceMaskPlanes))  # fmt: skip
             return None, None
         m *= MODEL_DTYPE.type(1.0 / peak)
+        if not cfg.lsst("modelWeights"):  # the sources themselves are the model's: M = 1 on them
+            np.maximum(m, sources, out=m)
         return m, static_share(self.static_image, m, self.K)
 
     def _block_arrays(self, initial: NDArray | None) -> tuple[Any, Any]:
@@ -597,25 +612,78 @@ class DcrSolver:
     def _visit_sums(self, planes: NDArray, significance: NDArray, acc: NDArray,
                     region: tuple[slice, slice]) -> NDArray:  # fmt: skip
         """One pass over the visits: ``acc`` set, the metric sums over ``region`` returned."""
+        if self.blur is not None:
+            return self._sweep_blurred(planes, significance, acc, region)
+        return self._sweep_visits(planes, significance, acc, region, self.visit_weights > 0)
+
+    def _sweep_visits(self, planes: NDArray, significance: NDArray, acc: NDArray, region: tuple[slice, slice],
+                      active: NDArray) -> NDArray:  # fmt: skip
         if self.fused:
-            return self._sweep_fused(planes, significance, acc, region)
-        return self._sweep_per_shift(planes, significance, acc, region)
+            return self._sweep_fused(planes, significance, acc, region, active)
+        return self._sweep_per_shift(planes, significance, acc, region, active)
+
+    def _blur_planes(self, src: NDArray, dst: NDArray, steps: tuple[float, ...]) -> None:
+        """dst = each plane of src blurred by the 3-tap ``steps`` in turn (dst = src without steps)."""
+        if not steps:
+            dst[...] = src
+            return
+        for k in range(src.shape[0]):
+            current = src[k]
+            for i, variance in enumerate(steps):
+                target = dst[k] if i == len(steps) - 1 else self._blur_scratch[i % 2]
+                blur_step(current, variance, target)
+                current = target
+
+    def _sweep_blurred(self, planes: NDArray, significance: NDArray, acc: NDArray,
+                       region: tuple[slice, slice]) -> NDArray:  # fmt: skip
+        """The PSF-aware sweep: every group's visits see the planes blurred to the group's PSF
+        (B_g = the steps of groups 0..g), and their reverse-shifted residuals are blurred back with
+        the adjoint: acc = Σ_g B_gᵀ acc_g, accumulated from the broadest group down (Horner), so
+        each step is applied once each way."""
+        blur, stack = self.blur, self._blurred
+        assert blur is not None
+        previous = planes
+        for g, steps in enumerate(blur.steps):
+            self._blur_planes(previous, stack[g], steps)
+            previous = stack[g]
+        sums = np.zeros(2 * self.warps.num_visits)
+        active = self.visit_weights > 0
+        last = len(blur.steps) - 1
+        for g in range(last, -1, -1):
+            target = acc if g == last else self._group_acc
+            sums += self._sweep_visits(stack[g], significance, target, region, active & blur.members(g))
+            if g < last:  # acc = acc_g + (steps of group g + 1)ᵀ acc: blur the running sum, add
+                self._blur_back(acc, blur.steps[g + 1])
+                acc += self._group_acc
+        self._blur_back(acc, blur.steps[0])
+        return sums
+
+    def _blur_back(self, planes: NDArray, steps: tuple[float, ...]) -> None:
+        """planes = the steps applied in reverse order (the adjoint of :meth:`_blur_planes`), in place."""
+        if not steps:
+            return
+        for k in range(planes.shape[0]):
+            current = planes[k]
+            for i, variance in enumerate(reversed(steps)):
+                blur_step(current, variance, self._blur_scratch[i % 2])
+                current = self._blur_scratch[i % 2]
+            planes[k] = current
 
     def _sweep_fused(self, planes: NDArray, significance: NDArray, acc: NDArray,
-                     region: tuple[slice, slice]) -> NDArray:  # fmt: skip
+                     region: tuple[slice, slice], active: NDArray) -> NDArray:  # fmt: skip
         """Order 1: one cache-blocked pass per visit (sets every accumulator pixel); the metric's
         numerator and denominator sums of each visit over ``region``, (2V,)."""
         V = self.warps.num_visits
         ys, xs = region
         bounds = (ys.start, ys.stop, xs.start, xs.stop)
         visit_sums = self.sweep_plan.run(planes, self.warps.images, self.good, self.converge_pixels, significance,
-                                         bounds, self.visit_weights > 0, acc)  # fmt: skip
+                                         bounds, active, acc)  # fmt: skip
         sums = np.zeros(2 * V)
         sums[:V], sums[V:] = visit_sums[:, 0], visit_sums[:, 1]
         return sums
 
     def _sweep_per_shift(self, planes: NDArray, significance: NDArray, acc: NDArray,
-                         region: tuple[slice, slice]) -> NDArray:  # fmt: skip
+                         region: tuple[slice, slice], active: NDArray) -> NDArray:  # fmt: skip
         """Any order, one shift at a time (the reference path of the fused sweep)."""
         w, order, V = self.warps, self.order, self.warps.num_visits
         sums = np.zeros(2 * V)
@@ -623,7 +691,7 @@ class DcrSolver:
         forward = kernels.prefilter_planes(planes, order)
         sig = significance[region]
         template = np.zeros(planes.shape[1:], dtype=np.float64)
-        for v in map(int, np.flatnonzero(self.visit_weights > 0)):
+        for v in map(int, np.flatnonzero(active)):
             kernels.build_template(forward, w.shifts[v].forward, order, out=template)
             image, good = w.images[v], self.good[v]
             sums[v], sums[V + v] = metric_sums(image[region], template[region], good[region] &
@@ -648,7 +716,7 @@ class DcrSolver:
             if self.lsst_freq:  # LSST's: the previous planes as reference, zero-padded Gaussians
                 regularize_frequency(new, cfg.regularizeModelFrequency, width, noise, work, model, "constant")
             else:
-                regularize_frequency(new, cfg.regularizeModelFrequency, width, noise, work)
+                regularize_frequency(new, cfg.regularizeModelFrequency, width, noise, work, keep_flux=True)
         # steps 6 and 7 in one pass, in place
         regularize.condition_weighted(new, model, gain, self.model_weights, self.static_share, out=new)
         if self._frozen is not None:  # a subregion: only the block changes, the ring keeps its values
@@ -676,10 +744,27 @@ class DcrSolver:
             return False
         if cfg.useConvergence and it.iteration >= cfg.min_iterations and it.iteration > 0:
             improvement = (it.metrics[-2] - it.metrics[-1]) / it.metrics[-1]
+            if improvement < 0:  # a worse step is never convergence: undo it
+                self._undo_last_step()
+                return False
             if improvement <= cfg.convergenceThreshold:
                 self.stop_reason = StopReason.CONVERGED
                 return False
         return True
+
+    def _undo_last_step(self) -> None:
+        """The last accepted iteration made the metric worse (allowed before minNumIter): go back
+        to the iterate before it and end as diverged."""
+        it = self.it
+        n, worse, better = it.iteration, it.metrics[-1], it.metrics[-2]
+        log.warning("iteration %d made the metric worse (%.6g > %.6g); keeping the model of iteration %d", n,
+                    worse, better, n - 1)  # fmt: skip
+        if it.previous is not None:
+            it.iteration, it.model, it.acc, it.per_visit = it.previous
+            it.previous = None
+            it.metrics.pop()
+            it.gains.pop()
+        self.stop_reason = StopReason.DIVERGED
 
     def step(self) -> bool:
         """One iteration: gain, update, sweep.  Returns whether it was accepted; an iteration that
@@ -705,6 +790,7 @@ class DcrSolver:
             return False
         it.gains.append(gain)
         it.metrics.append(metric)
+        it.previous = (it.iteration, it.model, it.acc, it.per_visit)
         it.iteration, it.model, it.acc, it.per_visit = n, new, acc, per_visit
         if self.progress is not None:
             self.progress(n, metric, gain)

@@ -48,11 +48,12 @@ def tiny_field(config: DcrConfig, num_visits: int = 4) -> WarpStack:
     return WarpStack(images, variances, masks, dict(DEFAULT_PLANES), shifts, airmass)
 
 
-def warm_up(config: DcrConfig, tiled: bool) -> float:
+def warm_up(config: DcrConfig, tiled: bool, psf_aware: bool = False) -> float:
     """Run every kernel a solve of ``config`` uses on a tiny field; returns the seconds it took.
 
     tiled : the run's tiles have a halo (several ranks): the inner-box views are then strided
         arrays, a different argument type from the whole-patch arrays of a one-rank run.
+    psf_aware : the run uses the PSF-aware model (its blur kernel).
     """
     t0 = time.perf_counter()
     cfg = config.copy()
@@ -64,7 +65,8 @@ def warm_up(config: DcrConfig, tiled: bool) -> float:
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the tiny field's own warnings (few iterations, few sources) are noise
     try:
-        DcrSolver(tiny_field(cfg), cfg, tile=tile).run()
+        variances = np.linspace(0.0, 0.8, 4) if psf_aware else None
+        DcrSolver(tiny_field(cfg), cfg, tile=tile, psf_variances=variances).run()
     except Exception as exc:  # a warm-up must never stop a run: the kernels then compile in it
         quiet.setLevel(level)  # so that the debug line below can be seen
         log.debug("kernel warm-up skipped (%s: %s); kernels compile during the run", type(exc).__name__, exc)

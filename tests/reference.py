@@ -117,3 +117,10 @@ def regularize_frequency_reference(planes, factor, width, noise):
             ratio = np.where(np.isfinite(ratio), ratio, 1.0)
             ratio += 3.0 * (ratio - ndimage.gaussian_filter(ratio, width / 3.0))
             planes[k] = ratio * ref
+
+
+def blur_step_reference(image, variance):
+    """scipy twin of :func:`mpidcr.kernels.gaussian.blur_step`: the 3-tap kernel along y and x, mirrored edges."""
+    w = np.array([variance / 2.0, 1.0 - variance, variance / 2.0])
+    out = ndimage.correlate1d(np.asarray(image, dtype=np.float64), w, axis=0, mode="reflect")
+    return ndimage.correlate1d(out, w, axis=1, mode="reflect")

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "mpidcr"
 
 #: Layers, lowest first: a module may import modules of its own layer or below, never above.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundations", ["errors", "dcr", "config", "tiling", "masks", "halo", "logs", "preemption", "resources"]),
+    ("foundations", ["errors", "dcr", "config", "tiling", "masks", "halo", "logs", "preemption", "resources", "psf"]),
     ("kernels", ["kernels"]),
     ("numerical core", ["reduction", "coadd", "update", "solver", "warmup"]),
     ("parallel and files", ["parallel", "io"]),

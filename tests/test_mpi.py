@@ -94,6 +94,15 @@ def runs(field128, tmp_path_factory):
     for path in sorted((undetected / "warps").glob("*.fits")):
         with fits.open(path, mode="update") as hdul:
             hdul["MASK"].data[:] = 0  # warps without DETECTED: sources are detected on the static model
+    psfvar = base / "psfvar"  # visits with PSFs of different widths: the PSF-aware model's blur groups
+    simulate(psfvar, size=256, num_visits=6, num_science=0, seed=13)
+    from mpidcr.io.warps import psf_hdu
+    from mpidcr.psf import gaussian_image
+
+    for path, sigma in zip(sorted((psfvar / "warps").glob("*.fits")), (1.3, 1.3, 1.45, 1.6, 1.75, 1.9), strict=True):
+        with fits.open(path) as hdul:
+            hdus = [h.copy() for h in hdul if h.name != "PSF"]
+        fits.HDUList([*hdus, psf_hdu(gaussian_image(sigma, 21))]).writeto(path, overwrite=True)
     m128 = field128 / "manifest.toml"
     cases = {
         "2": (2, m128, NO_FREQ),
@@ -108,6 +117,8 @@ def runs(field128, tmp_path_factory):
         "masked2": (2, masked / "manifest.toml", [*NO_FREQ, "--tiles", "1x2"]),
         "undetected2": (2, undetected / "manifest.toml", NO_FREQ),
         "undetected4": (4, undetected / "manifest.toml", NO_FREQ),
+        "psf2": (2, psfvar / "manifest.toml", ["--set", "usePsf=true", "--tiles", "2x1"]),
+        "psf4": (4, psfvar / "manifest.toml", ["--set", "usePsf=true", "--tiles", "2x2"]),
     }
     spec = [{"ranks": n, "argv": ["run", str(man), "-o", str(base / f"{label}.h5"), *map(str, extra)]}
             for label, (n, man, extra) in cases.items()]  # fmt: skip
@@ -115,7 +126,7 @@ def runs(field128, tmp_path_factory):
     proc = mpirun(4, [base / "cases.json"], script=SCRIPTS / "run_cases.py", timeout=600)
     assert proc.returncode == 0, proc.stderr
     out = {label: _read(base / f"{label}.h5") for label in cases}
-    out["_dirs"] = {"field160": field160, "masked": masked, "undetected": undetected, "base": base}
+    out["_dirs"] = {"field160": field160, "masked": masked, "undetected": undetected, "base": base, "psfvar": psfvar}
     return out
 
 
@@ -129,6 +140,18 @@ def test_rank_counts_and_tile_grids_agree(field128, runs):
         _same(ref, data)
     assert list(runs["4x1"][1]["tile_grid"]) == [4, 1]
     assert [runs[label][1]["num_ranks"] for label in ("2", "3", "4", "2x2")] == [2, 3, 4, 4]
+
+
+def test_psf_aware_model_is_rank_independent(runs):
+    """The PSF-aware model's blurs reach across tiles (the halo grows by their steps): 1 = 2 = 4
+    ranks bit for bit."""
+    psfvar = runs["_dirs"]["psfvar"]
+    ref, ref_attrs = _serial(psfvar / "manifest.toml", runs["_dirs"]["base"] / "psf1.h5", "--set", "usePsf=true")
+    assert ref_attrs["psf_aware"] and ref_attrs["iterations"] >= 2
+    for label in ("psf2", "psf4"):
+        data, attrs = runs[label]
+        assert attrs["iterations"] == ref_attrs["iterations"], label
+        assert np.array_equal(ref["model"], data["model"]), label
 
 
 def test_default_config_two_ranks(runs):
@@ -146,6 +169,10 @@ def test_output_paths_identical(runs):
         if key == "convergence":  # wall-clock seconds differ between runs
             for col in ("iteration", "metric", "gain"):
                 assert np.array_equal(a[key][col], b[key][col], equal_nan=True)
+        elif key == "visits":  # NaN where a visit has no value (psf_sigma of a constant-PSF model)
+            for col in a[key].dtype.names:
+                nan = a[key][col].dtype.kind == "f"
+                assert np.array_equal(a[key][col], b[key][col], equal_nan=nan), col
         else:
             assert np.array_equal(a[key], b[key]), key
     with h5py.File(runs["_dirs"]["base"] / "mpio.h5") as f:

@@ -53,6 +53,26 @@ KEYWORDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: header keywords read for the PSF FWHM (arcsec) when PSF-FWHM is absent
+PSF_FWHM_ALTERNATIVES = ("SEEING", "FWHM")
+#: manifest-only fields describing a visit's PSF beyond its FWHM
+PSF_SHAPE_OVERRIDES = ("psfProfile", "psfBeta")
+
+
+def _psf_shape(name: str, value: Any, path: str) -> Any:
+    """psfProfile (gaussian, moffat, kolmogorov) or psfBeta (Moffat β > 1), checked."""
+    from ..psf import PROFILES
+
+    if name == "psfProfile":
+        if not isinstance(value, str) or value.lower() not in PROFILES:
+            raise InputError(f"{path}: override psfProfile = {value!r}; expected one of {', '.join(PROFILES)}")
+        return value.lower()
+    beta = _finite_number(value, f"{path}: override psfBeta")
+    if not beta > 1.0:
+        raise InputError(f"{path}: override psfBeta = {beta} must be above 1 (a Moffat profile's β)")
+    return beta
+
+
 def _finite_number(value: Any, what: str) -> float:
     """``value`` as a finite float, else InputError ``"<what> = value is not a number"`` / ``"<what> is nan"``."""
     if isinstance(value, bool):
@@ -115,9 +135,19 @@ def visit_metadata(header: fits.Header, path: str, overrides: dict[str, Any] | N
             continue
         value = _header_number(header, key, path, name)
         meta[name] = None if value is None else _checked(name, value, f"{path}: header keyword {key} ({name})")
+    if meta.get("psfFwhm") is None:  # other names of the seeing (arcsec)
+        for key in PSF_FWHM_ALTERNATIVES:
+            value = _header_number(header, key, path, "psfFwhm")
+            if value is not None:
+                meta["psfFwhm"] = _checked("psfFwhm", value, f"{path}: header keyword {key} (psfFwhm)")
+                break
     for name, value in overrides.items():
+        if name in PSF_SHAPE_OVERRIDES:
+            meta[name] = _psf_shape(name, value, path)
+            continue
         if name not in KEYWORDS:
-            raise InputError(f"{path}: unknown per-visit override '{name}' (known: {', '.join(KEYWORDS)})")
+            known = ", ".join([*KEYWORDS, *PSF_SHAPE_OVERRIDES])
+            raise InputError(f"{path}: unknown per-visit override '{name}' (known: {known})")
         if name == "visit":
             meta[name] = str(value)
             continue

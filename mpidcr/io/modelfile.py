@@ -10,9 +10,12 @@ Schema (axis order ``(subfilter, y, x)``)::
     /nimage              (K, ny, nx) int32    inputs per sub-filter (with doNImage)
     /nimage_total        (ny, nx)    int32    (with doNImage)
     /visits              table: visit, file, airmass, elevation, parallactic_angle,
-                         rotation_angle, weight, psf_fwhm, max_shift, metric, variance_scale,
+                         rotation_angle, weight, psf_fwhm, psf_sigma, max_shift, metric, variance_scale,
                          and the per-sub-filter mean shifts (K, 2) in pixels
     /convergence         table: iteration, metric, gain, seconds
+    /psf                 (n, n)      float64  the PSF of the planes, if known; attrs fwhm (arcsec),
+                         kind: reference (the PSF-aware model's) or coadd (Σ w_v PSF_v / Σ w_v)
+    /psf_static          (n, n)      float64  the PSF of /coadd/static (Σ w_v PSF_v / Σ w_v), if known
     attrs                effective_wavelength, bandwidth, subfilter_edges, config (JSON),
                          wcs_header, software_version, num_ranks, tile_grid, halo,
                          stop_reason, iterations, pixel_scale, complete (written last)
@@ -85,8 +88,9 @@ class ModelMeta:
     convergence: np.ndarray  # structured array
     attrs: dict[str, Any] = field(default_factory=dict)
     mask_planes: dict[str, int] = field(default_factory=dict)
-    tables: dict[str, np.ndarray] = field(default_factory=dict)  # more tables (e.g. /subregions)
+    tables: dict[str, np.ndarray] = field(default_factory=dict)  # more tables (e.g. /subregions, /psf)
     with_nimage: bool = True  # doNImage: write /nimage and /nimage_total
+    table_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)  # attributes of those tables
 
 
 def h5py_has_mpi() -> bool:
@@ -326,7 +330,7 @@ def write_model(path: str, tile: ModelTile, meta: ModelMeta, comm: Comm, mode: s
         meta.attrs,
         comm,
         mode,
-        dataset_attrs={"coadd/mask": {f"MP_{k}": v for k, v in meta.mask_planes.items()}},
+        dataset_attrs={"coadd/mask": {f"MP_{k}": v for k, v in meta.mask_planes.items()}, **meta.table_attrs},
     )
 
 
@@ -346,6 +350,9 @@ class ModelFile:
     convergence: np.ndarray
     attrs: dict[str, Any]
     mask_planes: dict[str, int]
+    psf: NDArray | None = None  # the PSF of the planes (None: written without PSFs)
+    psf_attrs: dict[str, Any] = field(default_factory=dict)  # fwhm (arcsec), kind (reference or coadd)
+    psf_static: NDArray | None = None  # the PSF of the static coadd /coadd/static
 
 
 def model_is_complete(path: str) -> bool:
@@ -380,6 +387,9 @@ def read_model(path: str) -> ModelFile:
                 convergence=f["convergence"][...],
                 attrs=dict(f.attrs),
                 mask_planes=planes,
+                psf=f["psf"][...] if "psf" in f else None,
+                psf_attrs=dict(f["psf"].attrs) if "psf" in f else {},
+                psf_static=f["psf_static"][...] if "psf_static" in f else None,
             )
     except InputError:
         raise

@@ -18,9 +18,12 @@ from numpy.typing import NDArray
 from ..config import DcrConfig
 from ..dcr import Observation, Site, VisitShifts, check_elevation, dcr_shifts, elevation_from_airmass
 from ..errors import InputError
+from ..kernels.gaussian import blur_step
+from ..psf import Psf, blur_plan, matching_kernel, matching_sigma, pad_to
 from ..solver import matched_template
 from .modelfile import ModelFile, read_model
 from .paths import check_output_path
+from .psf import visit_psf
 from .warps import WarpInfo, observation_or_error, resolve_geometry, scan_warp, write_lsst_warp
 from .wcs import same_wcs
 
@@ -47,7 +50,7 @@ def export_fits(model_path: str, outdir: str, overwrite: bool = False) -> list[s
         path = out / f"{stem}_subfilter{k}.fits"
         _refuse_existing(path, overwrite)
         meta = {"WAVE-LO": float(edges[k]), "WAVE-HI": float(edges[k + 1]), "SUBFILT": k, "NSUBFILT": K}
-        _write_product(path, model.model[k], model.variance / K, model.mask, model.mask_planes, wcs, meta)
+        _write_product(path, model.model[k], model.variance / K, model.mask, model.mask_planes, wcs, meta, model.psf)
         written.append(str(path))
     path = out / f"{stem}_coadd.fits"
     _refuse_existing(path, overwrite)
@@ -59,6 +62,7 @@ def export_fits(model_path: str, outdir: str, overwrite: bool = False) -> list[s
         model.mask_planes,
         wcs,
         {"WAVE-LO": float(edges[0]), "WAVE-HI": float(edges[-1]), "NSUBFILT": K},
+        model.psf,
     )
     written.append(str(path))
     return written
@@ -77,8 +81,9 @@ def _write_product(
     planes: dict[str, int],
     wcs: fits.Header,
     extra: dict[str, Any],
+    psf: NDArray | None = None,
 ) -> None:
-    write_lsst_warp(path, image, variance, mask, planes, {}, wcs)
+    write_lsst_warp(path, image, variance, mask, planes, {}, wcs, psf=psf)
     with fits.open(path, mode="update") as hdul:
         for key, value in extra.items():
             hdul[0].header[key] = value
@@ -112,12 +117,37 @@ def observation_for_warp(path: str, overrides: dict[str, Any] | None = None, sit
 
 
 def template_for(model: ModelFile, obs: Observation, profile: str | None = None) -> NDArray[np.float64]:
-    """The DCR-matched template of the model for a visit observed as ``obs``, (ny, nx); made as
-    the model's profile (or ``profile``) says: spline order templateInterpOrder (LSST's: 3, and
-    sub-filters always split)."""
+    """The DCR-matched template of the model for a visit observed as ``obs``, (ny, nx), at the
+    PSF of the model's planes; made as the model's profile (or ``profile``) says: spline order
+    templateInterpOrder (LSST's: 3, and sub-filters always split)."""
+    return template_at(model, obs, profile)[0]
+
+
+def template_at(model: ModelFile, obs: Observation, profile: str | None = None,
+                psf: Psf | None = None) -> tuple[NDArray[np.float64], NDArray | None]:  # fmt: skip
+    """(template, its PSF image or None if unknown).  With ``psf`` (the science visit's), the
+    template is brought to it where that PSF is the broader: a PSF-aware model's planes are
+    blurred by the matching kernel before the shifts (forward-modelled at that PSF), a
+    constant-PSF model's template is blurred after them."""
     cfg = template_config(model, profile)
     order = 3 if cfg.lsst("templates") else int(cfg.templateInterpOrder)
-    return matched_template(model.model.astype(np.float64), visit_shifts_for(model, obs, profile), order)
+    planes = model.model.astype(np.float64)
+    shifts = visit_shifts_for(model, obs, profile)
+    if psf is None or model.psf is None:
+        return matched_template(planes, shifts, order), model.psf
+    sigma = matching_sigma(model.psf, psf.image)
+    if sigma == 0.0:  # the science visit is the sharper: the template stays at the model's PSF
+        return matched_template(planes, shifts, order), model.psf
+    if model.attrs.get("psf_aware", False):
+        steps = blur_plan(np.array([sigma**2]), 0.0).steps[0]
+        blurred = np.stack([_blurred(p, steps) for p in planes])
+        # the template's PSF: the model's through the same steps (≈ the science PSF)
+        size = max(model.psf.shape[0], psf.image.shape[0]) + 2 * len(steps)
+        return matched_template(blurred, shifts, order), _blurred(pad_to(model.psf, size | 1), steps)
+    from scipy.signal import fftconvolve
+
+    kernel = matching_kernel(model.psf, psf.image)
+    return fftconvolve(matched_template(planes, shifts, order), kernel, mode="same"), psf.image
 
 
 def _template_conditions(model: ModelFile, warp_path: str | None, overrides: dict[str, Any],
@@ -145,6 +175,33 @@ def _template_conditions(model: ModelFile, warp_path: str | None, overrides: dic
     return obs, meta
 
 
+def honest_variance(template: NDArray, variance: NDArray, mask: NDArray,
+                    planes: dict[str, int]) -> tuple[NDArray, float]:  # fmt: skip
+    """The template's VARIANCE plane: var(T) scaled so that its median over the background pixels
+    (no DETECTED, NO_DATA, BAD, SAT) is the template's noise there, measured robustly
+    (1.4826 × the median absolute deviation).  var(T) overstates it (~1.7×): the shifts'
+    interpolation and the regularizations smooth the noise.  Returns (variance, the scale)."""
+    from ..masks import plane_bits
+
+    background = ((mask & plane_bits(planes, ["DETECTED", "NO_DATA", "BAD", "SAT"])) == 0)
+    background &= np.isfinite(template) & np.isfinite(variance) & (variance > 0)
+    if np.count_nonzero(background) < 100:
+        return variance, 1.0
+    values = template[background]
+    mad = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+    scale = mad**2 / float(np.median(variance[background]))
+    if not np.isfinite(scale) or scale <= 0:
+        return variance, 1.0
+    return variance * scale, scale
+
+
+def _blurred(image: NDArray, steps: tuple[float, ...]) -> NDArray:
+    """``image`` through the forward model's 3-tap blur ``steps``."""
+    for variance in steps:
+        image = blur_step(image, variance, np.empty_like(image))
+    return image
+
+
 def write_template(
     model_path: str,
     warp_path: str | None,
@@ -152,14 +209,26 @@ def write_template(
     overrides: dict[str, Any] | None = None,
     overwrite: bool = False,
     profile: str | None = None,
+    match_psf: bool = False,
 ) -> dict[str, Any]:
     """Write the DCR-matched template for ``warp_path``'s conditions (or for ``overrides`` alone),
-    made as the model's profile (or ``profile``) says."""
+    made as the model's profile (or ``profile``) says, with its PSF as an HDU when known;
+    ``match_psf``: at the science warp's PSF (:func:`template_at`)."""
     check_output_path(output, [model_path] + ([warp_path] if warp_path else []), overwrite, "template")
     model = read_model(model_path)
     obs, meta = _template_conditions(model, warp_path, dict(overrides or {}), profile)
-    template = template_for(model, obs, profile)
-    write_lsst_warp(output, template, model.variance, model.mask, model.mask_planes, meta, _wcs(model))
+    science_psf = None
+    if match_psf:
+        if warp_path is None:
+            raise InputError("--match-psf needs the science warp (its PSF)")
+        if model.psf is None:
+            raise InputError(f"{model_path}: the model has no PSF (its visits had none), so --match-psf cannot act")
+        science_psf = visit_psf(resolve_geometry(scan_warp(warp_path), Site()), float(model.attrs["pixel_scale"]))
+        if science_psf is None:
+            raise InputError(f"{warp_path}: no PSF (no PSF HDU, no PSF-FWHM/SEEING/FWHM keyword) for --match-psf")
+    template, psf = template_at(model, obs, profile, science_psf)
+    variance, _ = honest_variance(template, model.variance, model.mask, model.mask_planes)
+    write_lsst_warp(output, template, variance, model.mask, model.mask_planes, meta, _wcs(model), psf=psf)
     return {
         "output": output,
         "elevation": obs.elevation,

@@ -312,8 +312,10 @@ def write_lsst_warp(
     meta: dict[str, Any],
     wcs_header: fits.Header | None = None,
     overwrite: bool = True,
+    psf: NDArray | None = None,
 ) -> None:
-    """Write a warp in the LSST layout (primary metadata + IMAGE, MASK, VARIANCE), atomically."""
+    """Write a warp in the LSST layout (primary metadata + IMAGE, MASK, VARIANCE, and a PSF image
+    HDU if ``psf`` is given), atomically."""
     img = fits.ImageHDU(np.asarray(image, dtype=np.float32), header=_image_header(wcs_header), name="IMAGE")
     msk = fits.ImageHDU(np.asarray(mask, dtype=np.int32), name="MASK")
     for name, bit in mask_planes.items():
@@ -321,4 +323,16 @@ def write_lsst_warp(
     var = fits.ImageHDU(np.asarray(variance, dtype=np.float32), name="VARIANCE")
     if os.path.exists(path) and not overwrite:
         raise InputError(f"{path}: exists (use --overwrite)")
-    write_fits(str(path), fits.HDUList([_primary(meta), img, msk, var]))
+    hdus = [_primary(meta), img, msk, var]
+    if psf is not None:
+        hdus.append(psf_hdu(psf))
+    write_fits(str(path), fits.HDUList(hdus))
+
+
+def psf_hdu(psf: NDArray, fwhm: float | None = None) -> fits.ImageHDU:
+    """A PSF image as an HDU named PSF (EXTTYPE PSF; FWHM in arcsec when known)."""
+    hdu = fits.ImageHDU(np.asarray(psf, dtype=np.float64), name="PSF")
+    hdu.header["EXTTYPE"] = "PSF"
+    if fwhm is not None:
+        hdu.header["FWHM"] = (float(fwhm), "PSF FWHM, arcsec")
+    return hdu

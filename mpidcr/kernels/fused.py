@@ -371,10 +371,22 @@ def _sweep_pass(planes, images, goods, converges, significance, inner, ftabs, rt
     # residual rows each (block, visit) needs: its own rows and those its reverse shifts read
     first = np.empty((nblocks, nv), dtype=np.int64)
     last = np.empty((nblocks, nv), dtype=np.int64)
+    # ring slots for the active visits only (a call may run a few of many visits: the PSF-aware
+    # model runs each blur group's visits in a call of its own)
+    slot = np.full(nv, -1, dtype=np.int64)
+    nslots = 0
+    for v in range(nv):
+        if active[v]:
+            slot[v] = nslots
+            nslots += 1
     for bi in range(nblocks):
         b0 = bi * block
         b1 = min(b0 + block, ny)
         for v in range(nv):
+            if not active[v]:
+                first[bi, v] = b0
+                last[bi, v] = b1 - 1
+                continue
             lo = b0
             hi = b1 - 1
             for y in range(b0, b1):
@@ -389,12 +401,13 @@ def _sweep_pass(planes, images, goods, converges, significance, inner, ftabs, rt
     rows = 2
     for bi in range(nblocks):
         for v in range(nv):
-            rows = max(rows, last[bi, v] - first[bi, v] + 1)
+            if active[v]:
+                rows = max(rows, last[bi, v] - first[bi, v] + 1)
     # scratch per chunk, allocated here: numba hoists allocations out of prange loops, which
     # would make a buffer allocated inside the loop shared by all threads (and
     # numba.get_thread_id would make the kernel uncacheable)
     trows = np.empty((chunks, 2, nx), dtype=planes.dtype)
-    rings = np.zeros((chunks, nv, rows, nx), dtype=planes.dtype)  # zeros: a stray read must never see NaN garbage
+    rings = np.zeros((chunks, max(nslots, 1), rows, nx), dtype=planes.dtype)  # zeros: a stray read never sees NaN
     partial = np.zeros((nblocks, nv, 2))
     for c in numba.prange(chunks):
         c0 = c * nblocks // chunks
@@ -417,7 +430,7 @@ def _sweep_pass(planes, images, goods, converges, significance, inner, ftabs, rt
                     continue
                 ftab = (fiy[v], fwy[v], fix[v], fwx[v], fxa[v], fxb[v], foff[v], fva[v], fvb[v], fscale[v])
                 rtab = (riy[v], rwy[v], rix[v], rwx[v], rxa[v], rxb[v], roff[v], rva[v], rvb[v])
-                ring = rings[c, v]
+                ring = rings[c, slot[v]]
                 start = done[v] + 1
                 if first[bi, v] < max(oldest[v], done[v] - rows + 1) or first[bi, v] > done[v]:
                     start = first[bi, v]  # nothing to reuse (the first block, or a gap)

@@ -202,3 +202,46 @@ def gaussian_ratio(image: NDArray, sigma: float, floor: float, denominator: NDAr
 def gaussian_sharpen(image: NDArray, sigma: float, scale: NDArray, out: NDArray) -> NDArray:
     """``(image + 3·(image − G_σ(image)))·scale`` in one pass (unsharp masking, then a scale)."""
     return _smooth(image, sigma, out, SHARPEN, 0.0, scale)
+
+
+# ----------------------------------------------------------------------------- small blur steps
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _step(src, out, w0, w1, block):  # pragma: no cover - compiled
+    """out = the 3-tap kernel (w1, w0, w1) along y, then along x, edges mirrored (scipy's 'reflect')."""
+    ny, nx = src.shape
+    nblocks = (ny + block - 1) // block
+    rows = np.empty((nblocks, nx + 2), dtype=src.dtype)
+    a, b = src.dtype.type(w0), src.dtype.type(w1)
+    for bi in numba.prange(nblocks):
+        pad = rows[bi]
+        for y in range(bi * block, min((bi + 1) * block, ny)):
+            up = src[y - 1] if y > 0 else src[0]
+            down = src[y + 1] if y < ny - 1 else src[ny - 1]
+            s = src[y]
+            row = pad[1 : nx + 1]
+            for x in range(nx):
+                row[x] = a * s[x] + b * (up[x] + down[x])
+            pad[0] = pad[1]
+            pad[nx + 1] = pad[nx]
+            o = out[y]
+            left = pad[0:nx]
+            right = pad[2 : nx + 2]
+            for x in range(nx):
+                o[x] = a * row[x] + b * (left[x] + right[x])
+
+
+#: the largest variance (pixels²) of one blur step: (0.25, 0.5, 0.25) has 0.5 along each axis
+MAX_STEP_VARIANCE = 0.5
+
+
+def blur_step(image: NDArray, variance: float, out: NDArray, block: int = 32) -> NDArray:
+    """The separable 3-tap blur (v/2, 1 − v, v/2) along y and x: variance ``v`` ≤ 0.5 px² per axis
+    added exactly, flux kept, its own adjoint (edges mirrored).  Variances add under composition, so
+    a sequence of steps blurs by their sum.  ``out`` must not be ``image``."""
+    if not 0.0 <= variance <= MAX_STEP_VARIANCE:
+        raise ValueError(f"a blur step's variance must be in [0, {MAX_STEP_VARIANCE}], not {variance}")
+    src = np.ascontiguousarray(image)
+    if np.shares_memory(out, src):
+        raise ValueError("a blur step cannot work in place")
+    _step(src, out, 1.0 - variance, variance / 2.0, max(int(block), 1))
+    return out

@@ -158,6 +158,15 @@ def _render_visit(psf: Any, src: _Sources, pool: list[tuple[str, Any]], bandpass
     return clean.array.copy()
 
 
+def _seeing_image(seeing: float, pixel_scale: float, size: int) -> NDArray:
+    """The visit's PSF without DCR: Kolmogorov seeing of FWHM ``seeing`` (arcsec) at the effective
+    wavelength, drawn with the pixel as the field is; unit sum."""
+    import galsim
+
+    image = galsim.Kolmogorov(fwhm=seeing).drawImage(nx=size, ny=size, scale=pixel_scale).array.astype(np.float64)
+    return image / image.sum()
+
+
 def _atmosphere(seeing: float, base_wavelength: float, obs: Observation) -> Any:
     """GalSim's chromatic atmosphere of one visit: Kolmogorov seeing (FWHM, arcsec) and DCR."""
     import galsim
@@ -210,8 +219,9 @@ def make_galsim_field(
     weather = Weather.standard(site.height)
     planes = dict(DEFAULT_PLANES)
     det = plane_bits(planes, ["DETECTED"])
-    images, variances, masks, observations = [], [], [], []
+    images, variances, masks, observations, psfs = [], [], [], [], []
     stamp = math.ceil(6 * max(seeing_range) / pixel_scale) | 1
+    psf_stamp = math.ceil(8 * max(seeing_range) / pixel_scale) | 1
     for v in range(num_visits):
         q = float(rng.uniform(-angle_spread, angle_spread))
         rot = float(rng.uniform(-10, 10)) if rotation_for is None else float(rotation_for(q))
@@ -219,6 +229,7 @@ def make_galsim_field(
         observations.append(Observation(elevation, q, rot, weather, site))
         psf = _atmosphere(float(seeing[v]), lam_eff, observations[-1])
         arr = _render_visit(psf, src, pool, bandpass, shape, pixel_scale, stamp)
+        psfs.append(_seeing_image(float(seeing[v]), pixel_scale, psf_stamp))
         log.info("rendered visit %d/%d with GalSim (airmass %.2f, %d stars, %d galaxies)", v + 1, num_visits,
                  airmass[v], len(src.ys), num_galaxies)  # fmt: skip
         images.append((arr + rng.normal(0.0, sky_sigma, shape)).astype(np.float32))
@@ -245,6 +256,8 @@ def make_galsim_field(
             "truth_by_k": truth_by_k,
             "sed": [pool[i][0] for i in src.which],
             "seeing": seeing,
+            "psf_images": psfs,
+            "star_total": src.total,  # each star's flux through the whole bandpass, as drawn
             "galaxy_y": src.gy,
             "galaxy_x": src.gx,
             "galaxy_flux": src.gflux,

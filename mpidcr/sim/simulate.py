@@ -124,15 +124,26 @@ def _write_visits(out: Path, field: SyntheticField, science: set[int], wcs: fits
         }
         folder = "science" if v in science else "warps"
         path = out / folder / f"visit_{1000 + v:04d}.fits"
-        write_lsst_warp(path, field.images[v], field.variances[v], field.masks[v], field.mask_planes, meta, wcs)
+        write_lsst_warp(path, field.images[v], field.variances[v], field.masks[v], field.mask_planes, meta, wcs,
+                        psf=_visit_psf(field, v))  # fmt: skip
         (science_paths if v in science else warp_paths).append(str(path))
     return warp_paths, science_paths
+
+
+def _visit_psf(field: SyntheticField, v: int) -> NDArray:
+    """Visit v's PSF image without DCR: GalSim's seeing, or the numpy engine's sampled Gaussian."""
+    if "psf_images" in field.extra:
+        return np.asarray(field.extra["psf_images"][v])
+    r = max(5, int(np.ceil(4 * field.psf_sigma)))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    image = np.exp(-0.5 * (yy**2 + xx**2) / field.psf_sigma**2)
+    return image / image.sum()
 
 
 def _write_truth(path: Path, field: SyntheticField, artifacts: NDArray, pixel_scale: float, engine: str) -> None:
     """``truth.npz``: star positions and fluxes, noiseless sub-filter images, artifacts, SEDs."""
     extra = {f"star_flux_k{k}": f for k, f in field.extra.get("truth_by_k", {}).items()}
-    for key in ("galaxy_y", "galaxy_x", "galaxy_flux", "galaxy_sed"):
+    for key in ("galaxy_y", "galaxy_x", "galaxy_flux", "galaxy_sed", "star_total"):
         if key in field.extra:
             extra[key] = np.asarray(field.extra[key])
     if artifacts.any():

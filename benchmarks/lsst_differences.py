@@ -36,7 +36,7 @@ VARIANTS: list[tuple[str, list[str]]] = [
     *[(f"mpidcr + lsst {b}", ["--set", f"lsstCompat.{b}=true"]) for b in BEHAVIOURS],
     ("lsst without rotationDirection", ["--profile", "lsst", "--set", "lsstCompat.rotationDirection=false"]),
     ("mpidcr, statistic MEANCLIP (the seed's)", ["--set", "statistic=MEANCLIP"]),
-    ("mpidcr, templateInterpOrder 1", ["--set", "templateInterpOrder=1"]),
+    ("mpidcr, templateInterpOrder 3 (LSST's)", ["--set", "templateInterpOrder=3"]),
 ]
 
 

@@ -28,6 +28,7 @@ VARIANTS = {
     "constant PSF (default)": [],
     "PSF-aware (usePsf)": ["--set", "usePsf=true"],
     "constant PSF, LSST's model weights": ["--set", "lsstCompat.modelWeights=true"],
+    "constant PSF, order-3 templates (LSST's)": ["--set", "templateInterpOrder=3"],
 }
 
 

@@ -212,6 +212,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--static-model", metavar="FILE",
                    help="the static model T: a deepCoadd-layout FITS (IMAGE/MASK/VARIANCE) or an mpidcr model file "
                         "(default: the coadd of the warps)")  # fmt: skip
+    r.add_argument("--bright-object-mask", metavar="FILE",
+                   help="bright-object regions for doMaskBrightObjects: LSST's bright-object mask file or a ds9 "
+                        "region file in sky coordinates (circle, box)")  # fmt: skip
     r.add_argument("--measure-psf", action="store_true",
                    help="measure the PSF of visits that have none (no PSF HDU, psfFwhm or PSF-FWHM) from their "
                         "bright isolated stars")  # fmt: skip
@@ -262,9 +265,10 @@ def _cmd_run(args: argparse.Namespace, comm) -> int:
             manifest = Manifest(warps=merge_entries(entries, "--warps"))
         cfg = _resolve_config(args, manifest.config, manifest.band)
         if args.manifest:
-            return inputs_from_manifest(manifest, cfg, args.pixel_scale, sources, args.static_model, args.measure_psf)
+            return inputs_from_manifest(manifest, cfg, args.pixel_scale, sources, args.static_model, args.measure_psf,
+                                        args.bright_object_mask)  # fmt: skip
         return prepare_inputs(manifest.warps, cfg, None, args.pixel_scale, sources, args.static_model,
-                              args.measure_psf)  # fmt: skip
+                              args.measure_psf, args.bright_object_mask)  # fmt: skip
 
     from .kernels import set_threads
 

@@ -84,3 +84,24 @@ def static_sky_model(
         plane_bits(mask_planes, ["NO_DATA"]),
     )
     return StaticModel(image=image, variance=variance, mask=mask, count=count)
+
+
+def propagate_rejections(masks: NDArray, used: NDArray[np.bool_], mask_planes: Mapping[str, int],
+                         bad_bits: int) -> NDArray[np.int32]:  # fmt: skip
+    """LSST's coadd mask planes for inputs left out (``masks``, ``used``: (V, ny, nx)), an OR into
+    the static model's mask: REJECTED where an input with data was left out for one of ``bad_bits``
+    (other than NO_DATA, EDGE, CLIPPED), SENSOR_EDGE for EDGE, CLIPPED for CLIPPED (artifact
+    rejection); INEXACT_PSF wherever any of the three is set (the coadd PSF, the weighted sum of
+    all visits' PSFs, is not exact there).  Planes absent from ``mask_planes`` are skipped."""
+    nodata, edge, clipped = (plane_bits(mask_planes, [n]) for n in ("NO_DATA", "EDGE", "CLIPPED"))
+    reject = bad_bits & ~nodata & ~edge & ~clipped
+    out = np.zeros(masks.shape[1:], dtype=np.int32)
+    left_out = ~used & ((masks & nodata) == 0)
+    for source, target in ((reject, "REJECTED"), (edge, "SENSOR_EDGE"), (clipped, "CLIPPED")):
+        if source and target in mask_planes:
+            hit = (left_out & ((masks & source) != 0)).any(axis=0)
+            out |= np.where(hit, np.int32(1 << mask_planes[target]), np.int32(0))
+    inexact = plane_bits(mask_planes, ["INEXACT_PSF"])
+    if inexact:
+        out |= np.where(out != 0, np.int32(inexact), np.int32(0))
+    return out

@@ -11,9 +11,9 @@ Each field carries a one-line doc, a status and a check:
 - ``used``       the field changes what mpidcr computes;
 - ``lsst-only``  the field only means something inside the LSST middleware
                  (butler connections, Gen2 calibration names, metadata saving);
-                 accepted, documented, and ignored with a notice when set;
-- ``planned``    accepted and checked, but the feature behind it is not in this
-                 version yet; setting it to a non-default value logs a warning.
+                 accepted, documented, and ignored with a notice when set.
+
+Every field of the seed task acts (none is merely accepted).
 
 Sources of values, later ones win: defaults < file (TOML, YAML with safe
 loading, or an LSST-style ``config.name = value`` override file parsed without
@@ -59,7 +59,7 @@ class FieldSpec:
     doc : one-line description (units stated).
     optional : None is an allowed value.
     check : extra range/choice check, see :data:`Check`.
-    status : ``used``, ``lsst-only`` or ``planned``.
+    status : ``used`` or ``lsst-only``.
     seed : the seed listing's raw default where it differs from ``default`` (the effective
         default LSST's ``setDefaults`` chain gives the task); :data:`SAME` otherwise.
     """
@@ -121,7 +121,7 @@ def _fractions(v: Any) -> str | None:
 
 
 # fmt: off
-F, L, P = FieldSpec, "lsst-only", "planned"
+F, L = FieldSpec, "lsst-only"
 
 #: The 68 fields of the seed task, alphabetical as in its listing.
 FIELDS: tuple[FieldSpec, ...] = (
@@ -129,7 +129,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     F("badMaskPlanes", "list", ("NO_DATA", "BAD", "SAT"), "Mask planes whose pixels are excluded from the coadd and the fit.", seed=("NO_DATA",)),
     F("bandwidth", "float", None, "Width of the band in nm (required).", optional=True, check=_range(0.0, None, lo_open=True)),
     F("baseGain", "float", None, "Weight of the new solution against the last one (1 = equal); None: 1/(K-1).", optional=True, check=_range(0.0, None, lo_open=True)),
-    F("brightObjectMaskName", "str", "BRIGHT_OBJECT", "Mask plane name for bright-object regions.", status=P),
+    F("brightObjectMaskName", "str", "BRIGHT_OBJECT", "Mask plane name for bright-object regions (doMaskBrightObjects)."),
     F("calcErrorFromInputVariance", "bool", True, "Coadd variance from the input variances (True) or from the scatter of the inputs (False)."),
     F("clipIter", "int", 2, "Number of sigma-clipping passes of the MEANCLIP statistic.", check=_range(1, 100)),
     F("coaddName", "str", "deep", "Butler name of the coadd (deep, goodSeeing); only labels the output.", status=L),
@@ -142,15 +142,15 @@ FIELDS: tuple[FieldSpec, ...] = (
     F("doApplyExternalPhotoCalib", "bool", False, "Apply an external PhotoCalib from the butler.", status=L),
     F("doApplyExternalSkyWcs", "bool", False, "Apply an external SkyWcs from the butler.", status=L),
     F("doAttachTransmissionCurve", "bool", False, "Attach a transmission curve to the coadd.", status=L),
-    F("doCalculatePsf", "bool", False, "Measure the coadd PSF from stars detected on it.", status=P),
-    F("doFilterMorphological", "bool", False, "Mask streak-like artifact candidates (see maskStreaks).", status=P),
+    F("doCalculatePsf", "bool", False, "Measure the coadd PSF (/psf) from bright isolated stars of the coadd (detectPsfSources, measurePsf), or take modelPsf's Gaussian when too few are found."),
+    F("doFilterMorphological", "bool", True, "Find straight streaks among the artifact candidates (a Hough transform, maskStreaks), grow them by growStreakFp PSF sigma and mark them streakMaskName and CLIPPED.  mpidcr: on (satellite trails: 93 % -> 98.4 % of trail pixels caught, no false streak on a clean field; docs/physics.md).", seed=False),
     F("doInputMap", "bool", False, "Write a HealSparse map of the inputs.", status=L),
-    F("doInterp", "bool", True, "Interpolate over NaN pixels of the coadd.", status=P),
-    F("doMaskBrightObjects", "bool", False, "Set brightObjectMaskName over bright-object regions.", status=P),
+    F("doInterp", "bool", True, "Interpolate each sub-filter plane over the NO_DATA pixels no visit covers, row by row from the good pixels on each side (interpImage), marking them INTRP with infinite variance."),
+    F("doMaskBrightObjects", "bool", False, "Set brightObjectMaskName over the bright-object regions (run --bright-object-mask FILE or bright_object_mask in the manifest: LSST's bright-object mask files or ds9 regions, circles and boxes in sky coordinates)."),
     F("doNImage", "bool", True, "Write the per-sub-filter count of contributing visits (/nimage, /nimage_total).", seed=False),
     F("doOnlineForMean", "bool", False, "LSST's memory-saving accumulation of MEAN: the same result; mpidcr's tiles bound memory already.", status=L),
-    F("doPrefilterArtifacts", "bool", True, "Drop artifact candidates mostly covered by prefilterArtifactsMaskPlanes.", status=P),
-    F("doPreserveContainedBySource", "bool", True, "Keep artifact candidates lying wholly inside a source detected on the template.", status=P),
+    F("doPrefilterArtifacts", "bool", True, "Drop artifact candidates with no more than prefilterArtifactsRatio of their pixels free of prefilterArtifactsMaskPlanes (defects, not transients)."),
+    F("doPreserveContainedBySource", "bool", False, "Keep artifact candidates lying wholly inside a source of the static model (detectTemplate.preserveThresholdSigma).  mpidcr: off, its DCR-aware threshold (detect.dcrAllowance) keeps sources from being clipped without it (clean field: 0 star pixels clipped either way) while it shielded 69 % of a crowded patch (artifact pixels caught 98.4 % -> 81.6 %); on with LSST's threshold (lsstCompat.artifactDetection).", seed=True),
     F("doPsfMatch", "bool", False, "Deprecated in the seed: coadd PSF-matched warps.", status=L),
     F("doScaleWarpVariance", "bool", True, "Rescale each warp's variance so image/sqrt(variance) has unit variance over its background."),
     F("doSelectVisits", "bool", False, "Coadd only visits chosen by an LSST SelectVisitsTask.", status=L),
@@ -160,20 +160,20 @@ FIELDS: tuple[FieldSpec, ...] = (
     F("effectiveWavelength", "float", None, f"Effective wavelength of the band in nm (required), within {WAVELENGTH_MIN_NM}–{WAVELENGTH_MAX_NM}.", optional=True, check=_range(WAVELENGTH_MIN_NM, WAVELENGTH_MAX_NM, True, True)),
     F("externalPhotoCalibName", "str", "jointcal", "Gen2 name of the external PhotoCalib.", optional=True, check=_choice("jointcal", "fgcm", "fgcm_tract", None), status=L),
     F("externalSkyWcsName", "str", "jointcal", "Gen2 name of the external SkyWcs.", optional=True, check=_choice("jointcal", None), status=L),
-    F("growStreakFp", "float", 5.0, "Grow streak footprints by this many PSF widths.", check=_range(0.0, None), status=P),
+    F("growStreakFp", "float", 5.0, "Grow streak footprints by this many PSF widths.", check=_range(0.0, None)),
     F("hasFakes", "bool", False, "Inputs carry injected fake sources (butler naming only).", status=L),
     F("imageInterpOrder", "int", 1, "Spline order of the sub-pixel shifts (1 bilinear, 3 cubic; 1..5 accepted, 1 and 3 implemented).", check=_range(1, 5)),
     F("includeCalibVar", "bool", False, "Add the PhotoCalib variance to the warp variance.", status=L),
     F("maskPropagationThresholds", "dict", {"SAT": 0.1}, "Per mask plane: set it on the coadd where rejected inputs carrying it exceed this weight fraction.", check=_fractions),
-    F("matchingKernelSize", "int", 21, "Size in pixels of the PSF-matching kernel (odd).", check=_odd_positive, status=P),
-    F("maxFractionEpochsHigh", "float", 0.03, "Artifact rejection: fraction of N epochs added to maxNumEpochs at high N.", check=_range(0.0, 1.0, hi_open=True), status=P),
-    F("maxFractionEpochsLow", "float", 0.4, "Artifact rejection: fraction of N epochs allowed at low N.", check=_range(0.0, 1.0, hi_open=True), status=P),
-    F("maxNumEpochs", "int", 2, "Artifact rejection: epochs in which a transient may appear and still be masked.", check=_range(0, None), status=P),
+    F("matchingKernelSize", "int", 21, "Size in pixels (odd) of the kernels that PSF-match the warps for artifact rejection (a Gaussian per visit, truncated at 4 sigma or at this size).", check=_odd_positive),
+    F("maxFractionEpochsHigh", "float", 0.03, "Artifact rejection: fraction of N epochs added to maxNumEpochs at high N.", check=_range(0.0, 1.0, hi_open=True)),
+    F("maxFractionEpochsLow", "float", 0.4, "Artifact rejection: fraction of N epochs allowed at low N.", check=_range(0.0, 1.0, hi_open=True)),
+    F("maxNumEpochs", "int", 2, "Artifact rejection: epochs in which a transient may appear and still be masked.", check=_range(0, None)),
     F("maxNumIter", "int", None, "Maximum number of forward-model iterations (at most 1000); None: 3K.", optional=True, check=_range(1, 1000)),
     F("minNumIter", "int", None, "Minimum number of forward-model iterations (at most 1000); None: K.", optional=True, check=_range(1, 1000)),
     F("modelWeightsWidth", "float", 3.0, "Gaussian sigma in pixels (0 to 100) of the region around detected sources that the model may change.", check=_range(0.0, 100.0)),
-    F("prefilterArtifactsMaskPlanes", "list", ("NO_DATA", "BAD", "SAT", "SUSPECT"), "Mask planes used by doPrefilterArtifacts.", status=P),
-    F("prefilterArtifactsRatio", "float", 0.05, "Minimum good-pixel fraction for an artifact candidate to be kept.", check=_range(0.0, 1.0), status=P),
+    F("prefilterArtifactsMaskPlanes", "list", ("NO_DATA", "BAD", "SAT", "SUSPECT"), "Mask planes used by doPrefilterArtifacts."),
+    F("prefilterArtifactsRatio", "float", 0.05, "Minimum good-pixel fraction for an artifact candidate to be kept.", check=_range(0.0, 1.0)),
     F("regularizationWidth", "int", 2, "Radius in pixels (1 to 64) of the smallest region the regularizations act on.", check=_range(1, 64)),
     F("regularizeModelFrequency", "float", 4.0, "Maximum relative change between sub-filters (0 disables).", check=_range(0.0, None)),
     F("regularizeModelIterations", "float", 2.0, "Maximum relative change of the model between iterations (0 disables).", check=_range(0.0, None)),
@@ -181,11 +181,11 @@ FIELDS: tuple[FieldSpec, ...] = (
     F("saveLogOutput", "bool", True, "Save the task's log through the butler.", status=L),
     F("saveMetadata", "bool", True, "Save the task's metadata through the butler.", status=L),
     F("sigmaClip", "float", 3.0, "Clipping threshold in sigma of MEANCLIP.", check=_range(0.0, None, lo_open=True)),
-    F("spatialThreshold", "float", 0.5, "Artifact rejection: fraction of a candidate's pixels that must be transient outliers.", check=_range(0.0, 1.0), status=P),
+    F("spatialThreshold", "float", 0.5, "Artifact rejection: fraction of a candidate's pixels that must be transient outliers.", check=_range(0.0, 1.0)),
     F("splitSubfilters", "bool", True, "Model each sub-filter's DCR by two shifts at 1/4 and 3/4 of its width."),
     F("splitThreshold", "float", 0.1, "Split only where the two shifts differ by at least this many pixels.", check=_range(0.0, None)),
     F("statistic", "str", "MEAN", "Statistic of the static sky model.", check=_choice("MEAN", "MEDIAN", "MEANCLIP"), seed="MEANCLIP"),
-    F("streakMaskName", "str", "STREAK", "Mask plane name for streaks.", status=P),
+    F("streakMaskName", "str", "STREAK", "Mask plane name for streaks."),
     F("subregionSize", "pair", (2000, 2000), "Width, height in pixels of the blocks solved one after another with lsstCompat.subregions (--profile lsst); mpidcr's own fit is one global fit.", check=_pair_positive),
     F("useConvergence", "bool", True, "Stop on convergence; if False run exactly maxNumIter iterations."),
     F("useGlobalExternalPhotoCalib", "bool", True, "Use global rather than per-tract external PhotoCalibs.", status=L),
@@ -206,50 +206,50 @@ class SubtaskSpec:
     status: str = "used"
 
 
-def _detect(threshold: float, grow: int) -> tuple[FieldSpec, ...]:
-    return (
-        F(
-            "thresholdSigma",
-            "float",
-            threshold,
-            "Detection threshold in sigma of the background noise.",
-            check=_range(0.0, None, lo_open=True),
-        ),
-        F("growRadius", "int", grow, "Grow detected footprints by this many pixels (at most 100).", check=_range(0, 100)),
-        F("minPixels", "int", 1, "Smallest footprint kept, in pixels.", check=_range(1, None), status=P),
-    )
-
-
 #: The 14 retargetable subtasks of the seed, as nested sections.
 SUBTASKS: tuple[SubtaskSpec, ...] = (
     SubtaskSpec("assembleStaticSkyModel", "The static sky model T (first-iteration model).", (
         F("statistic", "str", None, "Override of the top-level statistic for T; None: use it.", optional=True, check=_choice("MEAN", "MEDIAN", "MEANCLIP", None)),
     )),
-    SubtaskSpec("detect", "Detection of artifact candidates on warp − static model.", _detect(5.0, 2), status=P),
-    SubtaskSpec("detectPsfSources", "Detection of stars for the coadd PSF (doCalculatePsf).", _detect(50.0, 0), status=P),
-    SubtaskSpec("detectTemplate", "Detection of sources on the static model: the convergence pixels when no input carries convergenceMaskPlanes (and doPreserveContainedBySource, planned).", _detect(5.0, 2)),
+    SubtaskSpec("detect", "Detection of artifact candidates on each PSF-matched warp − their clipped mean (both signs, no smoothing).", (
+        F("thresholdSigma", "float", 7.5, "Candidate pixels lie beyond this many sigma of their own noise (LSST: thresholdValue, pixel_stdev).", check=_range(0.0, None, lo_open=True), seed=5.0),
+        F("minPixels", "int", 4, "Smallest candidate footprint, in pixels (before growing).", check=_range(1, None), seed=1),
+        F("nSigmaToGrow", "float", 0.4, "Grow candidate footprints by this many sigma of the common PSF.", check=_range(0.0, None)),
+        F("dcrAllowance", "float", 0.5, "mpidcr: the threshold's noise also holds this many times the static model's slope times half the visit's DCR across the band (a source's colour moves it that far; LSST: 0, lsstCompat.artifactDetection).", check=_range(0.0, None)),
+        F("psfMismatch", "float", 0.05, "mpidcr: the threshold's noise also holds this fraction of the static model (Gaussian PSF matching of real PSFs is not exact; LSST: 0, lsstCompat.artifactDetection).", check=_range(0.0, 1.0)),
+    )),
+    SubtaskSpec("detectPsfSources", "Detection of the stars the coadd PSF is measured from (doCalculatePsf).", (
+        F("thresholdSigma", "float", 50.0, "Stars peak at least this many sigma of the coadd's noise.", check=_range(0.0, None, lo_open=True)),
+        F("minPixels", "int", 25, "A star covers at least this many pixels above thresholdSigma / 10 (LSST: 5x5 pixels above its threshold).", check=_range(1, None)),
+    )),
+    SubtaskSpec("detectTemplate", "Detection of sources on the static model: the convergence pixels when no input carries convergenceMaskPlanes, and the sources that keep artifact candidates inside them (doPreserveContainedBySource).", (
+        F("thresholdSigma", "float", 5.0, "Convergence pixels: the static model at least this many sigma of its noise.", check=_range(0.0, None, lo_open=True)),
+        F("growRadius", "int", 2, "Convergence pixels: grown by this many pixels (at most 100).", check=_range(0, 100)),
+        F("preserveThresholdSigma", "float", 300.0, "doPreserveContainedBySource: sources above this many sigma of the PSF-smoothed, PSF-matched static model (LSST: detectTemplate.thresholdValue 300; brighter sources subtract badly).", check=_range(0.0, None, lo_open=True)),
+        F("nSigmaToGrow", "float", 2.4, "doPreserveContainedBySource: grow those sources by this many sigma of the common PSF.", check=_range(0.0, None)),
+    )),
     SubtaskSpec("inputMapper", "HealSparse input maps.", (), status=L),
     SubtaskSpec("inputRecorder", "CoaddInputs catalogs of the LSST stack.", (), status=L),
-    SubtaskSpec("interpImage", "Interpolation over NaN pixels (doInterp).", (
-        F("fallbackValue", "float", 0.0, "Value for pixels with no valid neighbour."),
-    ), status=P),
-    SubtaskSpec("maskStreaks", "Streak masking (doFilterMorphological).", (
-        F("minLengthPixels", "int", 50, "Shortest streak masked, in pixels.", check=_range(1, None)),
-    ), status=P),
-    SubtaskSpec("measurePsf", "PSF measurement on the coadd (doCalculatePsf).", (
-        F("stampSize", "int", 41, "PSF stamp size in pixels (odd).", check=_odd_positive),
-    ), status=P),
+    SubtaskSpec("interpImage", "Interpolation over the pixels no visit covers (doInterp).", (
+        F("fallbackValue", "float", None, "Value of rows with no good pixel; None: the plane's median over good pixels, at least 0 (LSST's).", optional=True),
+    )),
+    SubtaskSpec("maskStreaks", "Streak finding among the artifact candidates (doFilterMorphological): a Hough transform of their line-like pieces.", (
+        F("minLengthPixels", "int", 30, "Shortest streak masked, in pixels along the line (30: a 56-pixel trail across a corner of a 128² patch, broken by a star, is found; no false streak on four clean fields).", check=_range(1, None)),
+    )),
+    SubtaskSpec("measurePsf", "PSF measurement on the coadd (doCalculatePsf): the median of the normalised, re-centred stamps of bright isolated stars.", (
+        F("stampSize", "int", 41, "Size in pixels (odd) of the measured PSF image.", check=_odd_positive),
+    )),
     SubtaskSpec("measurePsfSources", "LSST source measurement for the PSF.", (), status=L),
-    SubtaskSpec("modelPsf", "Model PSF when none can be measured.", (
+    SubtaskSpec("modelPsf", "The coadd PSF when none can be measured (doCalculatePsf), and the PSF artifact rejection assumes when no visit has one.", (
         F("defaultFwhm", "float", 0.7, "FWHM of the fallback Gaussian PSF in arcsec.", check=_range(0.0, None, lo_open=True)),
-    ), status=P),
+    )),
     SubtaskSpec("scaleWarpVariance", "Empirical rescaling of warp variance (doScaleWarpVariance).", (
         F("maskPlanes", "list", ("DETECTED", "BAD", "SAT", "NO_DATA", "INTRP"), "Pixels excluded from the noise measurement."),
         F("limit", "float", 10.0, "Largest accepted scale factor (and 1/limit the smallest).", check=_range(1.0, None)),
     )),
-    SubtaskSpec("scaleZeroPoint", "Photometric zero-point scaling of the warps.", (
-        F("zeroPoint", "float", 27.0, "Target zero point of the coadd in AB mag.", check=_range(0.0, None)),
-    ), status=P),
+    SubtaskSpec("scaleZeroPoint", "Photometric zero-point scaling of the warps: each scaled by 10^(0.4 (zeroPoint - its own)) when every warp has one (MAGZERO, ZEROPT, MAGZPT, PHOTZP, FLUXMAG0 or zeroPoint in the manifest); none: no scaling (LSST's warps are calibrated).", (
+        F("zeroPoint", "float", 27.0, "Zero point of the coadd, AB mag of one count.", check=_range(0.0, None)),
+    )),
     SubtaskSpec("select", "Visit selection.", (
         F("maxPsfFwhm", "float", None, "Reject visits with a PSF FWHM above this, in arcsec; None: keep all.", optional=True, check=_range(0.0, None, lo_open=True)),
     )),
@@ -259,7 +259,8 @@ SUBTASKS: tuple[SubtaskSpec, ...] = (
 OWN_FIELDS: tuple[FieldSpec, ...] = (
     F("usePsf", "bool", False, "The PSF-aware forward model: planes at the sharpest visit's PSF, each visit's template blurred to its own PSF (docs/physics.md); every visit needs a PSF.  Off by default: it does not yet beat the constant-PSF model on the science visits of docs/validation.md."),
     F("psfTolerance", "float", 0.05, "PSF-aware model: visits whose matching-kernel variances (pixels²) lie within twice this share one blur.", check=_range(0.0, 1.0)),
-    F("templateInterpOrder", "int", 3, "Spline order (1 or 3) of the shifts that make templates from a model (mpidcr template, evaluate); 3 keeps them sharp: residual RMS in footprints 11 % below order 1 (docs/lsst-differences.md).", check=_choice(1, 3)),
+    F("templateInterpOrder", "int", 1, "Spline order (1 or 3) of the shifts that make templates from a model (mpidcr template, evaluate).  1, as the fit shifts (imageInterpOrder): the model reproduces each visit through linear shifts, so its templates are made the same way; order 3 (LSST's) removed 93 % of the dipoles instead of 98 % and left 1.05-3.9x the false sources in PSF-matched differences (docs/validation.md, docs/lsst-differences.md).", check=_choice(1, 3)),
+    F("doRejectArtifacts", "bool", True, "CompareWarp artifact rejection (the LSST task always runs it): transient outliers of the PSF-matched warps marked CLIPPED, streaks streakMaskName, and left out of the static model and (unless lsstCompat.clippedInFit) the fit.  docs/physics.md."),
     F("profile", "str", "mpidcr", "Whose behaviour to follow: mpidcr's (published physics, one global fit, rollback on divergence, DCR direction from the WCS) or lsst (DcrAssembleCoaddTask's; docs/lsst-differences.md).", check=_choice("mpidcr", "lsst")),
 )
 
@@ -278,6 +279,8 @@ OWN_SECTIONS: tuple[SubtaskSpec, ...] = (
         _compat("subregions", "subregionSize blocks solved one after another, each with its own metric, gain and model-weight normalisation (results then depend on subregionSize, not on the ranks)."),
         _compat("templates", "Templates as LSST's buildMatchedExposure makes them: spline order 3, sub-filters always split, the stored planes not amplified again."),
         _compat("outputMask", "The output mask is the static model's alone (mpidcr adds NO_DATA where the model is undetermined)."),
+        _compat("artifactDetection", "LSST's artifact candidates and epoch count: the threshold is the pixel noise alone, and every candidate of another visit counts as an epoch (mpidcr allows for the visit's DCR and the PSF mismatch, detect.dcrAllowance and detect.psfMismatch, and does not count other visits' candidates that were found to be artifacts themselves)."),
+        _compat("clippedInFit", "The fit uses the CLIPPED and streak pixels (only the static model leaves them out), as LSST's task, which keeps them because DCR makes sources outliers; mpidcr leaves them out of the fit too."),
         _compat("modelWeights", "LSST's model weights: the smoothed source mask over its maximum, below 1 even on compact sources (mpidcr: 1 on the sources, the smooth taper outside them)."),
     )),
 )
@@ -598,7 +601,7 @@ class DcrConfig:
 
     def notices(self) -> list[str]:
         """One warning per field set away from its default that has no effect here (an LSST-only
-        field, a planned feature, a subregion size without subregions)."""
+        field, a subregion size without subregions)."""
         out = []
         for f in FIELDS:
             if f.status != "used" and self._values[f.name] != f.default:
@@ -606,22 +609,12 @@ class DcrConfig:
         for s in SUBTASKS:
             sec = self._sections[s.name]
             for f in s.fields:
-                st = "planned" if s.status == "planned" or f.status == "planned" else s.status
-                if st != "used" and sec._values[f.name] != f.default:
-                    out.append(_notice(f"{s.name}.{f.name}", st))
+                if "lsst-only" in (s.status, f.status) and sec._values[f.name] != f.default:
+                    out.append(_notice(f"{s.name}.{f.name}", "lsst-only"))
         if self._values["subregionSize"] != FIELD_SPECS["subregionSize"].default and not self.lsst("subregions"):
             out.append("configuration field 'subregionSize' acts only with lsstCompat.subregions (--profile lsst); "
                        "ignored")  # fmt: skip
         return out
-
-    def default_notice(self) -> str | None:
-        """One line naming the planned features that are on at their default (True), so do not act."""
-        names = [f.name for f in FIELDS
-                 if f.status == "planned" and f.kind == "bool" and f.default is True and self._values[f.name] is True]  # fmt: skip
-        if not names:
-            return None
-        return (f"not implemented in this version, so without effect: {', '.join(f'{n}=True' for n in names)} "
-                "(the LSST task's defaults; set them false to silence this)")
 
     # -- conversion -----------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
@@ -650,9 +643,7 @@ class DcrConfig:
 
 
 def _notice(name: str, status: str) -> str:
-    if status == "lsst-only":
-        return f"configuration field '{name}' only has a meaning inside the LSST middleware; ignored"
-    return f"configuration field '{name}' is accepted but its feature is not implemented in this version; ignored"
+    return f"configuration field '{name}' only has a meaning inside the LSST middleware; ignored"
 
 
 # -- loading -------------------------------------------------------------------
@@ -691,9 +682,8 @@ def resolve_config(
 ) -> DcrConfig:
     """A DcrConfig from ``base`` values, then a file's values, then overrides (later ones win).
 
-    Notices for LSST-only and not-yet-implemented fields are logged once here: a warning for each
-    one set away from its default, one line (info) for the planned features on by default.  Reading files is
-    :func:`mpidcr.io.configfile.load_config`'s.
+    Notices for LSST-only fields are logged once here: a warning for each one set away from its
+    default.  Reading files is :func:`mpidcr.io.configfile.load_config`'s.
     """
     cfg = DcrConfig()
     if base:
@@ -703,9 +693,6 @@ def resolve_config(
     cfg.update(overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
     for msg in cfg.notices():
         log.warning(msg)
-    default = cfg.default_notice()
-    if default:
-        log.info(default)
     return cfg
 
 
@@ -717,7 +704,7 @@ def _fmt(v: Any) -> str:
 
 
 #: what the ``acts`` column says for each status
-ACTS = {"used": "yes", "lsst-only": "no: LSST middleware", "planned": "not yet"}
+ACTS = {"used": "yes", "lsst-only": "no: LSST middleware"}
 
 
 def _default_rows() -> list[tuple[str, str, str, str, str, str]]:

@@ -39,6 +39,7 @@ PHYSICAL_RANGES: dict[str, tuple[float, float, str]] = {
     "longitude": (-360.0, 360.0, "deg"),
     "height": (-500.0, 9_000.0, "m"),
     "psfFwhm": (0.01, 30.0, "arcsec"),
+    "zeroPoint": (0.0, 50.0, "mag"),
 }
 _UNIT_HINTS: dict[str, tuple[tuple[float, float, str], ...]] = {
     "temperature": ((173.15, 333.15, "this looks like kelvin"),),

@@ -19,20 +19,25 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import h5py
 import numpy as np
+from numpy.typing import NDArray
 
 from . import __version__
 from .coadd import StaticModel
 from .config import DcrConfig
 from .dcr import Observation, Site, VisitShifts, dcr_buffer, dcr_shifts, lsst_buffer, subfilter_edges
 from .errors import InputError, MpidcrError, Preempted
+from .finishing import Region, region_mask
 from .halo import halo_width
 from .io.checkpoint import inputs_digest, read_checkpoint, verify_checkpoint, write_checkpoint
+from .io.finish import interpolate_no_data, measure_coadd_psf
 from .io.manifest import Manifest, WarpEntry
 from .io.modelfile import ModelMeta, ModelTile, chunk_shape, model_file_bytes, write_model
 from .io.outputs import OutputLock, SpaceReservation, free_bytes
 from .io.paths import check_output_path, same_file
 from .io.psf import measured_psf, visit_psf
+from .io.regions import read_regions
 from .io.static import StaticInfo, check_static_grid, read_static_window, scan_static, static_files, static_mask_planes
 from .io.warps import (
     WarpInfo,
@@ -43,10 +48,12 @@ from .io.warps import (
     scan_warp,
     union_mask_planes,
 )
-from .io.wcs import pixel_scale_arcsec
+from .io.wcs import celestial_wcs, pixel_scale_arcsec
+from .masks import add_plane
 from .parallel.comm import Comm, SerialComm
 from .preemption import STOP
 from .psf import BlurPlan, Psf, PsfModel, blur_plan, fwhm_pixels, weighted_sum
+from .rejection import ArtifactMasks, find_artifacts
 from .resources import BASELINE_BYTES, memory_per_rank, memory_problem
 from .solver import DcrResult, DcrSolver, SolverState, WarpStack, history_table
 from .tiling import Box, Plan, Tile, choose_dims, parse_tiles
@@ -81,6 +88,10 @@ class RunInputs:
     static: StaticInfo | None = None
     psfs: list[Psf | None] = field(default_factory=list)
     psf_model: PsfModel | None = None
+    bright_objects: list[Region] = field(default_factory=list)  # doMaskBrightObjects' regions
+    flux_scales: NDArray | None = None  # scaleZeroPoint: each visit's factor (None: all 1)
+    psf_matched: list[WarpInfo] | None = None  # LSST's PSF-matched warps, one per visit (None: made here)
+    artifacts: ArtifactMasks | None = None  # set by the rejection phase
 
     @property
     def blur(self) -> BlurPlan | None:
@@ -92,7 +103,7 @@ class RunInputs:
     def files(self) -> list[str]:
         """Every pixel file the run reads, in order (for the resume digest)."""
         out: list[str] = []
-        for info in self.infos:
+        for info in [*self.infos, *(self.psf_matched or [])]:
             out += [f for f in (info.path, info.variance_path, info.mask_path) if f]
         return out + static_files(self.static)
 
@@ -234,6 +245,8 @@ def prepare_inputs(
     sources: list[str] | None = None,
     static_model: str | None = None,
     measure_psf: bool = False,
+    bright_object_mask: str | None = None,
+    psf_matched_warps: list[str] | None = None,
 ) -> RunInputs:
     """Read every warp's headers (and the static model's, if given), resolve metadata and DCR
     shifts, and validate (before any pixels)."""
@@ -267,7 +280,58 @@ def prepare_inputs(
         planes = static_mask_planes(static, planes)
     psfs = visit_psfs(infos, scale, planes, measure_psf)
     return RunInputs(infos, observations, shifts, planes, infos[0].shape, scale, config, list(sources or []),
-                     static, psfs, psf_model(config, infos, psfs))  # fmt: skip
+                     static, psfs, psf_model(config, infos, psfs), bright_objects(config, bright_object_mask),
+                     zero_point_scales(infos, float(config.scaleZeroPoint.zeroPoint)),
+                     psf_matched_infos(infos, psf_matched_warps or []))  # fmt: skip
+
+
+def psf_matched_infos(infos: list[WarpInfo], paths: list[str]) -> list[WarpInfo] | None:
+    """The PSF-matched warp of each visit (by visit id), on the warps' grid; None when none is
+    given (artifact rejection then PSF-matches the warps itself)."""
+    if not paths:
+        return None
+    by_visit: dict[str, WarpInfo] = {}
+    for path in paths:
+        info = scan_warp(path)
+        if info.visit in by_visit:
+            raise InputError(f"{path}: a second PSF-matched warp of visit {info.visit} ({by_visit[info.visit].path})")
+        check_consistent([infos[0], info])
+        by_visit[info.visit] = info
+    missing = [info for info in infos if info.visit not in by_visit]
+    if missing:
+        raise InputError(f"{missing[0].path}: no PSF-matched warp of visit {missing[0].visit} among the "
+                         f"{len(paths)} psf_matched_warps; give one for every visit or none")  # fmt: skip
+    return [by_visit[info.visit] for info in infos]
+
+
+def zero_point_scales(infos: list[WarpInfo], target: float) -> NDArray | None:
+    """scaleZeroPoint: each warp scaled by 10^(0.4 (target − its zero point)) when every warp has a
+    zero point (MAGZERO, ZEROPT, MAGZPT, PHOTZP or FLUXMAG0; or zeroPoint in the manifest); None
+    (no scaling: LSST's warps are calibrated already) when none has; an error naming the first
+    warp without one when only some have."""
+    points = [info.meta.get("zeroPoint") for info in infos]
+    if all(p is None for p in points):
+        return None
+    missing = [info.path for info, p in zip(infos, points, strict=True) if p is None]
+    if missing:
+        raise InputError(f"{missing[0]}: no photometric zero point (MAGZERO, ZEROPT, MAGZPT, PHOTZP, FLUXMAG0 or "
+                         f"zeroPoint in the manifest) while {len(infos) - len(missing)} other warps have one")  # fmt: skip
+    scales = np.array([10.0 ** (0.4 * (target - float(info.meta["zeroPoint"]))) for info in infos])
+    log.info("scaleZeroPoint: warps scaled to zero point %.3f (factors %.4g to %.4g)", target, scales.min(),
+             scales.max())  # fmt: skip
+    return scales
+
+
+def bright_objects(config: DcrConfig, path: str | None) -> list[Region]:
+    """doMaskBrightObjects' regions (a file is required when it is on; one without it is unused)."""
+    if not config.doMaskBrightObjects:
+        if path:
+            log.warning("%s: doMaskBrightObjects is false, so the bright-object regions are not used", path)
+        return []
+    if not path:
+        raise InputError("doMaskBrightObjects = true needs the bright-object regions: --bright-object-mask FILE or "
+                         "bright_object_mask = \"FILE\" in the manifest")  # fmt: skip
+    return read_regions(path)
 
 
 def visit_psfs(infos: list[WarpInfo], pixel_scale: float, planes: dict[str, int], measure: bool) -> list[Psf | None]:
@@ -305,11 +369,14 @@ def psf_model(config: DcrConfig, infos: list[WarpInfo], psfs: list[Psf | None]) 
 
 def inputs_from_manifest(manifest: Manifest, config: DcrConfig, pixel_scale: float | None = None,
                          sources: list[str] | None = None, static_model: str | None = None,
-                         measure_psf: bool = False) -> RunInputs:  # fmt: skip
-    """The inputs a manifest names (``static_model``, e.g. from the command line, wins over its own)."""
+                         measure_psf: bool = False, bright_object_mask: str | None = None) -> RunInputs:  # fmt: skip
+    """The inputs a manifest names (``static_model`` and ``bright_object_mask``, e.g. from the
+    command line, win over its own)."""
     extra = ([manifest.source] if manifest.source else []) + list(sources or [])
     return prepare_inputs(manifest.warps, config, manifest.site, pixel_scale, extra,
-                          static_model or manifest.static_model or None, measure_psf)  # fmt: skip
+                          static_model or manifest.static_model or None, measure_psf,
+                          bright_object_mask or manifest.bright_object_mask or None,
+                          manifest.psf_matched_warps)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- phase: claim outputs
@@ -452,6 +519,13 @@ def read_box(inputs: RunInputs, box: Box) -> WarpStack:
         ) from None
     for v, info in enumerate(inputs.infos):
         read_window(info, box, inputs.mask_planes, out=(images[v], variances[v], masks[v]))
+        if inputs.flux_scales is not None:
+            images[v] *= np.float32(inputs.flux_scales[v])
+            variances[v] *= np.float32(inputs.flux_scales[v] ** 2)
+        if inputs.artifacts is not None:  # the rejection phase's CLIPPED and streak pixels
+            clipped, streak = inputs.artifacts.window(v, box)
+            masks[v] |= np.where(clipped, np.int32(1 << inputs.mask_planes["CLIPPED"]), np.int32(0))
+            masks[v] |= np.where(streak, np.int32(1 << inputs.mask_planes[inputs.config.streakMaskName]), np.int32(0))
     airmass = np.array([o.airmass for o in inputs.observations])
     return WarpStack(images, variances, masks, dict(inputs.mask_planes), inputs.shifts, airmass,
                      [i.visit for i in inputs.infos])  # fmt: skip
@@ -626,6 +700,11 @@ def _model_meta(inputs: RunInputs, result: DcrResult, layout: Layout, comm: Comm
         tables["psf_static"] = static_psf.image
         table_attrs["psf_static"] = {"fwhm": static_psf.fwhm, "kind": "coadd"}
     attrs["psf_aware"] = inputs.psf_model is not None
+    if inputs.artifacts is not None:  # each visit's rejected pixels, bit-packed (np.unpackbits(row, count=ny*nx))
+        tables["artifacts/clipped"] = np.stack(inputs.artifacts.clipped)
+        tables["artifacts/streak"] = np.stack(inputs.artifacts.streak)
+        table_attrs["artifacts/clipped"] = {"common_psf_sigma": inputs.artifacts.common_sigma,
+                                            "pixels": np.array([c for c, _ in inputs.artifacts.counts])}  # fmt: skip
     return ModelMeta(inputs.shape, cfg.num_subfilters, chunk_shape(inputs.shape, dims), visits_table(inputs, result),
                      history_table(result.history), attrs, result.mask_planes, tables, bool(cfg.doNImage),
                      table_attrs)  # fmt: skip
@@ -658,7 +737,7 @@ def write_output(inputs: RunInputs, result: DcrResult, layout: Layout, options: 
     inner = layout.tile.inner_local
     # views of the inner box in the file's dtypes (a copy only where the dtype differs): copying
     # ~400 MB of fresh pages for 2048x4096 took longer than writing them
-    arrays = {
+    arrays: dict[str, NDArray[Any]] = {
         "model": np.asarray(result.planes[(..., *inner)], np.float32),
         "coadd/image": np.asarray(result.coadd[inner], np.float32),
         "coadd/variance": np.asarray(result.variance[inner], np.float32),
@@ -668,8 +747,55 @@ def write_output(inputs: RunInputs, result: DcrResult, layout: Layout, options: 
     if inputs.config.doNImage:
         arrays["nimage"] = np.asarray(result.nimage[(..., *inner)], np.int32)
         arrays["nimage_total"] = np.asarray(result.nimage_total[inner], np.int32)
+    planes = output_planes(inputs, result)
+    if inputs.bright_objects:  # doMaskBrightObjects, on this rank's box
+        arrays["coadd/mask"] = arrays["coadd/mask"] | bright_object_bits(inputs, layout.tile.inner, planes)
     meta = comm.bcast(_model_meta(inputs, result, layout, comm, extra) if comm.rank == 0 else None, root=0)
-    return write_model(options.output, ModelTile(layout.tile.inner, arrays), meta, comm, options.output_mode)
+    meta.mask_planes = planes
+    return write_model(options.output, ModelTile(layout.tile.inner, arrays), meta, comm, options.output_mode,
+                       finish=finishing(inputs, planes))  # fmt: skip
+
+
+def output_planes(inputs: RunInputs, result: DcrResult) -> dict[str, int]:
+    """The output mask's planes: the solver's, with INTRP (doInterp) and brightObjectMaskName."""
+    planes = dict(result.mask_planes)
+    if inputs.config.doInterp:
+        add_plane(planes, "INTRP")
+    if inputs.bright_objects:
+        add_plane(planes, inputs.config.brightObjectMaskName)
+    return planes
+
+
+def bright_object_bits(inputs: RunInputs, box: Box, planes: dict[str, int]) -> NDArray[np.int32]:
+    """brightObjectMaskName over ``box`` where a bright-object region lies."""
+    wcs = celestial_wcs(inputs.infos[0].wcs_header)
+    if wcs is None:
+        raise InputError(f"{inputs.infos[0].path}: no celestial WCS to place the bright-object regions on")
+
+    def world_to_pixel(ra: float, dec: float) -> tuple[float, float]:
+        x, y = wcs.all_world2pix(ra, dec, 0)
+        return float(x), float(y)
+
+    inside = region_mask(inputs.bright_objects, world_to_pixel, box.shape, inputs.pixel_scale, (box.y0, box.x0))
+    return np.where(inside, np.int32(1 << planes[inputs.config.brightObjectMaskName]), np.int32(0))
+
+
+def finishing(inputs: RunInputs, planes: dict[str, int]) -> Callable[[h5py.File], None] | None:
+    """The finishing steps that need whole planes, run by the writer on rank 0 (io/finish.py)."""
+    cfg = inputs.config
+    measure = cfg.doCalculatePsf and inputs.psf_model is None
+    if cfg.doCalculatePsf and not measure:
+        log.warning("doCalculatePsf: the PSF-aware model's planes have the reference PSF; it is not measured")
+    if not (cfg.doInterp or measure):
+        return None
+
+    def finish(f: h5py.File) -> None:
+        if cfg.doInterp:
+            interpolate_no_data(f, planes, cfg.interpImage.fallbackValue)
+        if measure:
+            measure_coadd_psf(f, cfg, inputs.pixel_scale, planes)
+
+    return finish
 
 
 # ----------------------------------------------------------------------------- the run
@@ -703,6 +829,12 @@ def run(inputs: RunInputs, options: RunOptions, comm: Comm | None = None) -> Run
             warm_up(inputs.config, tiled=comm.size > 1, psf_aware=inputs.psf_model is not None)
         if comm.rank == 0:
             log.info("kernels ready in %.1f s (compiled, or read back from the on-disk cache)", timer.seconds["compile"])
+        if inputs.config.doRejectArtifacts:
+            with timer.phase("reject"):
+                inputs.artifacts = find_artifacts(inputs.infos, inputs.mask_planes, inputs.psfs, inputs.pixel_scale,
+                                                  inputs.config, layout.plan, layout.tile.inner, comm,
+                                                  inputs.shifts, inputs.flux_scales, inputs.psf_matched)  # fmt: skip
+            stop_point(comm, "while artifacts were sought")
         if subregions:
             from .subregions import solve_in_subregions  # (it builds on this module's phases)
 
@@ -710,6 +842,8 @@ def run(inputs: RunInputs, options: RunOptions, comm: Comm | None = None) -> Run
                 extra = solve_in_subregions(inputs, layout, comm)
             result, metric = extra.result, extra.final_metric
         else:
+            if comm.rank == 0:
+                log.info("reading %d warp windows of %dx%d pixels per rank", len(inputs.infos), *layout.tile.outer.shape)
             with timer.phase("read"):
                 warps = read_tile(inputs, layout.tile)
                 static = read_static(inputs, layout.tile.outer)

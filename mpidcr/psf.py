@@ -197,14 +197,15 @@ def weighted_sum(images: list[NDArray], weights: NDArray) -> NDArray[np.float64]
 
 
 def measure(image: NDArray, variance: NDArray, good: NDArray, fwhm_guess: float | None = None,
-            min_stars: int = 3, max_stars: int = 50, snr: float = 30.0) -> NDArray[np.float64]:  # fmt: skip
+            min_stars: int = 3, max_stars: int = 50, snr: float = 30.0,
+            min_pixels: int = 1) -> NDArray[np.float64]:  # fmt: skip
     """A PSF image measured from the bright isolated stars of one image (pixels, (y, x)).
 
     Stars: local maxima at least ``snr`` times the noise, with only good pixels in their stamp
     (radius 2.5 FWHM, the guess or 3 px), and no other peak above 1 % of theirs within 1.5 radii.  Each stamp loses its
     background (the median of its border), is re-centred on its centroid with an order-3 spline
-    shift and normalised; the PSF is the median of the stamps.  ValueError if fewer than
-    ``min_stars`` qualify.
+    shift and normalised; the PSF is the median of the stamps.  A star also needs ``min_pixels``
+    pixels of its stamp above snr/10 times the noise.  ValueError if fewer than ``min_stars`` qualify.
     """
     from scipy import ndimage
 
@@ -231,6 +232,8 @@ def measure(image: NDArray, variance: NDArray, good: NDArray, fwhm_guess: float 
         stamp = image[y - radius - 2 : y + radius + 3, x - radius - 2 : x + radius + 3].astype(np.float64)
         border = np.concatenate([stamp[0], stamp[-1], stamp[1:-1, 0], stamp[1:-1, -1]])
         stamp = stamp - np.median(border)
+        if np.count_nonzero(stamp > 0.1 * snr * noise) < min_pixels:
+            continue
         core = stamp[2:-2, 2:-2]
         yy, xx = _grid(size)
         w = np.clip(core, 0.0, None) * (np.hypot(yy, xx) <= radius / 1.5)

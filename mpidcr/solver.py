@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import kernels
-from .coadd import StaticModel, static_sky_model, visit_weights_from_sums
+from .coadd import StaticModel, propagate_rejections, static_sky_model, visit_weights_from_sums
 from .config import DcrConfig
 from .dcr import VisitShifts, dcr_buffer
 from .errors import InputError, SolverError
@@ -306,6 +306,15 @@ class DcrSolver:
         self.inner = self.tile.inner_local
         self.mask_planes = dict(warps.mask_planes)
         self.bad_bits = plane_bits(self.mask_planes, config.badMaskPlanes)
+        # artifact rejection's pixels: CLIPPED (transients, and streaks' cores) out of the static
+        # model and, unless lsstCompat.clippedInFit (LSST keeps them there), out of the fit; the
+        # streaks' grown wings (streakMaskName) out of the static model only
+        clipped = plane_bits(self.mask_planes, ["CLIPPED"])
+        self.static_only_bits = plane_bits(self.mask_planes, [config.streakMaskName]) & ~clipped
+        if config.lsst("clippedInFit"):
+            self.static_only_bits |= clipped
+        else:
+            self.bad_bits |= clipped
         self.converge_bits = plane_bits(self.mask_planes, config.convergenceMaskPlanes)
         # order 1: one cache-blocked pass per visit (kernels.fused); order 3: per-shift kernels
         self.fused = fused and self.order == 1
@@ -324,10 +333,7 @@ class DcrSolver:
                                    else np.ones(warps.num_visits))  # fmt: skip
             self.visit_weights = self._visit_weights()
         # the static model T: given (the LSST task's deepCoadd), or the weighted coadd of the warps
-        self.static = static if static is not None else static_sky_model(
-            warps.images, warps.variances, warps.masks, self.good, self.visit_weights, config.static_statistic,
-            self.mask_planes, config.sigmaClip, config.clipIter, config.maskPropagationThresholds,
-            config.calcErrorFromInputVariance)  # fmt: skip
+        self.static = static if static is not None else self._static_model()
         self.static_image = self.static.image.astype(MODEL_DTYPE)
         self.base_mask = self.static.mask.copy()
         self.detected_on_static = False
@@ -389,6 +395,20 @@ class DcrSolver:
         nodata = plane_bits(planes, ["NO_DATA"])
         return kernels.classify_pixels(w.images, w.variances, w.masks, remove, self.bad_bits, self.converge_bits,
                                        nodata, MAX_PIXEL_MAGNITUDE)  # fmt: skip
+
+    def _static_model(self) -> StaticModel:
+        """The weighted coadd of the warps' good pixels (rejected pixels left out), with LSST's
+        mask propagation (:func:`mpidcr.coadd.propagate_rejections`)."""
+        cfg, w = self.cfg, self.warps
+        good = self.good
+        if self.static_only_bits:
+            good = good & ((w.masks & self.static_only_bits) == 0)
+        static = static_sky_model(w.images, w.variances, w.masks, good, self.visit_weights, cfg.static_statistic,
+                                  self.mask_planes, cfg.sigmaClip, cfg.clipIter, cfg.maskPropagationThresholds,
+                                  cfg.calcErrorFromInputVariance)  # fmt: skip
+        static.mask |= propagate_rejections(w.masks, good, self.mask_planes, plane_bits(self.mask_planes,
+                                                                                        cfg.badMaskPlanes))
+        return static
 
     def _edge_distance_ok(self, distance: int) -> NDArray[np.bool_]:
         """Outer-box pixels at least ``distance`` from the (solver's) patch edge."""

@@ -74,13 +74,19 @@ def static_sky_model_reference(images, variances, masks, good, weights, statisti
             variance = (wu * (images - image) ** 2).sum(axis=0) / sw / np.maximum(count, 1)
     variance = np.where((sw > 0) & np.isfinite(variance), variance, np.inf)
     mask = np.bitwise_or.reduce(np.where(use, masks, 0), axis=0).astype(np.int32)
-    total_w = float(np.sum(weights))
+    # judged per pixel: the weight of the inputs that carry the plane and were left out, over the
+    # weight of the inputs with data there (used or left out; NO_DATA inputs are neither)
+    nodata = plane_bits(mask_planes, ["NO_DATA"])
+    w3 = np.asarray(weights, dtype=np.float64)[:, None, None]
+    with_data = use | ((masks & nodata) == 0)
+    pixel_w = np.where(with_data, w3, 0.0).sum(axis=0)
     for name, threshold in (propagation_thresholds or {}).items():
         bit = plane_bits(mask_planes, [name])
         if not bit:
             continue
         carried = ((masks & bit) != 0) & ~use
-        frac = np.where(carried, np.asarray(weights)[:, None, None], 0.0).sum(axis=0) / max(total_w, 1e-300)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = np.where(carried & with_data, w3, 0.0).sum(axis=0) / pixel_w
         mask |= np.where(frac > threshold, bit, 0).astype(np.int32)
     mask |= np.where(count == 0, plane_bits(mask_planes, ["NO_DATA"]), 0).astype(np.int32)
     return image, variance, mask, count

@@ -18,9 +18,9 @@ PACKAGE = ROOT / "mpidcr"
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundations", ["errors", "dcr", "config", "tiling", "masks", "halo", "logs", "preemption", "resources", "psf"]),
     ("kernels", ["kernels"]),
-    ("numerical core", ["reduction", "coadd", "update", "solver", "warmup"]),
+    ("numerical core", ["reduction", "coadd", "update", "solver", "warmup", "artifacts", "finishing"]),
     ("parallel and files", ["parallel", "io"]),
-    ("composition", ["driver", "subregions"]),
+    ("composition", ["rejection", "driver", "subregions"]),
     ("tools", ["sim", "analysis"]),
     ("command line", ["cli", "__main__", "__init__"]),
 ]

@@ -103,6 +103,13 @@ def runs(field128, tmp_path_factory):
         with fits.open(path) as hdul:
             hdus = [h.copy() for h in hdul if h.name != "PSF"]
         fits.HDUList([*hdus, psf_hdu(gaussian_image(sigma, 21))]).writeto(path, overwrite=True)
+    # transients in every warp and trails in some, and a block missing in every warp (NO_DATA
+    # in the model): artifact rejection, streak masking and doInterp, all on by default
+    artifacts = base / "artifacts"
+    simulate(artifacts, size=128, num_visits=8, num_science=0, seed=17, cosmic_rays=8, satellite_fraction=0.3)
+    for path in sorted((artifacts / "warps").glob("*.fits")):
+        with fits.open(path, mode="update") as hdul:
+            hdul["IMAGE"].data[100:110, 5:40] = np.nan
     m128 = field128 / "manifest.toml"
     cases = {
         "2": (2, m128, NO_FREQ),
@@ -119,6 +126,8 @@ def runs(field128, tmp_path_factory):
         "undetected4": (4, undetected / "manifest.toml", NO_FREQ),
         "psf2": (2, psfvar / "manifest.toml", ["--set", "usePsf=true", "--tiles", "2x1"]),
         "psf4": (4, psfvar / "manifest.toml", ["--set", "usePsf=true", "--tiles", "2x2"]),
+        "artifacts4": (4, artifacts / "manifest.toml", [*NO_FREQ, "--tiles", "2x2"]),
+        "artifacts3": (3, artifacts / "manifest.toml", NO_FREQ),
     }
     spec = [{"ranks": n, "argv": ["run", str(man), "-o", str(base / f"{label}.h5"), *map(str, extra)]}
             for label, (n, man, extra) in cases.items()]  # fmt: skip
@@ -126,7 +135,8 @@ def runs(field128, tmp_path_factory):
     proc = mpirun(4, [base / "cases.json"], script=SCRIPTS / "run_cases.py", timeout=600)
     assert proc.returncode == 0, proc.stderr
     out = {label: _read(base / f"{label}.h5") for label in cases}
-    out["_dirs"] = {"field160": field160, "masked": masked, "undetected": undetected, "base": base, "psfvar": psfvar}
+    out["_dirs"] = {"field160": field160, "masked": masked, "undetected": undetected, "base": base, "psfvar": psfvar,
+                    "artifacts": artifacts}  # fmt: skip
     return out
 
 
@@ -152,6 +162,27 @@ def test_psf_aware_model_is_rank_independent(runs):
         data, attrs = runs[label]
         assert attrs["iterations"] == ref_attrs["iterations"], label
         assert np.array_equal(ref["model"], data["model"]), label
+
+
+def test_artifact_rejection_is_rank_independent(runs):
+    """Footprints, epoch counts and streaks cross tiles (gathered to each visit's owner rank);
+    doInterp rows cross tiles (done on the whole file): 1 = 3 = 4 ranks bit for bit."""
+    field = runs["_dirs"]["artifacts"]
+    out = runs["_dirs"]["base"] / "artifacts1.h5"
+    ref, ref_attrs = _serial(field / "manifest.toml", out, *NO_FREQ)
+    with h5py.File(out) as f:
+        clipped, streak = f["artifacts/clipped"][...], f["artifacts/streak"][...]
+        planes = {k[3:]: int(v) for k, v in f["coadd/mask"].attrs.items() if k.startswith("MP_")}
+    assert np.unpackbits(clipped).sum() > 100 and np.unpackbits(streak).sum() > 100
+    assert np.any(ref["coadd/mask"] & (1 << planes["INTRP"]))
+    for label in ("artifacts4", "artifacts3"):
+        data, attrs = runs[label]
+        with h5py.File(runs["_dirs"]["base"] / f"{label}.h5") as f:
+            assert np.array_equal(f["artifacts/clipped"][...], clipped), label
+            assert np.array_equal(f["artifacts/streak"][...], streak), label
+        assert attrs["iterations"] == ref_attrs["iterations"], label
+        for key in ("model", "coadd/image", "coadd/variance", "coadd/mask", "nimage"):
+            assert np.array_equal(ref[key], data[key]), (label, key)
 
 
 def test_default_config_two_ranks(runs):
@@ -190,11 +221,17 @@ def test_ranks_read_only_their_windows(field128, tmp_path):
     full_bytes = 8 * 128 * 128 * (4 + 4 + 4)
     for rank in range(4):
         rep = json.loads(Path(f"{report}.{rank}").read_text())
-        outer = plan.tile(rank).outer
+        tile = plan.tile(rank)
+        outer, inner = tile.outer, tile.inner
         boxes = {tuple(b) for _, b in rep["windows"]}
-        assert boxes == {(outer.y0, outer.y1, outer.x0, outer.x1)}
-        assert len(rep["windows"]) == 8 * 3  # image, mask, variance of each warp, once
-        assert rep["bytes"] == 8 * outer.size * 12 < full_bytes
+        # the solve's window (the outer box) and artifact rejection's (the inner box grown by the
+        # PSF-matching kernels), each read once per extension of each warp; never the whole patch
+        assert (outer.y0, outer.y1, outer.x0, outer.x1) in boxes and len(boxes) <= 2
+        for y0, y1, x0, x1 in boxes:
+            assert y0 <= inner.y0 and y1 >= inner.y1 and x0 <= inner.x0 and x1 >= inner.x1
+            assert (y1 - y0) * (x1 - x0) < 128 * 128
+        assert len(rep["windows"]) == 8 * 3 * len(boxes)  # image, mask, variance of each warp
+        assert rep["bytes"] < 2 * full_bytes / 2
 
 
 def test_failure_on_one_rank_aborts_all(field128):

@@ -318,16 +318,35 @@ def test_static_variance_from_inputs_or_scatter(rng):
 
 
 def test_mask_propagation_thresholds():
+    """Judged per pixel: the weight of the left-out inputs carrying the plane over the weight of
+    the inputs with data at that pixel (NO_DATA inputs count in neither)."""
+    from mpidcr.coadd import static_sky_model
     from mpidcr.masks import DEFAULT_PLANES
 
     nodata, sat = 1 << DEFAULT_PLANES["NO_DATA"], 1 << DEFAULT_PLANES["SAT"]
-    images = np.ones((10, 1, 3))
-    masks = np.zeros((10, 1, 3), np.int32)
-    masks[0, 0, 0] = nodata | sat  # 1 of 10 rejected inputs carries SAT: 10 % of the weight
-    masks[:3, 0, 1] = nodata | sat  # 30 %
-    out = _static(images, np.ones_like(images), masks, np.ones(10), propagation_thresholds={"SAT": 0.2})
+    images = np.ones((10, 1, 4))
+    masks = np.zeros((10, 1, 4), np.int32)
+    masks[0, 0, 0] = sat  # 1 of 10 left-out inputs carries SAT: 10 % of the weight
+    masks[:3, 0, 1] = sat  # 30 %
+    masks[:2, 0, 3] = sat  # 2 of the 4 inputs with data there: 50 %
+    masks[4:, 0, 3] = nodata
+    good = (masks & (nodata | sat)) == 0
+    out = static_sky_model(images, np.ones_like(images), masks, good, np.ones(10), "MEAN", DEFAULT_PLANES,
+                           propagation_thresholds={"SAT": 0.2})  # fmt: skip
     assert not out.mask[0, 0] & sat and out.mask[0, 1] & sat and not out.mask[0, 2] & sat
+    assert out.mask[0, 3] & sat  # 2 of 10 visits (20 %, not above) but half of those with data
     assert out.count[0, 1] == 7
+    ref = _reference_static(images, masks, good)
+    assert np.array_equal(ref, out.mask)
+
+
+def _reference_static(images, masks, good):
+    from reference import static_sky_model_reference
+
+    from mpidcr.masks import DEFAULT_PLANES
+
+    return static_sky_model_reference(images, np.ones_like(images), masks, good, np.ones(10), "MEAN", DEFAULT_PLANES,
+                                      propagation_thresholds={"SAT": 0.2})[2]  # fmt: skip
 
 
 def test_airmass_weighting_and_remove_mask_planes():

@@ -23,7 +23,7 @@ from ..io.products import honest_variance, observation_for_warp, template_at, te
 from ..io.psf import visit_psf
 from ..io.warps import read_window
 from ..masks import plane_bits
-from ..psf import fwhm_pixels
+from ..psf import Psf, fwhm_pixels
 from ..tiling import Box
 from .matching import MatchedPair, false_sources, match_fitted, match_known
 
@@ -67,13 +67,7 @@ def evaluate_visit(model: ModelFile, warp_path: str, edge: int, psf_match: bool 
     out: dict[str, Any] = {"visit": info.visit, "file": warp_path, "airmass": obs.airmass}
     templates = (("dcr", dcr, dcr_psf), ("coadd", model.static.astype(np.float64), model.psf_static))
     for name, template, t_psf in templates:
-        t_var = honest_variance(template, model.variance.astype(np.float64), model.mask, model.mask_planes)[0]
-        if not psf_match:
-            pair = MatchedPair(template, image, variance + t_var, "none (--no-psf-match)")
-        elif science_psf is not None and t_psf is not None:
-            pair = match_known(template, t_var, t_psf, image, variance, science_psf.image)
-        else:
-            pair = match_fitted(template, t_var, image, variance, valid)
+        pair = _matched(model, template, t_psf, image, variance, science_psf, valid, psf_match)
         diff = pair.science - pair.template
         sig = np.where(valid, diff / np.sqrt(pair.variance), 0.0)
         out[f"rms_{name}"] = float(np.sqrt(np.mean(diff[footprint] ** 2))) if footprint.any() else float("nan")
@@ -84,6 +78,31 @@ def evaluate_visit(model: ModelFile, warp_path: str, edge: int, psf_match: bool 
             fwhm = fwhm_pixels(science_psf.image) if science_psf is not None else 4.0
             out["star_flux_dcr"], out["star_count"] = star_flux_ratio(pair.template, pair.science, stars, 3.0 * fwhm)
     return out
+
+
+def _matched(model: ModelFile, template: NDArray, t_psf: NDArray | None, image: NDArray, variance: NDArray,
+             science_psf: Psf | None, valid: NDArray, psf_match: bool = True) -> MatchedPair:  # fmt: skip
+    """Template and science on one PSF: the exact kernel between known PSFs, else a fitted one."""
+    t_var = honest_variance(template, model.variance.astype(np.float64), model.mask, model.mask_planes)[0]
+    if not psf_match:
+        return MatchedPair(template, image, variance + t_var, "none (--no-psf-match)")
+    if science_psf is not None and t_psf is not None:
+        return match_known(template, t_var, t_psf, image, variance, science_psf.image)
+    return match_fitted(template, t_var, image, variance, valid)
+
+
+def difference_significance(model: ModelFile, warp_path: str, edge: int) -> NDArray[np.float64]:
+    """(science − DCR-matched template) / σ, PSF-matched as :func:`evaluate_visit` does; 0 where
+    not valid (masked, NaN, within ``edge`` of the patch's edge)."""
+    info, obs = observation_for_warp(warp_path, cfg=template_config(model))
+    ny, nx = model.model.shape[1:]
+    image, variance, mask = read_window(info, Box(0, ny, 0, nx), dict(info.mask_planes))
+    image, variance = image.astype(np.float64), variance.astype(np.float64)
+    science_psf = visit_psf(info, float(model.attrs["pixel_scale"]))
+    template, t_psf = template_at(model, obs, psf=science_psf)
+    valid = _valid_pixels(model, image, mask, dict(info.mask_planes), edge)
+    pair = _matched(model, template, t_psf, image, variance, science_psf, valid)
+    return np.where(valid, (pair.science - pair.template) / np.sqrt(pair.variance), 0.0)
 
 
 def star_flux_ratio(template: NDArray, science: NDArray, stars: tuple[NDArray, NDArray, NDArray],

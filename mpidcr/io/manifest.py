@@ -3,6 +3,8 @@
 Example::
 
     static_model = "deepCoadd.fits"  # optional: the static model T (else the coadd of the warps)
+    bright_object_mask = "brightObjectMask.reg"  # optional: regions for doMaskBrightObjects
+    psf_matched_warps = "psfMatched/*.fits"       # optional: LSST's PSF-matched warps (one per visit)
 
     [band]
     effectiveWavelength = 476.31   # nm
@@ -73,12 +75,14 @@ class Manifest:
     config: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     static_model: str = ""
+    bright_object_mask: str = ""
+    psf_matched_warps: list[str] = field(default_factory=list)
 
 
 _PLAIN_KEYS = ("image", "variance", "weight", "mask")
 _SECTIONS = ("band", "site", "warps", "config")
 #: top-level keys (before the first table)
-_KEYS = ("static_model",)
+_KEYS = ("static_model", "bright_object_mask", "psf_matched_warps")
 _BAND_FIELDS = ("effectiveWavelength", "bandwidth", "effective_wavelength")
 
 
@@ -186,12 +190,10 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     unknown = set(data) - set(_SECTIONS) - set(_KEYS)
     if unknown:
         raise InputError(f"{path}: unknown manifest section(s) {sorted(unknown)}; expected static_model = \"FILE\", "
+                         "bright_object_mask = \"FILE\", psf_matched_warps = [PATTERNS], "
                          "then band, site, warps, config")  # fmt: skip
-    static_model = data.get("static_model", "")
-    if not isinstance(static_model, str):
-        raise InputError(f"{path}: static_model must be a file name, not {static_model!r}")
-    if static_model:
-        static_model = str(path.parent / static_model) if not os.path.isabs(static_model) else static_model
+    static_model, bright_objects = (_file_key(data, key, path) for key in ("static_model", "bright_object_mask"))
+    psf_matched = _patterns(data.get("psf_matched_warps", []), path)
     band = _read_band(_table(data, "band", path), path)
     site = _read_site(_table(data, "site", path), path)
     config = _table(data, "config", path)
@@ -212,7 +214,27 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         config=dict(config),
         source=str(path),
         static_model=static_model,
+        bright_object_mask=bright_objects,
+        psf_matched_warps=psf_matched,
     )
+
+
+def _patterns(value: Any, path: Path) -> list[str]:
+    """The files of ``psf_matched_warps``: a pattern or a list of them, relative to the manifest."""
+    patterns = [value] if isinstance(value, str) else value
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise InputError(f"{path}: psf_matched_warps must be a file pattern or a list of them, not {value!r}")
+    return [f for pattern in patterns for f in expand_pattern(pattern, path.parent, where=f"{path}: psf_matched_warps")]
+
+
+def _file_key(data: dict[str, Any], key: str, path: Path) -> str:
+    """A top-level file name of the manifest, relative to its directory ("" when absent)."""
+    value = data.get(key, "")
+    if not isinstance(value, str):
+        raise InputError(f"{path}: {key} must be a file name, not {value!r}")
+    if value and not os.path.isabs(value):
+        value = str(path.parent / value)
+    return value
 
 
 def write_manifest(

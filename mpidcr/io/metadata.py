@@ -45,6 +45,7 @@ KEYWORDS: dict[str, tuple[str, str]] = {
     "humidity": ("HUMIDITY", "%"),
     "parallacticAngle": ("PARANGLE", "deg"),
     "psfFwhm": ("PSF-FWHM", "arcsec"),
+    "zeroPoint": ("MAGZERO", "mag"),
     "visit": ("VISIT", ""),
     "mjd": ("MJD-OBS", "d"),
     "era": ("AVG-ERA", "deg"),
@@ -55,6 +56,9 @@ KEYWORDS: dict[str, tuple[str, str]] = {
 
 #: header keywords read for the PSF FWHM (arcsec) when PSF-FWHM is absent
 PSF_FWHM_ALTERNATIVES = ("SEEING", "FWHM")
+#: header keywords read for the photometric zero point (AB mag of 1 count) when MAGZERO is absent;
+#: FLUXMAG0 (counts of a magnitude-0 source) gives 2.5 log10(FLUXMAG0)
+ZERO_POINT_ALTERNATIVES = ("ZEROPT", "MAGZPT", "PHOTZP")
 #: manifest-only fields describing a visit's PSF beyond its FWHM
 PSF_SHAPE_OVERRIDES = ("psfProfile", "psfBeta")
 
@@ -135,12 +139,19 @@ def visit_metadata(header: fits.Header, path: str, overrides: dict[str, Any] | N
             continue
         value = _header_number(header, key, path, name)
         meta[name] = None if value is None else _checked(name, value, f"{path}: header keyword {key} ({name})")
-    if meta.get("psfFwhm") is None:  # other names of the seeing (arcsec)
-        for key in PSF_FWHM_ALTERNATIVES:
-            value = _header_number(header, key, path, "psfFwhm")
+    # other names of the seeing (arcsec) and of the zero point
+    for name, alternatives in (("psfFwhm", PSF_FWHM_ALTERNATIVES), ("zeroPoint", ZERO_POINT_ALTERNATIVES)):
+        for key in alternatives if meta.get(name) is None else ():
+            value = _header_number(header, key, path, name)
             if value is not None:
-                meta["psfFwhm"] = _checked("psfFwhm", value, f"{path}: header keyword {key} (psfFwhm)")
+                meta[name] = _checked(name, value, f"{path}: header keyword {key} ({name})")
                 break
+    if meta.get("zeroPoint") is None:
+        flux0 = _header_number(header, "FLUXMAG0", path, "zeroPoint")
+        if flux0 is not None:
+            if not flux0 > 0:
+                raise InputError(f"{path}: header keyword FLUXMAG0 = {flux0} is not a positive flux")
+            meta["zeroPoint"] = 2.5 * math.log10(flux0)
     for name, value in overrides.items():
         if name in PSF_SHAPE_OVERRIDES:
             meta[name] = _psf_shape(name, value, path)

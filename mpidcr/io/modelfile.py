@@ -16,6 +16,10 @@ Schema (axis order ``(subfilter, y, x)``)::
     /psf                 (n, n)      float64  the PSF of the planes, if known; attrs fwhm (arcsec),
                          kind: reference (the PSF-aware model's) or coadd (Σ w_v PSF_v / Σ w_v)
     /psf_static          (n, n)      float64  the PSF of /coadd/static (Σ w_v PSF_v / Σ w_v), if known
+    /artifacts/clipped   (V, ⌈ny·nx/8⌉) uint8 each visit's CLIPPED pixels (transients, streak cores), bit-packed:
+                         np.unpackbits(row, count=ny*nx)
+    /artifacts/streak    (V, ⌈ny·nx/8⌉) uint8 its streaks grown by growStreakFp (streakMaskName; out of the static
+                         model only); both absent without doRejectArtifacts
     attrs                effective_wavelength, bandwidth, subfilter_edges, config (JSON),
                          wcs_header, software_version, num_ranks, tile_grid, halo,
                          stop_reason, iterations, pixel_scale, complete (written last)
@@ -110,7 +114,8 @@ def model_file_bytes(shape: tuple[int, int], num_subfilters: int, num_visits: in
     """Bytes of a model file of a patch of ``shape`` (an upper estimate: data, tables, metadata)."""
     per_pixel = sum(dt.itemsize * (num_subfilters if lead else 1) for dt, lead in IMAGE_DATASETS.values())
     data = shape[0] * shape[1] * per_pixel
-    return int(data * 1.02) + num_visits * (64 * num_subfilters + 1024) + 2**20
+    rejected = num_visits * (shape[0] * shape[1] // 4 + 2)  # /artifacts/clipped and /streak, bit-packed
+    return int(data * 1.02) + rejected + num_visits * (64 * num_subfilters + 1024) + 2**20
 
 
 def model_layout(meta: ModelMeta) -> dict[str, DatasetSpec]:
@@ -319,8 +324,10 @@ def _finish_file(tmp: str, path: str, describe: Callable[[h5py.File], None]) -> 
     return None
 
 
-def write_model(path: str, tile: ModelTile, meta: ModelMeta, comm: Comm, mode: str = "auto") -> str:
-    """Write the model file (schema above) from every rank's ``tile``; returns the mode used."""
+def write_model(path: str, tile: ModelTile, meta: ModelMeta, comm: Comm, mode: str = "auto",
+                finish: Callable[[h5py.File], None] | None = None) -> str:  # fmt: skip
+    """Write the model file (schema above) from every rank's ``tile``; returns the mode used.
+    ``finish(file)``: rank 0's last changes before the file is marked complete (io/finish.py)."""
     return write_collective(
         path,
         model_layout(meta),
@@ -331,6 +338,7 @@ def write_model(path: str, tile: ModelTile, meta: ModelMeta, comm: Comm, mode: s
         comm,
         mode,
         dataset_attrs={"coadd/mask": {f"MP_{k}": v for k, v in meta.mask_planes.items()}, **meta.table_attrs},
+        finish=finish,
     )
 
 

@@ -119,7 +119,7 @@ def observation_for_warp(path: str, overrides: dict[str, Any] | None = None, sit
 def template_for(model: ModelFile, obs: Observation, profile: str | None = None) -> NDArray[np.float64]:
     """The DCR-matched template of the model for a visit observed as ``obs``, (ny, nx), at the
     PSF of the model's planes; made as the model's profile (or ``profile``) says: spline order
-    templateInterpOrder (LSST's: 3, and sub-filters always split)."""
+    templateInterpOrder (1, as the fit; LSST's: 3, and sub-filters always split)."""
     return template_at(model, obs, profile)[0]
 
 

@@ -7,6 +7,7 @@ Thin functions over astropy's :class:`~astropy.wcs.WCS`, taking the WCS as heade
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -40,6 +41,17 @@ def image_rotation_angle(wcs_header: str, parallactic_angle: float) -> float | N
     vx, vy = math.cos(q) * north + math.sin(q) * east
     theta = math.degrees(math.atan2(vx, vy))
     return (parallactic_angle - theta + 180.0) % 360.0 - 180.0
+
+
+def celestial_wcs(wcs_header: str) -> Any:
+    """The astropy celestial WCS of a header's text, or None."""
+    from astropy.wcs import WCS
+
+    try:
+        wcs = WCS(fits.Header.fromstring(wcs_header), naxis=2)
+    except Exception:
+        return None
+    return wcs.celestial if wcs.has_celestial else None
 
 
 def pixel_scale_arcsec(wcs_header: str) -> float | None:

@@ -170,14 +170,23 @@ def _mask(masks, y, x0, keep, m, weights, total_weight, prop_bits, prop_threshol
         mk = masks[v, y, x0 : x0 + m]
         for x in range(m):
             bits[x] |= mk[x] if keep[v, x] > 0 else 0
+    if prop_bits.shape[0] > 0:
+        # judged per pixel: over the weight of the inputs with data there (used, or left out
+        # without NO_DATA)
+        pixel_weight = np.zeros(m)
+        for v in range(nv):
+            mk = masks[v, y, x0 : x0 + m]
+            for x in range(m):
+                pixel_weight[x] += weights[v] if (keep[v, x] > 0) | ((mk[x] & nodata_bit) == 0) else 0.0
     for p in range(prop_bits.shape[0]):
         tmp[:] = 0.0
         for v in range(nv):
             mk = masks[v, y, x0 : x0 + m]
             for x in range(m):
-                tmp[x] += weights[v] if ((mk[x] & prop_bits[p]) != 0) & (keep[v, x] == 0) else 0.0
+                with_data = (keep[v, x] > 0) | ((mk[x] & nodata_bit) == 0)
+                tmp[x] += weights[v] if ((mk[x] & prop_bits[p]) != 0) & (keep[v, x] == 0) & with_data else 0.0
         for x in range(m):
-            bits[x] |= prop_bits[p] if tmp[x] / total_weight > prop_thresholds[p] else 0
+            bits[x] |= prop_bits[p] if tmp[x] > prop_thresholds[p] * pixel_weight[x] else 0
     for x in range(m):
         bits[x] |= nodata_bit if cnt[x] == 0 else 0
 

@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+import numpy as np
+
 from ..halo import HaloExchanger, NoExchange
 from ..reduction import Reducer, SerialReducer
 from ..tiling import Box, Plan
@@ -34,6 +36,7 @@ class Comm(Protocol):
     def bcast(self, obj: Any, root: int = 0) -> Any: ...
     def gather(self, obj: Any, root: int = 0) -> list[Any] | None: ...
     def allgather(self, obj: Any) -> list[Any]: ...
+    def allreduce_sum(self, array: Any) -> Any: ...
     def split(self, member: bool) -> Comm | None: ...
     def barrier(self) -> None: ...
     def quiet_barrier(self) -> None: ...
@@ -69,6 +72,9 @@ class SerialComm:
 
     def allgather(self, obj: Any) -> list[Any]:
         return [obj]
+
+    def allreduce_sum(self, array: Any) -> Any:
+        return array.copy()
 
     def split(self, member: bool) -> SerialComm | None:
         return self if member else None
@@ -121,6 +127,15 @@ class MpiComm:
 
     def allgather(self, obj: Any) -> list[Any]:
         return self.mpi.allgather(obj)
+
+    def allreduce_sum(self, array: Any) -> Any:
+        """The element-wise sum over the ranks of a numpy array (integers: exact in any order)."""
+        from mpi4py import MPI
+
+        send = np.ascontiguousarray(array)
+        out = np.empty_like(send)
+        self.mpi.Allreduce(send, out, op=MPI.SUM)
+        return out
 
     def split(self, member: bool) -> MpiComm | None:
         """The communicator of the ranks that pass ``member`` True, in rank order (None on the

@@ -140,14 +140,19 @@ def make_field(
     )
 
 
-def add_artifacts(images: NDArray, cosmic_rays: int, satellite_fraction: float, seed: int) -> NDArray[np.bool_]:
+#: the kinds of artifact in :func:`add_artifacts`'s result
+COSMIC_RAY, TRAIL = 1, 2
+
+
+def add_artifacts(images: NDArray, cosmic_rays: int, satellite_fraction: float, seed: int) -> NDArray[np.uint8]:
     """Add transient artifacts in place: per visit ``cosmic_rays`` short tracks (1–4 pixels,
     100–1000 counts per pixel) and, in a ``satellite_fraction`` of the visits, one straight trail
     (2 pixels wide, 30 counts per pixel) across the patch.  Returns the affected pixels
-    (V, ny, nx); they are not masked — catching them is artifact rejection's job."""
+    (V, ny, nx): :data:`COSMIC_RAY`, :data:`TRAIL` (where both, the trail), 0 elsewhere; they are
+    not masked — catching them is artifact rejection's job."""
     rng = np.random.default_rng(seed + 104729)
     nv, ny, nx = images.shape
-    hit = np.zeros(images.shape, dtype=bool)
+    hit = np.zeros(images.shape, dtype=np.uint8)
     for v in range(nv):
         for _ in range(cosmic_rays):
             y, x = int(rng.integers(0, ny)), int(rng.integers(0, nx))
@@ -156,7 +161,7 @@ def add_artifacts(images: NDArray, cosmic_rays: int, satellite_fraction: float, 
                 yy, xx = y + step * dy, x + step * dx
                 if 0 <= yy < ny and 0 <= xx < nx:
                     images[v, yy, xx] += rng.uniform(100.0, 1000.0)
-                    hit[v, yy, xx] = True
+                    hit[v, yy, xx] = COSMIC_RAY
         if rng.uniform() < satellite_fraction:
             angle = rng.uniform(0, np.pi)
             y0, x0 = rng.uniform(0, ny), rng.uniform(0, nx)
@@ -164,5 +169,5 @@ def add_artifacts(images: NDArray, cosmic_rays: int, satellite_fraction: float, 
             distance = np.abs((yy - y0) * np.cos(angle) - (xx - x0) * np.sin(angle))
             trail = distance < 1.0
             images[v][trail] += 30.0
-            hit[v] |= trail
+            hit[v][trail] = TRAIL
     return hit

@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..io.manifest import write_manifest
 from ..io.warps import write_lsst_warp
 from ..io.wcs import image_rotation_angle
-from .field import SyntheticField, add_artifacts, make_field
+from .field import TRAIL, SyntheticField, add_artifacts, make_field
 
 EFFECTIVE_WAVELENGTH = 476.31  # LSST g, nm
 BANDWIDTH = 147.0
@@ -146,8 +146,9 @@ def _write_truth(path: Path, field: SyntheticField, artifacts: NDArray, pixel_sc
     for key in ("galaxy_y", "galaxy_x", "galaxy_flux", "galaxy_sed", "star_total"):
         if key in field.extra:
             extra[key] = np.asarray(field.extra[key])
-    if artifacts.any():
-        extra["artifacts"] = artifacts
+    if artifacts.any():  # (V, ny, nx) every artifact pixel; the satellite trails' alone
+        extra["artifacts"] = artifacts > 0
+        extra["trails"] = artifacts == TRAIL
     if "sed" in field.extra:
         extra["star_sed"] = np.array(field.extra["sed"])
     np.savez_compressed(path, star_y=field.star_y, star_x=field.star_x, star_flux=field.star_flux,
@@ -200,7 +201,7 @@ def simulate(
     science = _science_visits(field.airmass, num_science)
     # artifacts only in the warps that build the model; the science visits stay clean
     modelled = [v for v in range(total) if v not in science]
-    artifacts = np.zeros(field.images.shape, dtype=bool)
+    artifacts = np.zeros(field.images.shape, dtype=np.uint8)
     images = field.images[modelled]
     artifacts[modelled] = add_artifacts(images, cosmic_rays, satellite_fraction, seed)
     field.images[modelled] = images

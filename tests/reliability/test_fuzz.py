@@ -68,6 +68,7 @@ PLAUSIBLE = {
     "humidity": st.floats(0.0, 100.0),
     "parallacticAngle": st.floats(-180.0, 180.0),
     "psfFwhm": st.floats(0.3, 2.0),
+    "zeroPoint": st.floats(20.0, 35.0),
     "visit": st.integers(0, 10**6),
     "mjd": st.floats(50000.0, 70000.0),
     "era": st.floats(0.0, 360.0),

@@ -61,10 +61,11 @@ def _run_cmd(ranks, *args):
     [
         # a signal during the kernel compilation or the read is seen at the next phase boundary
         ("visits, patch", "nothing to checkpoint yet; rerun the same command"),
-        ("kernels ready", "SIGTERM while the warps were read: nothing to checkpoint yet"),
+        ("kernels ready", "SIGTERM while artifacts were sought: nothing to checkpoint yet"),
+        ("reading 6 warp windows", "SIGTERM while the warps were read: nothing to checkpoint yet"),
         ("iteration 2/", "continue with --resume"),
     ],
-    ids=["decompose", "read", "solve"],
+    ids=["decompose", "reject", "read", "solve"],
 )
 def test_sigterm_in_every_phase_of_one_rank(field160, tmp_path, trigger, expect):
     out = tmp_path / "m.h5"

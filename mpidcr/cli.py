@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -422,10 +423,13 @@ def _add_template(sub: argparse._SubParsersAction) -> None:
         "template",
         help="DCR-matched template for a visit",
         description="Forward-model the template of the model for WARP's observing conditions "
-        "(or for the conditions given as options), in the warp layout.",
+        "(or for the conditions given as options), in the warp layout.  A science exposure on other "
+        "pixels than the model's patch (its own WCS and bbox), or several models (the patches of a "
+        "tract): the template on the science exposure's pixels, each overlapping patch resampled "
+        "(reproject, flux-conserving) and mosaicked weighted by var^-1/2, NO_DATA where none covers.",
     )
-    t.add_argument("model", help="HDF5 model file")
-    t.add_argument("warp", nargs="?", help="the science warp (FITS) whose conditions to match")
+    t.add_argument("paths", nargs="+", metavar="MODEL [MODEL ...] [SCIENCE]",
+                   help="HDF5 model file(s), then the science exposure or warp (FITS) whose conditions to match")  # fmt: skip
     t.add_argument("-o", "--output", required=True, help="output FITS file")
     t.add_argument("--airmass", type=float)
     t.add_argument("--elevation", type=float, help="deg")
@@ -436,14 +440,38 @@ def _add_template(sub: argparse._SubParsersAction) -> None:
                         "sub-filters always split, LSST's angles); default: the model's profile")  # fmt: skip
     t.add_argument("--match-psf", action="store_true",
                    help="the template at the science warp's PSF (a PSF-aware model: forward-modelled at it)")  # fmt: skip
+    t.add_argument("--border", type=int, default=0, metavar="PIXELS",
+                   help="on the science exposure's pixels: grow its bbox by PIXELS on every side (LSST's "
+                        "templateBorderSize)")  # fmt: skip
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=_cmd_template)
 
 
 def _cmd_template(args: argparse.Namespace) -> int:
+    from .io.detector import on_model_grid, write_detector_template
     from .io.products import write_template
+    from .io.static import is_hdf5
 
-    info = write_template(args.model, args.warp, args.output, _visit_overrides(args), overwrite=args.overwrite,
+    for path in args.paths:
+        if not os.path.isfile(path):
+            raise MpidcrError(f"{path}: file not found")
+    models = [p for p in args.paths if is_hdf5(p)]
+    science = [p for p in args.paths if not is_hdf5(p)]
+    if not models:
+        raise MpidcrError("give at least one model file (HDF5)")
+    if len(science) > 1:
+        raise MpidcrError(f"one science exposure at a time, not {len(science)} ({', '.join(science[:3])})")
+    warp = science[0] if science else None
+    if warp is not None and (len(models) > 1 or not on_model_grid(models[0], warp)):
+        if args.match_psf:
+            raise MpidcrError("--match-psf: only for a science warp on the model's patch grid")
+        out = write_detector_template(models, warp, args.output, _visit_overrides(args), overwrite=args.overwrite,
+                                      profile=args.profile, border=args.border)  # fmt: skip
+        print(f"wrote {out['output']} on {warp}'s pixels from {len(out['models'])} of {len(models)} models")
+        return 0
+    if len(models) > 1:
+        raise MpidcrError("several models need the science exposure whose pixels the template is made on")
+    info = write_template(models[0], warp, args.output, _visit_overrides(args), overwrite=args.overwrite,
                           profile=args.profile, match_psf=args.match_psf)  # fmt: skip
     print(
         f"wrote {info['output']} (elevation {info['elevation']:.2f} deg, parallactic angle "

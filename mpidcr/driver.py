@@ -687,6 +687,7 @@ def _model_meta(inputs: RunInputs, result: DcrResult, layout: Layout, comm: Comm
         "accelerate_model": float(cfg.accelerateModel),
         "profile": str(cfg.profile),
         "static_model": inputs.static.path if inputs.static is not None else "",
+        "xy0": np.array(inputs.infos[0].xy0),  # afw's pixel origin (x0, y0) of the patch
     }
     tables, table_attrs = {}, {}
     if extra is not None:  # the subregion solve: its blocks, the whole patch's metric before and after

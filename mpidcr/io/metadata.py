@@ -59,6 +59,113 @@ PSF_FWHM_ALTERNATIVES = ("SEEING", "FWHM")
 #: header keywords read for the photometric zero point (AB mag of 1 count) when MAGZERO is absent;
 #: FLUXMAG0 (counts of a magnitude-0 source) gives 2.5 log10(FLUXMAG0)
 ZERO_POINT_ALTERNATIVES = ("ZEROPT", "MAGZPT", "PHOTZP")
+#: header keywords of the visit id, in order: VISIT, afw's IDNUM (its visit id), afw's EXPID
+VISIT_KEYS = ("VISIT", "IDNUM", "EXPID")
+
+
+def _afw_mjd(header: fits.Header, path: str) -> float | None:
+    """The visit's MJD (UTC) when MJD-OBS is absent: afw's MJD-AVG-UT1, else DATE-AVG in TIMESYS
+    (TAI by default, as afw writes it)."""
+    value = _header_number(header, "MJD-AVG-UT1", path, "mjd")
+    if value is not None:
+        return value
+    date = header_value(header, "DATE-AVG", path)
+    if not date or not str(date).strip():
+        return None
+    from astropy.time import Time
+
+    scale = str(header.get("TIMESYS", "TAI")).strip().lower() or "tai"
+    try:
+        return float(Time(str(date).strip().rstrip("Z"), format="isot", scale=scale).utc.mjd)
+    except Exception:
+        raise InputError(f"{path}: header keyword DATE-AVG = {date!r} (TIMESYS {scale.upper()}) is not a date") from None
+
+
+_TRANSLATED: set[str] = set()  # visits whose translation was logged
+
+
+def translated_metadata(header: fits.Header, path: str) -> dict[str, Any]:
+    """The visit metadata of a raw instrument header (DECam, HSC, MegaPrime, SuprimeCam, and
+    whatever astro-metadata-translator knows) through that package, if it is installed and
+    recognises the header; {} otherwise.  What was translated is logged once per visit."""
+    try:
+        from astro_metadata_translator import ObservationInfo
+    except ImportError:
+        return {}
+    import logging as _logging
+
+    _sites_offline()
+    quiet = _logging.getLogger("astro_metadata_translator")
+    level = quiet.level
+    quiet.setLevel(_logging.CRITICAL)
+    try:
+        info = ObservationInfo(dict(header), filename=path, pedantic=False)
+    except Exception:
+        return {}
+    finally:
+        quiet.setLevel(level)
+    out: dict[str, Any] = {}
+    if info.altaz_begin is not None:
+        out["elevation"], out["azimuth"] = float(info.altaz_begin.alt.deg), float(info.altaz_begin.az.deg)
+    if info.boresight_airmass is not None and info.boresight_airmass >= 1.0:
+        out["airmass"] = float(info.boresight_airmass)
+    if info.location is not None:
+        geodetic = info.location.to_geodetic()
+        out.update(latitude=float(geodetic.lat.deg), longitude=float(geodetic.lon.deg),
+                   height=float(geodetic.height.to_value("m")))  # fmt: skip
+    if info.temperature is not None:
+        out["temperature"] = float(info.temperature.to_value("deg_C", equivalencies=_temperature()))
+    if info.pressure is not None:
+        out["pressure"] = float(info.pressure.to_value("Pa"))
+    if info.relative_humidity is not None:
+        out["humidity"] = float(info.relative_humidity)
+    if info.boresight_rotation_angle is not None:
+        out["rotationAngle"] = float(info.boresight_rotation_angle.deg)
+    if info.tracking_radec is not None:
+        out["ra"], out["dec"] = float(info.tracking_radec.ra.deg), float(info.tracking_radec.dec.deg)
+    if info.datetime_begin is not None:
+        end = info.datetime_end or info.datetime_begin
+        out["mjd"] = float((info.datetime_begin.utc.mjd + end.utc.mjd) / 2)
+    visit = info.visit_id if info.visit_id is not None else info.exposure_id
+    if visit is not None:
+        out["visit"] = str(visit)
+    for name in ("latitude", "height", "temperature", "pressure", "humidity"):
+        if name in out and physical_problem(name, out[name]):
+            del out[name]  # (a translator's placeholder: the site's defaults then apply)
+    if out and path not in _TRANSLATED:
+        _TRANSLATED.add(path)
+        log.info("%s: %s header translated (astro-metadata-translator %s): %s", path, info.instrument,
+                 type(info).__module__.split(".")[0], ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                                                              for k, v in out.items()))  # fmt: skip
+    return out
+
+
+def _sites_offline() -> None:
+    """Some translators (SDSS) look their observatory up in astropy's site list, which astropy
+    downloads; without a network that is an error, not the unknown site on which they fall back
+    to the location they know.  So, once, an unreachable list is replaced by an empty one."""
+    try:
+        from astropy.coordinates import EarthLocation
+        from astropy.coordinates.sites import SiteRegistry
+
+        if EarthLocation._site_registry is None:
+            try:
+                EarthLocation._get_site_registry()
+            except Exception:
+                registry = SiteRegistry()  # (an empty registry counts as "not loaded yet")
+                registry.add_site(["mpidcr-offline-placeholder"], EarthLocation.from_geocentric(0, 0, 0, unit="m"))
+                EarthLocation._site_registry = registry
+                log.info("astropy's list of observatories cannot be downloaded: translators use the sites they know")
+    except (ImportError, AttributeError):  # (astropy's private registry changed: nothing to do)
+        return
+
+
+def _temperature() -> Any:
+    from astropy import units as u
+
+    return u.temperature()
+
+
 #: manifest-only fields describing a visit's PSF beyond its FWHM
 PSF_SHAPE_OVERRIDES = ("psfProfile", "psfBeta")
 
@@ -133,24 +240,35 @@ def visit_metadata(header: fits.Header, path: str, overrides: dict[str, Any] | N
     meta: dict[str, Any] = {}
     for name, (key, _unit) in KEYWORDS.items():
         if name == "visit":
-            visit = header_value(header, key, path)
-            if visit is not None and str(visit).strip():
-                meta["visit"] = str(visit).strip()
+            for visit_key in VISIT_KEYS:  # VISIT; afw's IDNUM (the visit), else its EXPID (the exposure)
+                visit = header_value(header, visit_key, path)
+                if visit is not None and str(visit).strip():
+                    meta["visit"] = str(visit).strip()
+                    break
+            continue
+        if name in overrides:  # the manifest's value replaces the header's, which is not judged
+            meta[name] = None
             continue
         value = _header_number(header, key, path, name)
         meta[name] = None if value is None else _checked(name, value, f"{path}: header keyword {key} ({name})")
+    if meta.get("mjd") is None and "mjd" not in overrides:
+        meta["mjd"] = _afw_mjd(header, path)
+    if all(meta.get(k) is None for k in ("elevation", "airmass", "parallacticAngle", "azimuth")):
+        # no LSST pointing keys: a raw instrument header?  (astro-metadata-translator, optional)
+        for name, value in translated_metadata(header, path).items():
+            if name not in overrides:
+                meta[name] = value
     # other names of the seeing (arcsec) and of the zero point
     for name, alternatives in (("psfFwhm", PSF_FWHM_ALTERNATIVES), ("zeroPoint", ZERO_POINT_ALTERNATIVES)):
         for key in alternatives if meta.get(name) is None else ():
             value = _header_number(header, key, path, name)
-            if value is not None:
-                meta[name] = _checked(name, value, f"{path}: header keyword {key} ({name})")
+            # (instrument headers write 0 for "not measured": such a value is no value)
+            if value is not None and not physical_problem(name, value):
+                meta[name] = value
                 break
     if meta.get("zeroPoint") is None:
         flux0 = _header_number(header, "FLUXMAG0", path, "zeroPoint")
-        if flux0 is not None:
-            if not flux0 > 0:
-                raise InputError(f"{path}: header keyword FLUXMAG0 = {flux0} is not a positive flux")
+        if flux0 is not None and flux0 > 0:  # (afw writes 0 for "no calibration")
             meta["zeroPoint"] = 2.5 * math.log10(flux0)
     for name, value in overrides.items():
         if name in PSF_SHAPE_OVERRIDES:
@@ -168,15 +286,24 @@ def visit_metadata(header: fits.Header, path: str, overrides: dict[str, Any] | N
     return meta
 
 
-def _elevation_and_airmass(m: dict[str, Any], path: str) -> tuple[float, float]:
-    """Elevation (deg) from BORE-ALT, else from BORE-AIRMASS; and the airmass (given, or sec z)."""
+def _elevation_and_airmass(m: dict[str, Any], path: str, site: Site | None = None) -> tuple[float, float]:
+    """Elevation (deg) from BORE-ALT, else from BORE-AIRMASS, else from the hour angle (AVG-ERA +
+    OBS-LONG − BORE-RA), BORE-DEC and the latitude; and the airmass (given, or sec z)."""
     airmass = m.get("airmass")
     if airmass is not None and airmass < 1.0:
         raise InputError(f"{path}: airmass (BORE-AIRMASS) = {airmass} is below 1")
     elevation = m.get("elevation")
+    if elevation is None and airmass is None and site is not None and all(m.get(k) is not None for k in ("era", "ra", "dec")):
+        latitude = math.radians(site.latitude if m.get("latitude") is None else m["latitude"])
+        longitude = site.longitude if m.get("longitude") is None else m["longitude"]
+        hour_angle = math.radians(m["era"] + longitude - m["ra"])
+        dec = math.radians(m["dec"])
+        sin_alt = math.sin(latitude) * math.sin(dec) + math.cos(latitude) * math.cos(dec) * math.cos(hour_angle)
+        elevation = math.degrees(math.asin(max(-1.0, min(1.0, sin_alt))))
     if elevation is None:
         if airmass is None:
-            raise InputError(f"{path}: no elevation (BORE-ALT) and no airmass (BORE-AIRMASS)")
+            raise InputError(f"{path}: no elevation (BORE-ALT), no airmass (BORE-AIRMASS) and no AVG-ERA/BORE-RA/"
+                             "BORE-DEC to compute it; give elevation or airmass in the manifest")  # fmt: skip
         elevation = elevation_from_airmass(airmass)
     if not 0.0 < elevation <= 90.0:
         raise InputError(f"{path}: elevation (BORE-ALT) = {elevation} deg is not in (0, 90]")
@@ -222,7 +349,7 @@ def resolve_pointing(meta: dict[str, Any], wcs_header: str, path: str, site: Sit
         (lsstCompat.rotationDirection).
     """
     m = dict(meta)
-    m["elevation"], m["airmass"] = _elevation_and_airmass(m, path)
+    m["elevation"], m["airmass"] = _elevation_and_airmass(m, path, site)
     m["parallacticAngle"] = _parallactic_angle(m, path, site, lsst_angles)
     # precedence: manifest override > the WCS of the warp > BORE-ROTANG > 0
     if lsst_rotation:

@@ -22,9 +22,10 @@ from ..kernels.gaussian import blur_step
 from ..psf import Psf, blur_plan, matching_kernel, matching_sigma, pad_to
 from ..solver import matched_template
 from .modelfile import ModelFile, read_model
+from .outputs import write_fits
 from .paths import check_output_path
 from .psf import visit_psf
-from .warps import WarpInfo, observation_or_error, resolve_geometry, scan_warp, write_lsst_warp
+from .warps import WarpInfo, image_header, observation_or_error, resolve_geometry, scan_warp, write_lsst_warp
 from .wcs import same_wcs
 
 
@@ -37,33 +38,40 @@ def _wcs(model: ModelFile) -> fits.Header:
 
 
 def export_fits(model_path: str, outdir: str, overwrite: bool = False) -> list[str]:
-    """One FITS file per sub-filter plane and one for the full-band coadd; returns the paths."""
+    """The model as afw-layout Exposure files named after LSST's datasets: per sub-filter k,
+    ``<stem>_dcrCoadd_subfilter<k>.fits`` (IMAGE/MASK/VARIANCE with EXTNAME and EXTTYPE, MP_* planes,
+    the patch WCS and xy0, a PSF HDU when known) and ``<stem>_dcrCoadd_nImage_subfilter<k>.fits``
+    (the visits contributing to it, with doNImage); and the full-band ``<stem>_coadd.fits``.  Each
+    reads back as mpidcr's inputs or static model.  Returns the paths."""
     model = read_model(model_path)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     K = model.model.shape[0]
     edges = np.asarray(model.attrs["subfilter_edges"])
     wcs = _wcs(model)
+    x0, y0 = (int(v) for v in model.attrs.get("xy0", (0, 0)))
+    xy0 = (x0, y0)
     written = []
     stem = Path(model_path).stem
     for k in range(K):
-        path = out / f"{stem}_subfilter{k}.fits"
+        path = out / f"{stem}_dcrCoadd_subfilter{k}.fits"
         _refuse_existing(path, overwrite)
         meta = {"WAVE-LO": float(edges[k]), "WAVE-HI": float(edges[k + 1]), "SUBFILT": k, "NSUBFILT": K}
-        _write_product(path, model.model[k], model.variance / K, model.mask, model.mask_planes, wcs, meta, model.psf)
+        _write_product(path, model.model[k], model.variance / K, model.mask, model.mask_planes, wcs, meta, model.psf,
+                       xy0)  # fmt: skip
         written.append(str(path))
+        if model.nimage is not None:
+            path = out / f"{stem}_dcrCoadd_nImage_subfilter{k}.fits"
+            _refuse_existing(path, overwrite)
+            hdu = fits.PrimaryHDU(np.asarray(model.nimage[k], np.int32), header=image_header(wcs))
+            hdu.header["EXTTYPE"] = "IMAGE"
+            hdu.header.update({"SUBFILT": k, "NSUBFILT": K, "ORIGIN": "mpidcr"})
+            write_fits(str(path), fits.HDUList([hdu]))
+            written.append(str(path))
     path = out / f"{stem}_coadd.fits"
     _refuse_existing(path, overwrite)
-    _write_product(
-        path,
-        model.coadd,
-        model.variance,
-        model.mask,
-        model.mask_planes,
-        wcs,
-        {"WAVE-LO": float(edges[0]), "WAVE-HI": float(edges[-1]), "NSUBFILT": K},
-        model.psf,
-    )
+    _write_product(path, model.coadd, model.variance, model.mask, model.mask_planes, wcs,
+                   {"WAVE-LO": float(edges[0]), "WAVE-HI": float(edges[-1]), "NSUBFILT": K}, model.psf, xy0)  # fmt: skip
     written.append(str(path))
     return written
 
@@ -82,8 +90,9 @@ def _write_product(
     wcs: fits.Header,
     extra: dict[str, Any],
     psf: NDArray | None = None,
+    xy0: tuple[int, int] = (0, 0),
 ) -> None:
-    write_lsst_warp(path, image, variance, mask, planes, {}, wcs, psf=psf)
+    write_lsst_warp(path, image, variance, mask, planes, {}, wcs, psf=psf, xy0=xy0)
     with fits.open(path, mode="update") as hdul:
         for key, value in extra.items():
             hdul[0].header[key] = value

@@ -41,7 +41,8 @@ class StaticInfo:
     wcs_header: str
 
 
-def _is_hdf5(path: str) -> bool:
+def is_hdf5(path: str) -> bool:
+    """Whether ``path`` starts with the HDF5 signature (a model file)."""
     with open(path, "rb") as f:
         return f.read(8) == b"\x89HDF\r\n\x1a\n"
 
@@ -51,7 +52,7 @@ def scan_static(path: str) -> StaticInfo:
     problem = regular_file_problem(path)
     if problem:
         raise InputError(f"{path}: {problem} (--static-model)")
-    if _is_hdf5(path):
+    if is_hdf5(path):
         return _scan_hdf5(path)
     problem = fits_file_problem(path)
     if problem:

@@ -67,6 +67,8 @@ class WarpInfo:
     variance_path: str = ""
     variance_is_weight: bool = False
     mask_path: str = ""
+    hdus: dict[str, int] = field(default_factory=dict)  # lsst layout: IMAGE/MASK/VARIANCE → HDU index
+    xy0: tuple[int, int] = (0, 0)  # afw's pixel origin (x0, y0) of the warp's bbox in the patch/tract
 
     @property
     def visit(self) -> str:
@@ -103,11 +105,28 @@ def mask_planes_from_header(header: fits.Header) -> dict[str, int]:
     return {k[3:]: int(header[k]) for k in header if k.startswith("MP_")}
 
 
-def _find_hdu(hdul: fits.HDUList, name: str) -> fits.ImageHDU | None:
-    try:
-        return hdul[name]
-    except KeyError:
-        return None
+#: afw's HDUs that hold no pixels of the exposure (its archive of WCS, PSF, PhotoCalib, …)
+ARCHIVE_TYPES = ("ARCHIVE_INDEX", "ARCHIVE_DATA")
+
+
+def _find_hdu(hdul: fits.HDUList, name: str) -> int | None:
+    """The index of the HDU whose EXTNAME is ``name``, else whose EXTTYPE is (afw identifies HDUs by
+    EXTTYPE; files written before ~2020 carry no EXTNAME); tile-compressed HDUs included."""
+    for key in ("EXTNAME", "EXTTYPE"):
+        for i, hdu in enumerate(hdul):
+            if str(hdu.header.get(key, "")).strip().upper() == name:
+                return i
+    return None
+
+
+def pixel_origin(header: fits.Header) -> tuple[int, int]:
+    """afw's xy0 (x0, y0): from the ``A`` WCS (CRVAL1A/CRVAL2A, a LINEAR pixel WCS), else
+    −LTV1/−LTV2 (IRAF's physical offset), else (0, 0)."""
+    if "CRVAL1A" in header and "CRVAL2A" in header:
+        return round(float(header["CRVAL1A"])), round(float(header["CRVAL2A"]))
+    if "LTV1" in header and "LTV2" in header:
+        return round(-float(header["LTV1"])), round(-float(header["LTV2"]))
+    return 0, 0
 
 
 def scan_warp(
@@ -128,20 +147,22 @@ def scan_lsst_layout(path: str) -> tuple[WarpInfo, fits.Header]:
     """An LSST-layout warp: IMAGE, MASK and VARIANCE of one shape; (info, primary header)."""
     with fits.open(path, memmap=False) as hdul:
         primary = hdul[0].header
-        img = _find_hdu(hdul, "IMAGE")
-        if img is None:
-            raise InputError(
-                f"{path}: no IMAGE extension (expected IMAGE, MASK, VARIANCE, or name the files in a manifest)"
-            )
+        index = {ext: _find_hdu(hdul, ext) for ext in ("IMAGE", "MASK", "VARIANCE")}
+        if index["IMAGE"] is None:
+            raise InputError(f"{path}: no IMAGE extension (no HDU with EXTNAME or EXTTYPE IMAGE; expected IMAGE, "
+                             "MASK, VARIANCE, or name the files in a manifest)")  # fmt: skip
+        img = hdul[index["IMAGE"]]
         shape = (img.header.get("NAXIS2"), img.header.get("NAXIS1"))
         for ext in ("MASK", "VARIANCE"):
-            hdu = _find_hdu(hdul, ext)
-            if hdu is None:
-                raise InputError(f"{path}: no {ext} extension")
-            if (hdu.header.get("NAXIS2"), hdu.header.get("NAXIS1")) != shape:
+            i = index[ext]
+            if i is None:
+                raise InputError(f"{path}: no {ext} extension (no HDU with EXTNAME or EXTTYPE {ext})")
+            if (hdul[i].header.get("NAXIS2"), hdul[i].header.get("NAXIS1")) != shape:
                 raise InputError(f"{path}: {ext} extension has a different shape from IMAGE")
-        planes = mask_planes_from_header(hdul["MASK"].header)
-        info = WarpInfo(path, "lsst", (int(shape[0]), int(shape[1])), planes, img.header.tostring(), {})
+        planes = mask_planes_from_header(hdul[index["MASK"]].header)
+        hdus = {ext: int(i) for ext, i in index.items() if i is not None}
+        info = WarpInfo(path, "lsst", (int(shape[0]), int(shape[1])), planes, img.header.tostring(), {}, hdus=hdus,
+                        xy0=pixel_origin(img.header))  # fmt: skip
     return info, primary
 
 
@@ -194,6 +215,9 @@ def check_consistent(infos: list[WarpInfo]) -> None:
                 f"{info.path}: shape {info.shape[0]}x{info.shape[1]} differs from {ref.path} "
                 f"({ref.shape[0]}x{ref.shape[1]}); warps must share the patch grid"
             )
+        if info.xy0 != ref.xy0:
+            raise InputError(f"{info.path}: bbox origin xy0 {info.xy0} differs from {ref.path} ({ref.xy0}); warps "
+                             "of one patch must share their bbox")  # fmt: skip
         if not same_wcs(info.wcs_header, ref.wcs_header):
             raise InputError(f"{info.path}: WCS differs from {ref.path}; warps must share the patch grid")
 
@@ -211,7 +235,11 @@ def union_mask_planes(infos: list[WarpInfo]) -> dict[str, int]:
 
 def _section(path: str, hdu: str | int, box: Box, out: NDArray) -> NDArray:
     """Read ``box`` of an image HDU into ``out`` (converting from FITS big-endian in the copy)."""
+    # memory-mapped unless the HDU is scaled (afw's uint16 masks: BZERO 32768), which astropy
+    # cannot map; .section reads only the window either way
     with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
+        scaled = any(k in hdul[hdu].header for k in ("BZERO", "BSCALE", "BLANK")) and not hdul[hdu].header.get("ZIMAGE")
+    with fits.open(path, memmap=not scaled, lazy_load_hdus=True) as hdul:
         data = hdul[hdu].section[box.y0 : box.y1, box.x0 : box.x1]
         np.copyto(out, data, casting="unsafe")
     READ_STATS.windows.append((path, box))
@@ -262,7 +290,7 @@ def read_window(info: WarpInfo, box: Box, planes: dict[str, int],
     try:
         if info.layout == "lsst":
             for extension, target in (("IMAGE", image), ("MASK", mask), ("VARIANCE", variance)):
-                _section(info.path, extension, box, target)
+                _section(info.path, info.hdus.get(extension, extension), box, target)
         else:
             _read_plain(info, box, image, variance, mask)
     except InputError:
@@ -293,10 +321,11 @@ def _primary(meta: dict[str, Any]) -> fits.PrimaryHDU:
     return primary
 
 
-def _image_header(wcs_header: fits.Header | None) -> fits.Header:
+def image_header(wcs_header: fits.Header | None) -> fits.Header:
     """The WCS cards of ``wcs_header`` without the structural ones (astropy writes those)."""
     header = fits.Header()
-    structural = ("NAXIS", "NAXIS1", "NAXIS2", "SIMPLE", "BITPIX", "EXTEND", "PCOUNT", "GCOUNT")
+    structural = ("NAXIS", "NAXIS1", "NAXIS2", "SIMPLE", "BITPIX", "EXTEND", "PCOUNT", "GCOUNT", "XTENSION",
+                  "EXTNAME", "EXTTYPE", "BZERO", "BSCALE", "BLANK", "INHERIT")  # fmt: skip
     for card in wcs_header.cards if wcs_header is not None else ():
         if card.keyword not in structural:
             header.append(card)
@@ -313,20 +342,36 @@ def write_lsst_warp(
     wcs_header: fits.Header | None = None,
     overwrite: bool = True,
     psf: NDArray | None = None,
+    xy0: tuple[int, int] = (0, 0),
 ) -> None:
-    """Write a warp in the LSST layout (primary metadata + IMAGE, MASK, VARIANCE, and a PSF image
-    HDU if ``psf`` is given), atomically."""
-    img = fits.ImageHDU(np.asarray(image, dtype=np.float32), header=_image_header(wcs_header), name="IMAGE")
-    msk = fits.ImageHDU(np.asarray(mask, dtype=np.int32), name="MASK")
+    """Write a warp in the LSST layout, as afw writes an Exposure: primary metadata, then IMAGE,
+    MASK, VARIANCE (each with EXTNAME and afw's EXTTYPE, the WCS and the pixel origin ``xy0`` (x0,
+    y0) as afw's ``A`` WCS and LTV1/LTV2), and a PSF image HDU if ``psf`` is given; atomically."""
+    hdus_out = []
+    for name, data, dtype in (("IMAGE", image, np.float32), ("MASK", mask, np.int32), ("VARIANCE", variance, np.float32)):
+        hdu = fits.ImageHDU(np.asarray(data, dtype=dtype), header=image_header(wcs_header), name=name)
+        hdu.header["EXTTYPE"] = name
+        _set_origin(hdu.header, xy0)
+        hdus_out.append(hdu)
+    img, msk, var = hdus_out
     for name, bit in mask_planes.items():
         _set_long(msk.header, f"MP_{name}", bit)
-    var = fits.ImageHDU(np.asarray(variance, dtype=np.float32), name="VARIANCE")
     if os.path.exists(path) and not overwrite:
         raise InputError(f"{path}: exists (use --overwrite)")
     hdus = [_primary(meta), img, msk, var]
     if psf is not None:
         hdus.append(psf_hdu(psf))
     write_fits(str(path), fits.HDUList(hdus))
+
+
+def _set_origin(header: fits.Header, xy0: tuple[int, int]) -> None:
+    """afw's pixel origin cards: the ``A`` WCS (a LINEAR pixel WCS whose reference is xy0) and
+    IRAF's LTV1/LTV2 = −xy0."""
+    x0, y0 = (int(v) for v in xy0)
+    for key, value in (("CTYPE1A", "LINEAR"), ("CTYPE2A", "LINEAR"), ("CRPIX1A", 1.0), ("CRPIX2A", 1.0),
+                       ("CRVAL1A", float(x0)), ("CRVAL2A", float(y0)), ("CUNIT1A", "PIXEL"), ("CUNIT2A", "PIXEL"),
+                       ("LTV1", float(-x0)), ("LTV2", float(-y0))):  # fmt: skip
+        header[key] = value
 
 
 def psf_hdu(psf: NDArray, fwhm: float | None = None) -> fits.ImageHDU:

@@ -13,7 +13,7 @@ help:
 	@echo "make test-slurm - start a local Slurm (root), submit the jobs/ templates, stop it"
 	@echo "make check   - ruff and mypy (run by make test first)"
 	@echo "make lint    - make check, and ruff format --check"
-	@echo "make docs    - regenerate docs/config.md from the code"
+	@echo "make docs    - regenerate docs/config.md and the tutorial's figures, build the site (docs/_build/html)"
 	@echo "make bench   - benchmarks (not part of the tests)"
 
 $(STAMP): pyproject.toml scripts/setup.sh
@@ -27,7 +27,7 @@ test: $(STAMP) check
 
 # static checks, run before the tests: ruff, and mypy on everything but the numba kernels
 check: $(STAMP)
-	$(VENV)/bin/ruff check mpidcr tests benchmarks
+	$(VENV)/bin/ruff check mpidcr tests benchmarks examples
 	$(VENV)/bin/mypy
 
 # starts a local one-node Slurm (root, Debian), submits every jobs/ template, stops exactly those daemons
@@ -41,8 +41,13 @@ test-fast: $(STAMP)
 lint: check
 	$(VENV)/bin/ruff format --check mpidcr || true
 
+# the configuration reference, the tutorial's figures, then the site (offline; warnings are errors)
 docs: $(STAMP)
 	$(PY) scripts/make_config_doc.py
+	$(PY) examples/tutorial.py build/tutorial
+	mkdir -p docs/_static/tutorial && cp build/tutorial/figures/*.png docs/_static/tutorial/
+	$(VENV)/bin/sphinx-build -q -W --keep-going -b html docs docs/_build/html
+	@echo "documentation: docs/_build/html/index.html"
 
 demo: $(STAMP)
 	NP=$(NP) bash scripts/demo.sh

@@ -503,6 +503,7 @@ class DcrConfig:
         self._values[canon] = coerce(FIELD_SPECS[canon], value)
 
     def update(self, values: Mapping[str, Any]) -> None:
+        """Set fields (and sections, as nested mappings) from ``values``, each checked."""
         for k, v in values.items():
             self.set(k, v)
 
@@ -519,6 +520,7 @@ class DcrConfig:
         self.set(name, value)
 
     def copy(self) -> DcrConfig:
+        """An independent copy."""
         return DcrConfig.from_dict(self.as_dict())
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -528,6 +530,7 @@ class DcrConfig:
     # -- derived --------------------------------------------------------------
     @property
     def num_subfilters(self) -> int:
+        """K, the number of sub-filters (dcrNumSubfilters)."""
         return int(self._values["dcrNumSubfilters"])
 
     @property
@@ -618,12 +621,14 @@ class DcrConfig:
 
     # -- conversion -----------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
+        """Every field and section as plain Python values (sections as nested dicts)."""
         d: dict[str, Any] = {k: _plain(v) for k, v in self._values.items()}
         for name, sec in self._sections.items():
             d[name] = sec.as_dict()
         return d
 
     def to_json(self) -> str:
+        """The canonical JSON of :meth:`as_dict` (sorted keys): what a model file records."""
         return json.dumps(self.as_dict(), sort_keys=True)
 
     def digest(self) -> str:
@@ -632,6 +637,7 @@ class DcrConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DcrConfig:
+        """A configuration from :meth:`as_dict`'s output (or any mapping of fields)."""
         return cls(**dict(d))
 
     def __eq__(self, other: object) -> bool:

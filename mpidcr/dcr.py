@@ -84,11 +84,16 @@ def check_elevation(elevation: float) -> None:
 
 @dataclass(frozen=True)
 class Site:
-    """An observatory.
+    """An observatory (default: Rubin Observatory, Cerro Pachón).
 
-    latitude : geodetic latitude, degrees (north positive).
-    longitude : degrees (east positive); informational.
-    height : metres above sea level.
+    Parameters
+    ----------
+    latitude : float
+        Geodetic latitude, degrees (north positive).
+    longitude : float
+        Degrees (east positive).
+    height : float
+        Metres above sea level.
     """
 
     latitude: float = -30.2446  # Rubin Observatory, Cerro Pachón
@@ -100,9 +105,14 @@ class Site:
 class Weather:
     """Surface weather at the time of a visit.
 
-    temperature : air temperature, °C.
-    pressure : air pressure, Pa.
-    humidity : relative humidity, percent (0–100).
+    Parameters
+    ----------
+    temperature : float
+        Air temperature, °C.
+    pressure : float
+        Air pressure, Pa.
+    humidity : float
+        Relative humidity, percent (0–100).
     """
 
     temperature: float
@@ -122,14 +132,19 @@ class Weather:
 class Observation:
     """What the DCR of one visit depends on.
 
-    elevation : telescope elevation (altitude) of the field centre, degrees.
-    parallactic_angle : degrees, the angle from celestial north to the zenith
-        direction measured through east.
-    rotation_angle : sky rotation angle of the image axes, degrees: the position
-        angle of the image +y axis (so the zenith lies at
-        ``parallactic_angle − rotation_angle`` from +y, towards +x).
-    weather : surface weather; None means a standard atmosphere at the site.
-    site : the observatory.
+    Parameters
+    ----------
+    elevation : float
+        Telescope elevation (altitude) of the field centre, degrees.
+    parallactic_angle : float
+        Degrees, the angle from celestial north to the zenith direction measured through east.
+    rotation_angle : float
+        Sky rotation angle of the image axes, degrees: the position angle of the image +y axis
+        (so the zenith lies at ``parallactic_angle − rotation_angle`` from +y, towards +x).
+    weather : Weather or None
+        Surface weather; None means a standard atmosphere at the site.
+    site : Site
+        The observatory.
     """
 
     elevation: float
@@ -145,6 +160,7 @@ class Observation:
 
     @property
     def resolved_weather(self) -> Weather:
+        """The weather, or a standard atmosphere at the site's height when none was given."""
         return self.weather if self.weather is not None else Weather.standard(self.site.height)
 
 

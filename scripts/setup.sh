@@ -24,7 +24,7 @@ WHEELHOUSE=${WHEELHOUSE:-$HOME/.cache/mpidcr-wheelhouse}
 HDF5_PKG=${HDF5_PKG:-hdf5-mpich}
 H5PY_VER=${H5PY_VER:-3.16.0}
 MPI4PY_VER=${MPI4PY_VER:-4.1.2}
-EXTRAS=${EXTRAS:-test,sim,plot,instruments}
+EXTRAS=${EXTRAS:-test,sim,plot,instruments,docs}
 t0=$SECONDS
 say() { echo "[setup] $*"; }
 

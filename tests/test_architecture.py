@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("parallel and files", ["parallel", "io"]),
     ("composition", ["rejection", "driver", "subregions"]),
     ("tools", ["sim", "analysis"]),
-    ("command line", ["cli", "__main__", "__init__"]),
+    ("command line", ["cli", "__main__", "api", "__init__"]),
 ]
 
 

@@ -58,7 +58,8 @@ def test_two_concurrent_runs_on_one_output(field, tmp_path, hdf5_locking):
     cmd = [*base, str(out)]
     env = {**os.environ, "HDF5_USE_FILE_LOCKING": hdf5_locking}
     procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    # (generous: on a fresh machine both runs may first compile the numba kernels, at once)
+    results = [(p.wait(timeout=400), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     # one finished the model; the other either was refused (lock) or found the output existing
     assert codes == [0, 2], results

@@ -1,13 +1,12 @@
 """FITS warps in, HDF5 model out, FITS products; every bad input is a one-line error and no output."""
 
-import contextlib
-import io
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 from astropy.io import fits
+from cli_runner import run_cli
 
 from mpidcr.cli import main
 from mpidcr.config import DcrConfig
@@ -26,17 +25,6 @@ def field(tmp_path_factory):
     out = tmp_path_factory.mktemp("field")
     info = simulate(out, size=96, num_visits=6, num_science=1, seed=11)
     return out, info
-
-
-def _cli(*args):
-    """``mpidcr -q ARGS`` in this process → (exit code, stdout, stderr lines)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(["-q", *map(str, args)])
-        except SystemExit as exc:  # argparse's usage errors
-            code = exc.code
-    return code, out.getvalue(), err.getvalue().strip().splitlines()
 
 
 def test_metadata_roundtrip(field):
@@ -142,7 +130,7 @@ def test_inspect_and_quicklooks(field, tmp_path, capsys):
 
 def test_run_without_manifest(field, tmp_path):
     out, _ = field
-    code, _, err = _cli(
+    code, _, err = run_cli(
         "run",
         "--warps",
         str(out / "warps" / "*.fits"),
@@ -177,7 +165,7 @@ def _manifest(tmp_path, warps, extra=""):
 
 def _bad(tmp_path, warps, pattern, extra="", args=()):
     out = tmp_path / "out.h5"
-    code, _, err = _cli("run", _manifest(tmp_path, warps, extra), "-o", out, *args)
+    code, _, err = run_cli("run", _manifest(tmp_path, warps, extra), "-o", out, *args)
     assert code == 2
     assert len(err) == 1 and err[0].startswith("mpidcr: error: "), err
     assert pattern in err[0], err[0]
@@ -245,7 +233,7 @@ def test_bad_nan_metadata(field, tmp_path):
     for w in warps[1:]:
         lines += ["[[warps]]", f'path = "{w}"', ""]
     (tmp_path / "m.toml").write_text("\n".join(lines))
-    code, _, err = _cli("run", tmp_path / "m.toml", "-o", tmp_path / "o.h5")
+    code, _, err = run_cli("run", tmp_path / "m.toml", "-o", tmp_path / "o.h5")
     assert code == 2 and len(err) == 1 and "override airmass is nan" in err[0] and warps[0] in err[0]
 
 
@@ -295,12 +283,12 @@ def test_bad_too_few_visits(field, tmp_path):
 
 def test_bad_band(field, tmp_path):
     _, info = field
-    code, _, err = _cli("run", "--warps", info["warps"][0], "--warps", info["warps"][1], "-o", tmp_path / "o.h5")
+    code, _, err = run_cli("run", "--warps", info["warps"][0], "--warps", info["warps"][1], "-o", tmp_path / "o.h5")
     assert code == 2 and err == [
         "mpidcr: error: configuration field 'effectiveWavelength' is required (in nm); "
         "set it in the manifest or with --set effectiveWavelength=..."
     ]
-    code, _, err = _cli(
+    code, _, err = run_cli(
         "run",
         "--warps",
         info["warps"][0],
@@ -320,7 +308,7 @@ def test_existing_output_needs_overwrite(field, tmp_path):
     out, _ = field
     target = tmp_path / "exists.h5"
     target.write_text("keep me")
-    code, _, err = _cli("run", out / "manifest.toml", "-o", target)
+    code, _, err = run_cli("run", out / "manifest.toml", "-o", target)
     assert code == 2 and err == [f"mpidcr: error: {target}: output file exists (use --overwrite)"]
     assert target.read_text() == "keep me"
 
@@ -328,7 +316,7 @@ def test_existing_output_needs_overwrite(field, tmp_path):
 def test_incomplete_model_file_refused(tmp_path):
     with h5py.File(tmp_path / "half.h5", "w") as f:
         f["model"] = np.zeros((3, 4, 4))
-    code, _, err = _cli("inspect", tmp_path / "half.h5")
+    code, _, err = run_cli("inspect", tmp_path / "half.h5")
     assert code == 2 and "incomplete model file" in err[0]
 
 
@@ -393,21 +381,21 @@ def test_template_from_command_line_metadata(field, tmp_path):
     assert main(["-q", "template", str(model_path), info["warps"][3], "-o", str(tmp_path / "b.fits")]) == 0
     a, b = fits.getdata(tmp_path / "a.fits", "IMAGE"), fits.getdata(tmp_path / "b.fits", "IMAGE")
     assert np.max(np.abs(a - b)) < 2e-3 * np.max(np.abs(b))  # weather: standard atmosphere vs header values
-    code, _, err = _cli("template", model_path, "-o", tmp_path / "c.fits", "--airmass", 1.3)
+    code, _, err = run_cli("template", model_path, "-o", tmp_path / "c.fits", "--airmass", 1.3)
     assert code == 2 and err == ["mpidcr: error: give --parallactic-angle (deg)"]
 
 
 def test_max_memory_refuses_with_a_rank_suggestion(field, tmp_path):
     out, _ = field
-    code, _, err = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "401M")
+    code, _, err = run_cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "401M")
     assert code == 2 and len(err) == 1
     assert "a rank needs about" in err[0] and "use about" in err[0] and "ranks" in err[0]
     assert not (tmp_path / "m.h5").exists()
-    code, _, err = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "100M")
+    code, _, err = run_cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "100M")
     assert code == 2 and len(err) == 1 and "below the" in err[0] and "before it holds any pixels" in err[0]
-    code, _, err = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "lots")
+    code, _, err = run_cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "lots")
     assert code == 2 and "is not a size like 4G" in err[0]
-    code, _, _ = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "4G")
+    code, _, _ = run_cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--max-memory", "4G")
     assert code == 0
 
 
@@ -440,6 +428,6 @@ def test_template_for_a_warp_off_the_patch_is_refused(field, tmp_path):
         hdul["IMAGE"].header["CRVAL2"] += 0.01
 
     _copy_warp(info["science"][0], moved, data_edit=shift_wcs)
-    code, _, err = _cli("template", model_path, moved, "-o", tmp_path / "t.fits")
+    code, _, err = run_cli("template", model_path, moved, "-o", tmp_path / "t.fits")
     assert code == 2 and len(err) == 1 and "none of the 1 models' patches overlaps it" in err[0]
     assert not (tmp_path / "t.fits").exists()

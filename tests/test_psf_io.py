@@ -1,18 +1,16 @@
 """Each visit's PSF from its files (HDU, manifest, header, measured), the model's PSFs, templates
 and exports with a PSF HDU, --match-psf, and the PSF-matched evaluation with its dipole count."""
 
-import contextlib
-import io
 import shutil
 
 import h5py
 import numpy as np
 import pytest
 from astropy.io import fits
+from cli_runner import run_cli
 
 from mpidcr import psf as P
 from mpidcr.analysis.matching import false_sources, match_known
-from mpidcr.cli import main
 from mpidcr.config import DcrConfig
 from mpidcr.io.manifest import read_manifest
 from mpidcr.io.products import honest_variance
@@ -26,16 +24,6 @@ def field(tmp_path_factory):
     out = tmp_path_factory.mktemp("psf")
     info = simulate(out, size=80, num_visits=5, num_science=1, seed=6, engine="numpy")
     return out, info
-
-
-def _cli(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(["-q", *map(str, args)])
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue().strip().splitlines()
 
 
 def _strip_psf(path, drop_fwhm=True, extra=None):
@@ -76,10 +64,10 @@ def test_use_psf_needs_a_psf_for_every_visit(field, tmp_path):
     shutil.copytree(out, copy)
     bad = sorted((copy / "warps").glob("*.fits"))[1]
     _strip_psf(bad)
-    code, _, err = _cli("run", copy / "manifest.toml", "-o", tmp_path / "m.h5", "--set", "usePsf=true")
+    code, _, err = run_cli("run", copy / "manifest.toml", "-o", tmp_path / "m.h5", "--set", "usePsf=true")
     assert code == 2 and len(err) == 1 and str(bad) in err[0] and "usePsf = true needs one for every visit" in err[0]
     # the constant-PSF model runs without it, and writes no /psf
-    code, _, err = _cli("run", copy / "manifest.toml", "-o", tmp_path / "m.h5")
+    code, _, err = run_cli("run", copy / "manifest.toml", "-o", tmp_path / "m.h5")
     assert code == 0, err
     with h5py.File(tmp_path / "m.h5") as f:
         assert "psf" not in f and "psf_static" not in f
@@ -96,30 +84,30 @@ def test_use_psf_needs_a_psf_for_every_visit(field, tmp_path):
 def test_model_psfs_products_and_match(field, tmp_path):
     out, info = field
     model = tmp_path / "m.h5"
-    assert _cli("run", out / "manifest.toml", "-o", model)[0] == 0
+    assert run_cli("run", out / "manifest.toml", "-o", model)[0] == 0
     with h5py.File(model) as f:
         assert f["psf"].attrs["kind"] == "coadd" and np.isclose(f["psf"][...].sum(), 1.0)
         assert np.array_equal(f["psf"][...], f["psf_static"][...])
         assert np.all(np.isfinite(f["visits"]["psf_fwhm"]))
     template = tmp_path / "t.fits"
     science = info["science"][0]
-    assert _cli("template", model, science, "-o", template)[0] == 0
+    assert run_cli("template", model, science, "-o", template)[0] == 0
     with fits.open(template) as hdul, h5py.File(model) as f:
         assert np.array_equal(hdul["PSF"].data, f["psf"][...])
         plain = hdul["IMAGE"].data.copy()
     matched = tmp_path / "tm.fits"
-    assert _cli("template", model, science, "-o", matched, "--match-psf")[0] == 0
+    assert run_cli("template", model, science, "-o", matched, "--match-psf")[0] == 0
     with fits.open(matched) as hdul, fits.open(science) as sci:
         assert np.allclose(hdul["PSF"].data, sci["PSF"].data / sci["PSF"].data.sum(), rtol=1e-12, atol=1e-15)
         assert hdul["IMAGE"].data.sum() == pytest.approx(plain.sum(), rel=1e-3)
-    assert _cli("export", model, "--fits", tmp_path / "x")[0] == 0
+    assert run_cli("export", model, "--fits", tmp_path / "x")[0] == 0
     assert all("PSF" in fits.open(p) for p in (tmp_path / "x").glob("*.fits") if "_nImage_" not in p.name)
 
 
 def test_psf_aware_model_runs_and_records_its_reference(field, tmp_path):
     out, _ = field
     model = tmp_path / "aware.h5"
-    code, _, err = _cli("run", out / "manifest.toml", "-o", model, "--set", "usePsf=true")
+    code, _, err = run_cli("run", out / "manifest.toml", "-o", model, "--set", "usePsf=true")
     assert code == 0, err
     with h5py.File(model) as f:
         assert f.attrs["psf_aware"] and f["psf"].attrs["kind"] == "reference"
@@ -129,10 +117,10 @@ def test_psf_aware_model_runs_and_records_its_reference(field, tmp_path):
 def test_evaluate_matches_psfs_and_counts_dipoles(field, tmp_path):
     out, info = field
     model = tmp_path / "m.h5"
-    assert _cli("run", out / "manifest.toml", "-o", model)[0] == 0
-    code, text, _ = _cli("evaluate", model, *info["science"], "--truth", out / "truth.npz")
+    assert run_cli("run", out / "manifest.toml", "-o", model)[0] == 0
+    code, text, _ = run_cli("evaluate", model, *info["science"], "--truth", out / "truth.npz")
     assert code == 0 and "dipoles" in text and "removed against the plain coadd" in text
-    code, text, _ = _cli("evaluate", model, *info["science"], "--no-psf-match")
+    code, text, _ = run_cli("evaluate", model, *info["science"], "--no-psf-match")
     assert code == 0 and "none (--no-psf-match)" in text
 
 

@@ -1,16 +1,14 @@
 """The static model T as an input (--static-model, manifest static_model), and the LSST fields that
 act on the inputs and outputs: select.maxPsfFwhm and doNImage."""
 
-import contextlib
-import io
 import shutil
 
 import h5py
 import numpy as np
 import pytest
 from astropy.io import fits
+from cli_runner import run_cli
 
-from mpidcr.cli import main
 from mpidcr.config import DcrConfig
 from mpidcr.driver import inputs_from_manifest
 from mpidcr.io.manifest import read_manifest
@@ -25,16 +23,6 @@ def field(tmp_path_factory):
     out = tmp_path_factory.mktemp("static")
     info = simulate(out, size=64, num_visits=5, num_science=0, seed=3, engine="numpy")
     return out, info
-
-
-def _cli(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(["-q", *map(str, args)])
-        except SystemExit as exc:
-            code = exc.code
-    return code, err.getvalue().strip().splitlines()
 
 
 def _static_from(warp, path, scale=1.0, extra_plane=None, shape=None):
@@ -73,7 +61,7 @@ def test_run_starts_from_the_given_static_model(field, tmp_path):
     out, info = field
     T = _static_from(info["warps"][0], tmp_path / "T.fits", scale=1.0)
     model = tmp_path / "m.h5"
-    code, err = _cli("run", out / "manifest.toml", "-o", model, "--static-model", T)
+    code, _, err = run_cli("run", out / "manifest.toml", "-o", model, "--static-model", T)
     assert code == 0, err
     with h5py.File(model, "r") as f, fits.open(T) as hdul:
         assert np.allclose(f["coadd/static"][...], hdul["IMAGE"].data)
@@ -84,11 +72,11 @@ def test_run_starts_from_the_given_static_model(field, tmp_path):
 def test_an_earlier_model_file_can_be_the_static_model(field, tmp_path):
     out, _ = field
     first = tmp_path / "first.h5"
-    assert _cli("run", out / "manifest.toml", "-o", first)[0] == 0
+    assert run_cli("run", out / "manifest.toml", "-o", first)[0] == 0
     info = scan_static(str(first))
     assert info.kind == "hdf5" and info.shape == (64, 64)
     second = tmp_path / "second.h5"
-    code, err = _cli("run", out / "manifest.toml", "-o", second, "--static-model", first)
+    code, _, err = run_cli("run", out / "manifest.toml", "-o", second, "--static-model", first)
     assert code == 0, err
     with h5py.File(first, "r") as a, h5py.File(second, "r") as b:
         assert np.array_equal(a["coadd/static"][...], b["coadd/static"][...])
@@ -115,7 +103,7 @@ def test_bad_static_model_is_one_line(field, tmp_path, make, message):
     out, info = field
     T = tmp_path / "T.fits"
     make(info["warps"][0], T)
-    code, err = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--static-model", T)
+    code, _, err = run_cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--static-model", T)
     assert code == 2 and len(err) == 1 and str(T) in err[0] and message in err[0], err
     assert not (tmp_path / "m.h5").exists()
 
@@ -125,20 +113,20 @@ def test_static_model_with_nan_is_refused(field, tmp_path):
     T = _static_from(info["warps"][0], tmp_path / "T.fits")
     with fits.open(T, mode="update") as hdul:
         hdul["IMAGE"].data[5, 7] = np.nan
-    code, err = _cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--static-model", T)
+    code, _, err = run_cli("run", out / "manifest.toml", "-o", tmp_path / "m.h5", "--static-model", T)
     assert code == 2 and len(err) == 1 and "non-finite" in err[0] and "(5, 7)" in err[0], err
 
 
 def test_do_nimage_false_writes_no_counts(field, tmp_path):
     out, _ = field
     on, off = tmp_path / "on.h5", tmp_path / "off.h5"
-    assert _cli("run", out / "manifest.toml", "-o", on)[0] == 0
-    assert _cli("run", out / "manifest.toml", "-o", off, "--set", "doNImage=false")[0] == 0
+    assert run_cli("run", out / "manifest.toml", "-o", on)[0] == 0
+    assert run_cli("run", out / "manifest.toml", "-o", off, "--set", "doNImage=false")[0] == 0
     with h5py.File(on, "r") as a, h5py.File(off, "r") as b:
         assert "nimage" in a and "nimage_total" in a
         assert "nimage" not in b and "nimage_total" not in b
         assert np.array_equal(a["model"][...], b["model"][...])
-    assert _cli("export", off, "--fits", tmp_path / "fits")[0] == 0
+    assert run_cli("export", off, "--fits", tmp_path / "fits")[0] == 0
 
 
 def test_max_psf_fwhm_leaves_out_wide_visits(field, tmp_path):
@@ -150,6 +138,6 @@ def test_max_psf_fwhm_leaves_out_wide_visits(field, tmp_path):
     cfg = DcrConfig(effectiveWavelength=476.31, bandwidth=147.0, select={"maxPsfFwhm": 1.0})
     inputs = inputs_from_manifest(read_manifest(tmp_path / "f" / "manifest.toml"), cfg)
     assert len(inputs.infos) == 4 and str(wide) not in [i.path for i in inputs.infos]
-    code, err = _cli("run", tmp_path / "f" / "manifest.toml", "-o", tmp_path / "m.h5", "--set",
+    code, _, err = run_cli("run", tmp_path / "f" / "manifest.toml", "-o", tmp_path / "m.h5", "--set",
                      "select.maxPsfFwhm=0.1")  # fmt: skip
     assert code == 2 and "leaves 0 of 5 visits" in err[-1]

@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import artifacts as af
-from .coadd import static_sky_model
+from .coadd import static_sky_model, visit_weights_from_sums
 from .config import DcrConfig
 from .dcr import VisitShifts
 from .io.warps import WarpInfo, read_window
@@ -162,8 +162,7 @@ def _tile_pass(infos: list[WarpInfo], planes: dict[str, int], config: DcrConfig,
     # the visits' weights: inverse mean variance of their good pixels (patch-wide)
     reducer, _ = comm.decompose(plan)
     total = reducer.sum(sums)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        weights = np.where(total[V:] > 0, total[V:] / total[:V], 0.0)
+    weights = visit_weights_from_sums(total[:V], total[V:], None)
     finite = np.isfinite(matched) & np.isfinite(matched_var)
     static = static_sky_model(np.where(finite, matched, 0.0).astype(np.float32),
                               np.where(finite, matched_var, 0.0).astype(np.float32), masks, finite, weights,

@@ -59,11 +59,10 @@ def output_grid(info: WarpInfo, border: int) -> tuple[Any, tuple[int, int], tupl
     return grown, shape, (info.xy0[0] - border, info.xy0[1] - border)
 
 
-def _pixel_area(wcs: Any, shape: tuple[int, int]) -> float:
-    """The sky area of the pixel at the centre of a ``shape`` grid (square degrees)."""
+def _pixel_area(wcs: Any) -> float:
+    """A pixel's sky area in the tangent plane (square degrees): the same over a patch to < 1e-6."""
     from astropy.wcs.utils import proj_plane_pixel_area
 
-    del shape  # (the tangent-plane area: the same at every pixel of a patch to < 1e-6)
     return float(proj_plane_pixel_area(wcs))
 
 
@@ -130,7 +129,7 @@ def detector_template(model_paths: list[str], science_path: str, overrides: dict
         # counts per pixel, resampled by the areas the pixels share (reproject_exact): the counts
         # are conserved; × the ratio of the pixels' areas where the scales differ.  (The variance is
         # resampled the same way: an upper bound, the overlaps' weights are not squared.)
-        area = _pixel_area(wcs, shape) / _pixel_area(model_wcs, model.model.shape[1:])
+        area = _pixel_area(wcs) / _pixel_area(model_wcs)
         image_out, cover = reproject_exact((np.nan_to_num(template), model_wcs), wcs, shape_out=shape)
         var_out, _ = reproject_exact((np.nan_to_num(variance, nan=np.inf), model_wcs), wcs, shape_out=shape)
         # a resampled pixel must not share area with a pixel without data

@@ -92,12 +92,10 @@ def translated_metadata(header: fits.Header, path: str) -> dict[str, Any]:
         from astro_metadata_translator import ObservationInfo
     except ImportError:
         return {}
-    import logging as _logging
-
     _sites_offline()
-    quiet = _logging.getLogger("astro_metadata_translator")
+    quiet = logging.getLogger("astro_metadata_translator")
     level = quiet.level
-    quiet.setLevel(_logging.CRITICAL)
+    quiet.setLevel(logging.CRITICAL)
     try:
         info = ObservationInfo(dict(header), filename=path, pedantic=False)
     except Exception:
@@ -134,9 +132,8 @@ def translated_metadata(header: fits.Header, path: str) -> dict[str, Any]:
             del out[name]  # (a translator's placeholder: the site's defaults then apply)
     if out and path not in _TRANSLATED:
         _TRANSLATED.add(path)
-        log.info("%s: %s header translated (astro-metadata-translator %s): %s", path, info.instrument,
-                 type(info).__module__.split(".")[0], ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
-                                                              for k, v in out.items()))  # fmt: skip
+        log.info("%s: %s header translated (astro-metadata-translator): %s", path, info.instrument,
+                 ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()))  # fmt: skip
     return out
 
 

@@ -235,13 +235,18 @@ def union_mask_planes(infos: list[WarpInfo]) -> dict[str, int]:
 
 def _section(path: str, hdu: str | int, box: Box, out: NDArray) -> NDArray:
     """Read ``box`` of an image HDU into ``out`` (converting from FITS big-endian in the copy)."""
-    # memory-mapped unless the HDU is scaled (afw's uint16 masks: BZERO 32768), which astropy
-    # cannot map; .section reads only the window either way
+    # memory-mapped, except a scaled HDU (afw's uint16 masks: BZERO 32768), which astropy cannot
+    # map: that file is opened once more without; .section reads only the window either way
     with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
-        scaled = any(k in hdul[hdu].header for k in ("BZERO", "BSCALE", "BLANK")) and not hdul[hdu].header.get("ZIMAGE")
-    with fits.open(path, memmap=not scaled, lazy_load_hdus=True) as hdul:
-        data = hdul[hdu].section[box.y0 : box.y1, box.x0 : box.x1]
-        np.copyto(out, data, casting="unsafe")
+        header = hdul[hdu].header
+        scaled = any(k in header for k in ("BZERO", "BSCALE", "BLANK")) and not header.get("ZIMAGE")
+        if not scaled:
+            data = hdul[hdu].section[box.y0 : box.y1, box.x0 : box.x1]
+            np.copyto(out, data, casting="unsafe")
+    if scaled:
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            data = hdul[hdu].section[box.y0 : box.y1, box.x0 : box.x1]
+            np.copyto(out, data, casting="unsafe")
     READ_STATS.windows.append((path, box))
     READ_STATS.bytes += data.nbytes
     return out

@@ -1,4 +1,5 @@
-"""`make bench`: kernel speed vs the scipy reference, and strong scaling of `mpidcr run`.
+"""`make bench`: a whole iteration and the sweep vs their scipy references, start-up and compilation,
+the PSF-aware model's cost, and strong scaling of `mpidcr run`.
 
 Writes benchmarks/results/bench.json and prints a table.  Not part of the tests: timings on a
 shared 2-core machine are noisy, so they are compared as ratios within one run.
@@ -16,9 +17,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from contention import ceilings
+from iteration import iteration
 from kernels import bench
 from psf_cost import psf_cost
 from scaling import scaling
+from startup import startup
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -45,9 +48,28 @@ def main() -> None:
     p.add_argument("--kernel-size", type=int, default=1024)
     p.add_argument("--shape", default="2048x4096", help="end-to-end patch NYxNX (default 2048x4096)")
     p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--skip-cold", action="store_true", help="no cold-cache runs (each compiles for about a minute)")
     a = p.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"machine": machine()}
+    ny, nx = (int(v) for v in a.shape.lower().split("x"))
+    out["iteration"] = []
+    print(f"{'field':>14} {'mpidcr ms':>9} {'update ms':>9} {'sweep ms':>8} {'scipy ms':>9} {'ratio':>6} "
+          f"{'not sweep':>9} {'max rel diff':>12}")
+    for shape in ((512, 512), (1024, 1024), (ny, nx)):
+        r = iteration(shape)
+        out["iteration"].append(r)
+        print(f"{f'{shape[0]}x{shape[1]}x12':>14} {r['iteration_s'] * 1e3:>9.1f} {r['update_s'] * 1e3:>9.1f} "
+              f"{r['sweep_kernel_s'] * 1e3:>8.1f} {r['reference_iteration_s'] * 1e3:>9.0f} {r['ratio']:>6.1f} "
+              f"{100 * r['non_sweep_share']:>8.0f}% {r['max_rel_diff']:>12.1e}")
+    out["startup"] = su = startup(RESULTS / "startup", cold=not a.skip_cold)
+    w = su["warm_run"]
+    print(f"\nmpidcr --help {su['help_s']:.2f} s; warm run of 128x128x6: {w['wall_s']:.2f} s wall (kernels "
+          f"{w['phases_s']['compile']:.2f} s, read+solve+write {w['phases_s']['total']:.2f} s)")
+    if "cold_run_1_rank" in su:
+        c1, c4 = su["cold_run_1_rank"], su["cold_run_4_ranks"]
+        print(f"cold kernel cache: 1 rank compiles in {c1['compile_s']:.1f} s; 4 ranks, seconds to kernels ready per "
+              f"rank: {', '.join(f'{s:.1f}' if s is not None else '?' for s in c4['per_rank_kernel_s'])}")
     out["kernels"] = bench(size=a.kernel_size, visits=12, K=3)
     print(f"{'order':>5} {'mpidcr ms/Mpix/visit':>21} {'scipy ms/Mpix/visit':>20} {'ratio':>7} {'max rel diff':>13}")
     for r in out["kernels"]:
@@ -60,7 +82,6 @@ def main() -> None:
           f"{r['size']}² x {r['visits']} visits: {r['psf_aware_s'] * 1e3:.1f} / {r['constant_s'] * 1e3:.1f} ms = "
           f"{r['ratio']:.2f}")
     if not a.skip_scaling:
-        ny, nx = (int(v) for v in a.shape.lower().split("x"))
         out["scaling"] = scaling(RESULTS / f"scaling-data-{ny}x{nx}", (ny, nx))
         print(
             f"\n{'ranks':>5} {'tiles':>6} {'iter':>5} {'compile s':>9} {'read s':>7} {'solve s':>8} {'write s':>8} "

@@ -15,7 +15,10 @@ Everything else is internal and may change.
 
 __version__ = "0.1.0"
 
-from .api import DcrConfig, Model, Observation, Site, SolveResult, Weather, open_model, run, solve
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import DcrConfig, Model, Observation, Site, SolveResult, Weather, open_model, run, solve
 
 __all__ = [
     "DcrConfig",
@@ -29,3 +32,13 @@ __all__ = [
     "run",
     "solve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The public names are imported from :mod:`mpidcr.api` on first use: the command line (and
+    ``mpidcr --help``) then starts without numpy and the model-file readers."""
+    if name in __all__ and name != "__version__":
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'mpidcr' has no attribute {name!r}")

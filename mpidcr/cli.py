@@ -73,7 +73,10 @@ def _shift_observation(args: argparse.Namespace):
         problem = None if value is None else physical_problem(name, value)
         if problem:
             raise MpidcrError(f"--{name} = {value:g}{problem}")
-    site = Site(latitude=args.latitude, longitude=args.longitude, height=args.height)
+    rubin = Site()  # the default site: each coordinate not given is Rubin's
+    site = Site(latitude=rubin.latitude if args.latitude is None else args.latitude,
+                longitude=rubin.longitude if args.longitude is None else args.longitude,
+                height=rubin.height if args.height is None else args.height)  # fmt: skip
     if args.elevation is None and args.airmass is None:
         raise MpidcrError("give --elevation or --airmass")
     elevation = args.elevation if args.elevation is not None else elevation_from_airmass(args.airmass)
@@ -97,9 +100,6 @@ def _shift_observation(args: argparse.Namespace):
 
 def _add_shifts(sub: argparse._SubParsersAction) -> None:
     """The ``shifts`` subcommand's arguments."""
-    from .dcr import Site
-
-    RUBIN = Site()  # the default site
     s = sub.add_parser(
         "shifts",
         help="DCR shifts of the sub-filters for one visit",
@@ -117,9 +117,10 @@ def _add_shifts(sub: argparse._SubParsersAction) -> None:
                    "default J2000.0)")  # fmt: skip
     s.add_argument("--rotation-angle", type=float, default=0.0, help="sky rotation angle of the image axes, deg")
     s.add_argument("--pixel-scale", type=float, default=0.2, help="arcsec/pixel (default 0.2)")
-    s.add_argument("--latitude", type=float, default=RUBIN.latitude, help="site latitude, deg (default Rubin)")
-    s.add_argument("--longitude", type=float, default=RUBIN.longitude, help="site longitude, deg (default Rubin)")
-    s.add_argument("--height", type=float, default=RUBIN.height, help="site height, m (default Rubin)")
+    # (the defaults are Rubin's, filled in later: the parser is built without numpy)
+    s.add_argument("--latitude", type=float, help="site latitude, deg (default Rubin)")
+    s.add_argument("--longitude", type=float, help="site longitude, deg (default Rubin)")
+    s.add_argument("--height", type=float, help="site height, m (default Rubin)")
     s.add_argument("--profile", choices=["mpidcr", "lsst"], default="mpidcr",
                    help="lsst: afw's refraction and parallactic angle, LSST's unsplit shifts")  # fmt: skip
     s.add_argument("--temperature", type=float, help="air temperature, C (default: standard atmosphere)")
@@ -562,6 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     p.add_argument("--log-all-ranks", action="store_true", help="let every MPI rank log, prefixed with its rank")
+    p.add_argument(
+        "--kernel-cache",
+        metavar="DIR",
+        help="numba's cache of compiled kernels in DIR (sets NUMBA_CACHE_DIR; e.g. a node-local disk when the "
+        "install is on a shared file system); default: next to the installed sources",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -574,6 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = build_parser().parse_args(argv)
+    if args.kernel_cache:
+        try:
+            use_kernel_cache(args.kernel_cache)
+        except MpidcrError as exc:
+            return _report(exc, None)
     if args.command != "run":
         return _dispatch(args, None)
     from .parallel.comm import get_comm, install_abort_hook
@@ -586,6 +598,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args, comm)
     finally:
         STOP.restore()
+
+
+def use_kernel_cache(directory: str) -> None:
+    """Keep numba's compiled kernels in ``directory`` (created if missing): NUMBA_CACHE_DIR, which numba
+    reads when the kernels are imported, so this must come first."""
+    path = os.path.abspath(os.path.expanduser(directory))
+    if "mpidcr.kernels" in sys.modules and os.environ.get("NUMBA_CACHE_DIR") != path:
+        raise MpidcrError(f"--kernel-cache {directory}: the kernels are already loaded in this process (set "
+                          "NUMBA_CACHE_DIR before importing mpidcr's kernels)")  # fmt: skip
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise MpidcrError(f"--kernel-cache {directory}: cannot create it ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise MpidcrError(f"--kernel-cache {directory}: not writable")
+    os.environ["NUMBA_CACHE_DIR"] = path
 
 
 def _dispatch(args: argparse.Namespace, comm: Comm | None) -> int:

@@ -501,6 +501,22 @@ def ranks_within(inputs: RunInputs, plan: Plan, limit: int) -> int:
 
 
 # ----------------------------------------------------------------------------- phase: read
+def ready_kernels(config: DcrConfig, comm: Comm, psf_aware: bool) -> None:
+    """Compile the kernels a run of ``config`` calls, or read them back from numba's on-disk cache,
+    so that each is compiled once and not by every rank at the same time: rank 0 first; then the
+    first rank of every other node (whose cache may be node-local, ``--kernel-cache``); then every
+    other rank, which finds them in its node's cache.  Waiting ranks sleep (no spinning), leaving
+    the cores to the compiling one."""
+    first_on_node = comm.node_rank() == 0
+    stages = (comm.rank == 0, comm.rank != 0 and first_on_node, not first_on_node)
+    for mine in stages:
+        if mine:
+            seconds = warm_up(config, tiled=comm.size > 1, psf_aware=psf_aware)
+            log.debug("rank %d: kernels compiled or loaded in %.2f s", comm.rank, seconds)
+        if comm.size > 1:
+            comm.quiet_barrier()
+
+
 def read_tile(inputs: RunInputs, tile: Tile) -> WarpStack:
     """Every warp's window of this rank's outer box (no whole image is ever read)."""
     return read_box(inputs, tile.outer)
@@ -827,7 +843,7 @@ def run(inputs: RunInputs, options: RunOptions, comm: Comm | None = None) -> Run
         # the numba kernels are compiled (or read back from the on-disk cache) here, after every
         # check that can refuse the run
         with timer.phase("compile"):
-            warm_up(inputs.config, tiled=comm.size > 1, psf_aware=inputs.psf_model is not None)
+            ready_kernels(inputs.config, comm, psf_aware=inputs.psf_model is not None)
         if comm.rank == 0:
             log.info("kernels ready in %.1f s (compiled, or read back from the on-disk cache)", timer.seconds["compile"])
         if inputs.config.doRejectArtifacts:

@@ -728,6 +728,7 @@ class DcrSolver:
         )
         width = int(cfg.regularizationWidth)
         work = self._work
+        flux = None
         if cfg.regularizeModelIterations > 0:
             for k in range(self.K):
                 clamp_to_previous(new[k], model[k], cfg.regularizeModelIterations, width, work.sel, work.scratch)
@@ -735,10 +736,12 @@ class DcrSolver:
             noise = merged_std(self.reducer, new[0], self.freq_background, region=self.inner)
             if self.lsst_freq:  # LSST's: the previous planes as reference, zero-padded Gaussians
                 regularize_frequency(new, cfg.regularizeModelFrequency, width, noise, work, model, "constant")
-            else:
-                regularize_frequency(new, cfg.regularizeModelFrequency, width, noise, work, keep_flux=True)
+            else:  # the flux the regularization moved is given back in the conditioning pass
+                regularize_frequency(new, cfg.regularizeModelFrequency, width, noise, work, keep_flux=True,
+                                     defer_flux=True)  # fmt: skip
+                flux = work.flux
         # steps 6 and 7 in one pass, in place
-        regularize.condition_weighted(new, model, gain, self.model_weights, self.static_share, out=new)
+        regularize.condition_weighted(new, model, gain, self.model_weights, self.static_share, out=new, flux=flux)
         if self._frozen is not None:  # a subregion: only the block changes, the ring keeps its values
             where, values = self._frozen
             new[:, where] = values

@@ -29,7 +29,7 @@ def clamp_to_previous(new: NDArray, old: NDArray, factor: float, width: int, sel
 
 def regularize_frequency(planes: NDArray, factor: float, width: int, noise: float,
                          work: regularize.FrequencyWork | None = None, previous: NDArray | None = None,
-                         mode: str = "reflect", keep_flux: bool = False) -> None:  # fmt: skip
+                         mode: str = "reflect", keep_flux: bool = False, defer_flux: bool = False) -> None:  # fmt: skip
     """Step 5 (in place on ``planes`` (K, ny, nx)): limit the sub-filters' departure from their mean.
 
     With ref = mean of the planes (0 where not positive), smooth = G_w(ref) + 3·noise/(2w):
@@ -41,14 +41,14 @@ def regularize_frequency(planes: NDArray, factor: float, width: int, noise: floa
     iteration's).  ``work``: preallocated work images.  ``keep_flux``: then give every pixel back
     the sum over sub-filters it had, spread evenly over the planes — the regularization moves flux
     between sub-filters but makes none (without it the templates' stars came out ~1 % bright).
+    ``defer_flux``: leave that to the caller, with the sums before in ``work.flux`` (the solver
+    gives them back in its conditioning pass, :func:`mpidcr.kernels.regularize.condition_weighted`).
     """
     work = work or regularize.FrequencyWork(planes.shape[1:], planes.dtype)
-    before = planes.sum(axis=0) if keep_flux else None
-    regularize.regularize_frequency(planes, factor, width, noise, work, previous, mode)
-    if before is not None:
-        before -= planes.sum(axis=0)
-        before *= planes.dtype.type(1.0 / planes.shape[0])
-        planes += before[None]
+    flux = work.flux if keep_flux else None
+    regularize.regularize_frequency(planes, factor, width, noise, work, previous, mode, flux)
+    if flux is not None and not defer_flux:
+        regularize.restore_flux(planes, flux)
 
 
 def condition(new: NDArray, old: NDArray, gain: float) -> NDArray:

@@ -13,6 +13,7 @@
 #   4. h5py built against parallel HDF5 with --no-build-isolation (wheel cached in
 #      $WHEELHOUSE, installed by file name), checked: h5py.get_config().mpi is True
 #   5. mpidcr itself, editable, with the [test,sim,plot] extras
+#   6. numba's cache filled with the kernels (python -m mpidcr.warmup): no compiling in the first run
 #
 # Knobs: PYTHON (python3), VENV (.venv), WHEELHOUSE (~/.cache/mpidcr-wheelhouse),
 #        SKIP_APT=1, HDF5_PKG (hdf5-mpich), H5PY_VER (3.16.0), MPI4PY_VER (4.1.2)
@@ -97,4 +98,8 @@ assert h5py.get_config().mpi, "h5py was built without MPI"
 print("[setup] OK: h5py", h5py.__version__, "(parallel HDF5", h5py.version.hdf5_version + ")",
       "| MPI:", MPI.Get_library_version().splitlines()[0].strip())
 PYEOF
+# 6. numba's cache filled (about a minute the first time, a second after): a first run then
+#    reads machine code instead of compiling it
+"$PY" -m mpidcr.warmup
+
 say "done in $((SECONDS - t0)) s"

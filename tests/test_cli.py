@@ -97,3 +97,43 @@ def test_shifts_text_output(capsys):
     assert main(["shifts", "--wavelength", "620", "--bandwidth", "140", "--elevation", "40"]) == 0
     out = capsys.readouterr().out
     assert sum(line.startswith("sub-filter ") for line in out.splitlines()) == 3
+
+
+def test_help_and_parser_start_without_numpy():
+    """`mpidcr --help` and the parser of every command import neither numpy nor the model readers."""
+    code = ("import sys, mpidcr.cli; mpidcr.cli.build_parser().format_help(); "
+            "heavy = [m for m in ('numpy', 'numba', 'astropy', 'scipy', 'h5py') if m in sys.modules]; "
+            "print(','.join(heavy))")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == ""
+
+
+def test_shifts_default_site_is_rubin(capsys):
+    """The site's defaults are filled in after parsing (the parser is built without numpy)."""
+    base = ["shifts", "--wavelength", "476.31", "--bandwidth", "147", "--airmass", "1.4", "--azimuth", "30", "--json"]
+    assert main(base) == 0
+    default = json.loads(capsys.readouterr().out)
+    rubin = dcr.Site()
+    assert main([*base, "--latitude", str(rubin.latitude), "--longitude", str(rubin.longitude), "--height",
+                 str(rubin.height)]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out) == default
+    assert main([*base, "--latitude", "19.8"]) == 0
+    assert json.loads(capsys.readouterr().out) != default
+
+
+def test_kernel_cache_option(tmp_path):
+    """--kernel-cache DIR: numba's cache goes there (created); an unusable directory is one line."""
+    cache = tmp_path / "kernels" / "node-local"
+    code = ("import os, sys; from mpidcr.cli import main; main(sys.argv[1:]); "
+            "import mpidcr.kernels, numba; print(os.environ['NUMBA_CACHE_DIR'], numba.config.CACHE_DIR)")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code, "--kernel-cache", str(cache), "config", "--defaults"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == f"{cache} {cache}" and cache.is_dir()
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "mpidcr", "--kernel-cache", str(blocked / "sub"), "config"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"mpidcr: error: --kernel-cache {blocked / 'sub'}: cannot create it "
+                                                "(Not a directory)"]  # fmt: skip

@@ -445,3 +445,71 @@ def test_selected_sums_leave_out_excluded_mask_bits(rng):
     use = select & ((masks & 0b101) == 0)
     n, total, _ = selected_sums(values, select, masks=masks, excluded=0b101)
     assert n == use.sum() and total == pytest.approx(values[use].astype(float).sum(), rel=1e-12)
+
+
+def test_flux_given_back_in_the_conditioning_pass(rng):
+    """The solver gives back the flux the frequency regularization moved inside its conditioning
+    pass (mpidcr.update.regularize_frequency with defer_flux): bit for bit numpy's steps one at a
+    time, with and without model weights; the reference pass's sums are numpy's sum over the planes."""
+    from mpidcr.kernels import regularize
+
+    K, ny, nx = 3, 23, 31
+    planes = rng.normal(5, 2, size=(K, ny, nx)).astype(np.float32)
+    old = rng.normal(5, 2, size=(K, ny, nx)).astype(np.float32)
+    flux = (planes.sum(axis=0) + rng.normal(size=(ny, nx))).astype(np.float32)
+    weights = rng.uniform(0, 1, size=(ny, nx)).astype(np.float32)
+    share = rng.normal(size=(ny, nx)).astype(np.float32)
+    expected = planes.copy()
+    step = flux - expected.sum(axis=0)
+    step *= np.float32(1.0 / K)
+    expected += step[None]
+    restored = planes.copy()
+    regularize.restore_flux(restored, flux)
+    assert np.array_equal(restored, expected)
+    assert np.allclose(restored.sum(axis=0), flux, rtol=1e-5)
+    for w, s in ((weights, share), (None, None)):
+        one_at_a_time = regularize.condition_weighted(expected, old, 0.7, w, s, out=np.empty_like(planes))
+        fused = planes.copy()
+        regularize.condition_weighted(fused, old, 0.7, w, s, out=fused, flux=flux)
+        assert np.array_equal(fused, one_at_a_time)
+    work = regularize.FrequencyWork((ny, nx), np.float32)
+    regularize._plane_mean_positive(planes, work.ref, work.flux, True)
+    assert np.array_equal(work.flux, planes.sum(axis=0))
+    with pytest.raises(ValueError, match="reference"):
+        regularize.regularize_frequency(planes, 4.0, 2, 1.0, work, reference=old, flux=work.flux)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "static_stack"])
+def test_threaded_twin_matches_serial_kernel(kernel, rng):
+    """A threadable kernel runs its parallel=True twin with several numba threads and the serial
+    dispatcher with one; rows are independent, so the results are identical."""
+    import numba
+
+    from mpidcr.coadd import static_sky_model
+    from mpidcr.kernels import gaussian, stack
+    from mpidcr.masks import DEFAULT_PLANES
+
+    images = rng.normal(5.0, 1.0, size=(7, 37, 41)).astype(np.float32)
+    good = rng.uniform(size=images.shape) > 0.1
+
+    def call():
+        if kernel == "gaussian":
+            return (gaussian.gaussian_filter(images[0], 2.0),)
+        m = static_sky_model(images, np.ones_like(images), np.zeros(images.shape, np.int32), good, np.ones(7),
+                             "MEANCLIP", DEFAULT_PLANES, 3.0, 2, {}, True)  # fmt: skip
+        return m.image, m.variance, m.mask
+
+    twin = gaussian._gaussian if kernel == "gaussian" else stack._static_stack
+    previous = numba.get_num_threads()
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba allows one thread here")
+    try:
+        numba.set_num_threads(1)
+        serial = call()
+        numba.set_num_threads(2)
+        threaded = call()
+    finally:
+        numba.set_num_threads(previous)
+    assert twin.threaded.signatures and twin.serial.signatures
+    for a, b in zip(serial, threaded, strict=True):
+        assert np.array_equal(a, b)

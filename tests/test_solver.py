@@ -435,6 +435,9 @@ def _kernel_signatures():
         for name, obj in vars(mod).items():
             if hasattr(obj, "signatures"):
                 counts[f"{module.name}.{name}"] = len(obj.signatures)
+            for twin in ("serial", "threaded"):  # kernels.threads.threadable
+                if hasattr(getattr(obj, twin, None), "signatures"):
+                    counts[f"{module.name}.{name}.{twin}"] = len(getattr(obj, twin).signatures)
     return counts
 
 
@@ -457,6 +460,43 @@ def test_warm_up_compiles_every_kernel_a_run_uses(order):
                                                                                  stack.masks))  # fmt: skip
     S.DcrSolver(stack, config, tile=tile).run()
     assert _kernel_signatures() == before
+
+
+@pytest.mark.parametrize("node_ranks", [[0, 1, 2, 3], [0, 1, 0, 1]])
+def test_kernels_are_compiled_by_one_rank_before_the_others_load_them(monkeypatch, node_ranks):
+    """driver.ready_kernels: rank 0 warms up alone; then the first rank of every other node (a
+    node-local cache); then everyone else, from a cache that is full by then."""
+    from mpidcr import driver
+
+    events = []
+
+    class Rank:
+        size = len(node_ranks)
+
+        def __init__(self, rank):
+            self.rank = rank
+
+        def node_rank(self):
+            return node_ranks[self.rank]
+
+        def quiet_barrier(self):
+            events.append(("barrier", self.rank))
+
+    def warm_up(config, tiled, psf_aware):
+        events.append(("warm", current.rank))
+        assert tiled and not psf_aware
+        return 0.0
+
+    monkeypatch.setattr(driver, "warm_up", warm_up)
+    stages = {}
+    for rank in range(len(node_ranks)):
+        current = Rank(rank)
+        events.clear()
+        driver.ready_kernels(None, current, psf_aware=False)
+        assert events.count(("warm", rank)) == 1 and events.count(("barrier", rank)) == 3
+        stages[rank] = [e[0] for e in events].index("warm")  # barriers passed before warming up
+    assert stages[0] == 0
+    assert all(stages[r] == (1 if node_ranks[r] == 0 else 2) for r in range(1, len(node_ranks)))
 
 
 def test_a_worse_step_is_never_convergence():

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .shift import _interior, tap_table
+from .threads import threadable
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -349,7 +350,7 @@ def _visit_pass(planes, image, good, converge, significance, inner, ftab, rtab, 
     return diff_sum, ref_sum
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@threadable()
 def _sweep_pass(planes, images, goods, converges, significance, inner, ftabs, rtabs, fpairs, rpairs, active, block, chunks,
                 acc):  # pragma: no cover
     """All visits of one iteration with row blocks outside and visits inside, so a block's

@@ -16,6 +16,8 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
+from .threads import threadable
+
 
 def gaussian_weights(sigma: float, truncate: float = 4.0) -> NDArray[np.float64]:
     """The normalised kernel scipy uses: radius ``int(truncate·sigma + 0.5)``, (2r + 1,)."""
@@ -79,7 +81,7 @@ def _taps_inside(o, w, src, y):  # pragma: no cover - compiled
                     o[x] += w[t] * a[x]
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+@threadable(error_model="numpy")
 def _gaussian(src, weights, out, block, post, value, image, constant):  # pragma: no cover - compiled
     """out[y] = post(g) for every smoothed row g of ``src``: PLAIN g; ADD g + value; RATIO
     (g + value) / image[y], 1 where not finite; SHARPEN (s + 3·(s − g))·image[y], s = src[y].
@@ -205,7 +207,7 @@ def gaussian_sharpen(image: NDArray, sigma: float, scale: NDArray, out: NDArray)
 
 
 # ----------------------------------------------------------------------------- small blur steps
-@numba.njit(cache=True, nogil=True, parallel=True)
+@threadable()
 def _step(src, out, w0, w1, block):  # pragma: no cover - compiled
     """out = the 3-tap kernel (w1, w0, w1) along y, then along x, edges mirrored (scipy's 'reflect')."""
     ny, nx = src.shape

@@ -95,15 +95,21 @@ def clamp_opened(image: NDArray, base: NDArray, high_scale: float, high_abs: boo
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _row_mean(planes, y, out):  # pragma: no cover - compiled
-    """out = mean over k of planes[k, y]."""
+def _row_sum(planes, y, out):  # pragma: no cover - compiled
+    """out = sum over k of planes[k, y], added in the order of k (as numpy's sum over axis 0)."""
     K = planes.shape[0]
     out[:] = 0
     for k in range(K):
         p = planes[k, y]
         for x in range(out.shape[0]):
             out[x] += p[x]
-    inv = planes.dtype.type(1.0 / K)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _row_mean(planes, y, out):  # pragma: no cover - compiled
+    """out = mean over k of planes[k, y]."""
+    _row_sum(planes, y, out)
+    inv = planes.dtype.type(1.0 / planes.shape[0])
     for x in range(out.shape[0]):
         out[x] *= inv
 
@@ -139,38 +145,51 @@ def amplify(planes: NDArray, accelerate: float, out: NDArray, significance: NDAr
 
 
 @numba.njit(cache=True, nogil=True)
-def _plane_mean_positive(planes, out):  # pragma: no cover - compiled
+def _plane_mean_positive(planes, out, sums, with_sums):  # pragma: no cover - compiled
+    """out = the mean of the planes where finite and positive, else 0; with ``with_sums`` also
+    sums = their sum (the same additions), in one pass."""
     ny, nx = out.shape
+    inv = planes.dtype.type(1.0 / planes.shape[0])
     for y in range(ny):
         o = out[y]
-        _row_mean(planes, y, o)
+        _row_sum(planes, y, o)
+        if with_sums:
+            t = sums[y]
+            for x in range(nx):
+                t[x] = o[x]
         for x in range(nx):
-            v = o[x]
+            v = o[x] * inv
             o[x] = v if (math.isfinite(v) and v > 0) else 0
 
 
 class FrequencyWork:
-    """The work images of :func:`regularize_frequency`, allocated once per run: three float images and
-    two uint8 selections of shape (ny, nx)."""
+    """The work images of :func:`regularize_frequency`, allocated once per run: four float images
+    (``flux`` holds the planes' sum before the regularization) and two uint8 selections of shape (ny, nx)."""
 
     def __init__(self, shape: tuple[int, int], dtype: np.dtype):
-        self.ref, self.smooth, self.ratio = (np.empty(shape, dtype) for _ in range(3))
+        self.ref, self.smooth, self.ratio, self.flux = (np.empty(shape, dtype) for _ in range(4))
         self.sel = np.empty(shape, np.uint8)
         self.scratch = np.empty(shape, np.uint8)
 
 
 def regularize_frequency(planes: NDArray, factor: float, width: int, noise: float, work: FrequencyWork,
-                         reference: NDArray | None = None, mode: str = "reflect") -> None:  # fmt: skip
+                         reference: NDArray | None = None, mode: str = "reflect",
+                         flux: NDArray | None = None) -> None:  # fmt: skip
     """Step 5 in place on ``planes`` (K, ny, nx): see :func:`mpidcr.update.regularize_frequency`.
 
     ``reference``: the planes whose positive mean is the reference (default ``planes`` themselves;
     LSST's task uses the previous iteration's).  ``mode``: of the two Gaussians of width ``width``
-    ('reflect', or LSST's 'constant'); the sharpening's is always 'reflect'.
+    ('reflect', or LSST's 'constant'); the sharpening's is always 'reflect'.  ``flux`` (ny, nx):
+    receives the planes' sum before the regularization (in the reference's pass; without a
+    ``reference`` only), for :func:`restore_flux` or the conditioning to give back.
     """
     dt = planes.dtype.type
     floor = dt(3.0 * noise / (2.0 * width))
     ref, smooth, ratio = work.ref, work.smooth, work.ratio
-    _plane_mean_positive(planes if reference is None else np.ascontiguousarray(reference, dtype=planes.dtype), ref)
+    if flux is not None and reference is not None:
+        raise ValueError("the flux before the regularization is summed with the planes as the reference only")
+    source = planes if reference is None else np.ascontiguousarray(reference, dtype=planes.dtype)
+    _plane_mean_positive(source, ref, ref if flux is None else flux, flux is not None)
     gaussian_filter(ref, width, out=smooth, add=floor, mode=mode)
     max_diff = math.sqrt(factor)
     for k in range(planes.shape[0]):
@@ -181,29 +200,74 @@ def regularize_frequency(planes: NDArray, factor: float, width: int, noise: floa
         gaussian_sharpen(ratio, width / 3.0, ref, out=planes[k])
 
 
-@numba.njit(cache=True, nogil=True)
-def _condition(new, old, gain, weights, static_share, weighted, out):  # pragma: no cover - compiled
+@numba.njit(cache=True, nogil=True, inline="always")
+def _flux_row(new, y, flux, inv, d):  # pragma: no cover - compiled
+    """d = (flux[y] − Σ_k new[k, y])·inv, the sum added in the order of k (as numpy's)."""
     K = new.shape[0]
-    g = new.dtype.type(gain)
-    norm = new.dtype.type(1.0 / (1.0 + gain))
-    w, s = weights.ravel(), static_share.ravel()
-    for k in range(K):
-        n, o, r = new[k].ravel(), old[k].ravel(), out[k].ravel()
-        if weighted:
-            for i in range(r.shape[0]):
-                r[i] = (g * n[i] + o[i]) * norm * w[i] + s[i]
-        else:
-            for i in range(r.shape[0]):
-                r[i] = (g * n[i] + o[i]) * norm
+    f = flux[y]
+    for x in range(d.shape[0]):
+        t = new[0, y, x]
+        for k in range(1, K):
+            t += new[k, y, x]
+        d[x] = (f[x] - t) * inv
+
+
+@numba.njit(cache=True, nogil=True)
+def _condition(new, old, gain, weights, static_share, weighted, flux, keep, out):  # pragma: no cover - compiled
+    K, ny, nx = new.shape
+    dt = new.dtype.type
+    g = dt(gain)
+    norm = dt(1.0 / (1.0 + gain))
+    inv = dt(1.0 / K)
+    d = np.zeros(nx, dtype=new.dtype)
+    for y in range(ny):
+        if keep:
+            _flux_row(new, y, flux, inv, d)
+        w, s = weights[y], static_share[y]
+        for k in range(K):
+            n, o, r = new[k, y], old[k, y], out[k, y]
+            if keep and weighted:
+                for x in range(nx):
+                    r[x] = (g * (n[x] + d[x]) + o[x]) * norm * w[x] + s[x]
+            elif keep:
+                for x in range(nx):
+                    r[x] = (g * (n[x] + d[x]) + o[x]) * norm
+            elif weighted:
+                for x in range(nx):
+                    r[x] = (g * n[x] + o[x]) * norm * w[x] + s[x]
+            else:
+                for x in range(nx):
+                    r[x] = (g * n[x] + o[x]) * norm
 
 
 def condition_weighted(new: NDArray, old: NDArray, gain: float, weights: NDArray | None, static_share: NDArray | None,
-                       out: NDArray) -> NDArray:  # fmt: skip
+                       out: NDArray, flux: NDArray | None = None) -> NDArray:  # fmt: skip
     """Steps 6–7 in one pass: ``out = (g·new + old)/(1 + g)·M + T·(1 − M)/K`` (without model
     weights: M = 1, no static share).  ``static_share`` is T·(1 − M)/K, (ny, nx).  ``out`` may be
-    ``new``."""
+    ``new``.  With ``flux`` (ny, nx), the sum of the planes before the frequency regularization:
+    first new_k += (flux − Σ_k new_k)/K, what :func:`restore_flux` does, in the same pass."""
     weighted = weights is not None and static_share is not None
     if not weighted:  # unused by the kernel: any (ny, nx) images of the planes' dtype
         weights = static_share = new[0]
-    _condition(new, old, float(gain), weights, static_share, weighted, out)
+    keep = flux is not None
+    _condition(new, old, float(gain), weights, static_share, weighted, new[0] if flux is None else flux, keep, out)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _restore_flux(planes, flux):  # pragma: no cover - compiled
+    K, ny, nx = planes.shape
+    inv = planes.dtype.type(1.0 / K)
+    d = np.zeros(nx, dtype=planes.dtype)
+    for y in range(ny):
+        _flux_row(planes, y, flux, inv, d)
+        for k in range(K):
+            p = planes[k, y]
+            for x in range(nx):
+                p[x] += d[x]
+
+
+def restore_flux(planes: NDArray, flux: NDArray) -> None:
+    """planes_k += (flux − Σ_k planes_k)/K in place: every pixel gets back the sum over sub-filters
+    ``flux`` (ny, nx) it had, the difference spread evenly over the planes."""
+    _restore_flux(planes, np.ascontiguousarray(flux, dtype=planes.dtype))

@@ -17,13 +17,15 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
+from .threads import threadable
+
 #: statistic codes of :func:`static_stack`
 MEAN, MEDIAN, MEANCLIP = 0, 1, 2
 
 _IQR_TO_SIGMA = 0.7413  # 1 / (2 · Φ⁻¹(0.75)) for a Gaussian
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@threadable()
 def _static_stack(inputs, options, outputs, chunks, width):  # pragma: no cover - compiled
     """``inputs`` = (images, variances, masks, good, weights), ``options`` = (statistic, sigma_clip,
     clip_iter, propagated bits, their thresholds, variance from inputs?, NO_DATA bit, sorting

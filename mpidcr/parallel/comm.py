@@ -42,6 +42,7 @@ class Comm(Protocol):
     def quiet_barrier(self) -> None: ...
     def abort(self, code: int) -> None: ...
     def node_size(self) -> int: ...
+    def node_rank(self) -> int: ...
     def any_rank(self, flag: bool) -> bool: ...
     def decompose(self, plan: Plan) -> tuple[Reducer, HaloExchanger]: ...
     def send_tile_chunks(self, box: Box, arrays: dict[str, Any], dest: int, max_bytes: int) -> None: ...
@@ -81,6 +82,9 @@ class SerialComm:
 
     def node_size(self) -> int:
         return 1
+
+    def node_rank(self) -> int:
+        return 0
 
     def any_rank(self, flag: bool) -> bool:
         return bool(flag)
@@ -157,6 +161,16 @@ class MpiComm:
         local = self.mpi.Split_type(MPI.COMM_TYPE_SHARED)
         try:
             return int(local.Get_size())
+        finally:
+            local.Free()
+
+    def node_rank(self) -> int:
+        """This rank's number among the ranks of this communicator on its node (a collective call)."""
+        from mpi4py import MPI
+
+        local = self.mpi.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            return int(local.Get_rank())
         finally:
             local.Free()
 

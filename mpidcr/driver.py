@@ -502,7 +502,7 @@ def ranks_within(inputs: RunInputs, plan: Plan, limit: int) -> int:
 
 # ----------------------------------------------------------------------------- phase: read
 def ready_kernels(config: DcrConfig, comm: Comm, psf_aware: bool) -> None:
-    """Compile the kernels a run of ``config`` calls, or read them back from numba's on-disk cache,
+    """Compile the kernels a run of ``config`` calls, or read them back from the on-disk kernel cache,
     so that each is compiled once and not by every rank at the same time: rank 0 first; then the
     first rank of every other node (whose cache may be node-local, ``--kernel-cache``); then every
     other rank, which finds them in its node's cache.  Waiting ranks sleep (no spinning), leaving

@@ -57,7 +57,7 @@ from .rejection import ArtifactMasks, find_artifacts
 from .resources import BASELINE_BYTES, memory_per_rank, memory_problem
 from .solver import DcrResult, DcrSolver, SolverState, WarpStack, history_table
 from .tiling import Box, Plan, Tile, choose_dims, parse_tiles
-from .warmup import warm_up
+from .warmup import PARTS, warm_part, warm_up
 
 if TYPE_CHECKING:
     from .subregions import SubregionOutcome
@@ -503,12 +503,19 @@ def ranks_within(inputs: RunInputs, plan: Plan, limit: int) -> int:
 # ----------------------------------------------------------------------------- phase: read
 def ready_kernels(config: DcrConfig, comm: Comm, psf_aware: bool) -> None:
     """Compile the kernels a run of ``config`` calls, or read them back from the on-disk kernel cache,
-    so that each is compiled once and not by every rank at the same time: rank 0 first; then the
-    first rank of every other node (whose cache may be node-local, ``--kernel-cache``); then every
-    other rank, which finds them in its node's cache.  Waiting ranks sleep (no spinning), leaving
-    the cores to the compiling one."""
-    first_on_node = comm.node_rank() == 0
-    stages = (comm.rank == 0, comm.rank != 0 and first_on_node, not first_on_node)
+    so that each is compiled once and never by every rank at the same time.  First the ranks on
+    rank 0's node share the groups of kernels (:data:`mpidcr.warmup.PARTS`) and compile them side
+    by side; then rank 0, then the first rank of every other node (whose cache may be node-local,
+    ``--kernel-cache``), then every other rank, warm up completely — by then mostly reading from
+    the cache.  Waiting ranks sleep (no spinning), leaving the cores to the compiling ones."""
+    node_rank, node_size, with_root = comm.node_info()
+    if with_root:
+        for index in range(node_rank, len(PARTS), node_size):
+            seconds = warm_part(config, index)
+            log.debug("rank %d: kernel group %d ready in %.2f s", comm.rank, index, seconds)
+    if comm.size > 1:
+        comm.quiet_barrier()
+    stages = (comm.rank == 0, comm.rank != 0 and node_rank == 0, node_rank != 0)
     for mine in stages:
         if mine:
             seconds = warm_up(config, tiled=comm.size > 1, psf_aware=psf_aware)

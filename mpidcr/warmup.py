@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -75,6 +76,110 @@ def warm_up(config: DcrConfig, tiled: bool, psf_aware: bool = False) -> float:
     return time.perf_counter() - t0
 
 
+def _part_static(config: DcrConfig) -> None:
+    """The construction's kernels: classification, warp-variance and visit-weight moments, the static
+    model, detection on it, the model weights' Gaussian."""
+    from . import kernels
+    from .coadd import static_sky_model
+    from .kernels import moments
+    from .kernels.gaussian import gaussian_filter
+    from .masks import plane_bits
+    from .reduction import SerialReducer, clipped_std, merged_std
+
+    w = tiny_field(config)
+    planes = w.mask_planes
+    region = (slice(0, _SIZE), slice(0, _SIZE))
+    bad, converge = plane_bits(planes, config.badMaskPlanes), plane_bits(planes, config.convergenceMaskPlanes)
+    good, _ = kernels.classify_pixels(w.images, w.variances, w.masks, 0, bad, converge,
+                                      plane_bits(planes, ["NO_DATA"]), 1e30)  # fmt: skip
+    snr = np.empty(w.images.shape[1:], w.images.dtype)
+    np.divide(w.images[0], np.sqrt(w.variances[0]), out=snr)
+    clipped_std(SerialReducer(), snr, select=good[0], masks=w.masks[0], excluded=bad, region=region)
+    moments.selected_sums(w.variances[0], good[0], region=region)
+    static = static_sky_model(w.images, w.variances, w.masks, good, np.ones(w.num_visits), config.static_statistic,
+                              planes, config.sigmaClip, config.clipIter, config.maskPropagationThresholds,
+                              config.calcErrorFromInputVariance)  # fmt: skip
+    kernels.binary_dilation_diamond(static.image > 1.0, 2)
+    merged_std(SerialReducer(), static.image.astype(np.float32), good[0], region=region)
+    gaussian_filter((static.image > 1.0).astype(np.float32), max(float(config.modelWeightsWidth), 1.0))
+
+
+def _part_sweep(config: DcrConfig) -> None:
+    """The sweep (at order 1; other orders sweep per shift: the solve warms them)."""
+    from .kernels.fused import SweepPlan, VisitPass
+
+    w = tiny_field(config)
+    good = np.ones(w.images.shape, np.bool_)
+    plan = SweepPlan([VisitPass(w.images.shape[1:], s.forward, s.mean) for s in w.shifts])
+    K = config.num_subfilters
+    shape = (K, *w.images.shape[1:])
+    planes = np.repeat(w.images[:1], K, axis=0)
+    active = np.ones(w.num_visits, np.bool_)
+    acc = np.empty(shape, planes.dtype)
+    plan.run(planes, w.images, good, good, np.ones(shape[1:], planes.dtype), (0, _SIZE, 0, _SIZE), active, acc)
+
+
+def _part_coverage(config: DcrConfig) -> None:
+    """The coverage pass (the update's weights and nImage)."""
+    from .kernels import fused
+    from .kernels.fused import SweepPlan, VisitPass
+
+    w = tiny_field(config)
+    good = np.ones(w.images.shape, np.bool_)
+    plan = SweepPlan([VisitPass(w.images.shape[1:], s.forward, s.mean) for s in w.shifts])
+    shape = (config.num_subfilters, *w.images.shape[1:])
+    fused.coverage(plan, good, np.ones(w.num_visits, np.bool_), np.empty(shape, np.float32), np.empty(shape, np.int32),
+                   np.empty(shape[1:], np.bool_))  # fmt: skip
+
+
+def _part_update(config: DcrConfig) -> None:
+    """The update's passes: the step, the clamps and openings, the frequency regularization's
+    Gaussians, conditioning with model weights and flux, the amplified planes."""
+    from .kernels import regularize
+    from .update import clamp_to_previous, regularize_frequency
+
+    w = tiny_field(config)
+    K = config.num_subfilters
+    model = np.repeat(w.images[:1], K, axis=0)
+    new = regularize.apply_update(model, model, np.ones_like(model), np.empty_like(model))
+    work = regularize.FrequencyWork(model.shape[1:], model.dtype)
+    width = max(int(config.regularizationWidth), 1)
+    clamp_to_previous(new[0], model[0], 2.0, width, work.sel, work.scratch)
+    regularize_frequency(new, 4.0, width, 1.0, work, keep_flux=True, defer_flux=True)
+    regularize_frequency(new, 4.0, width, 1.0, work, model, "constant")
+    weights = np.ones(model.shape[1:], model.dtype)
+    regularize.condition_weighted(new, model, 0.5, weights, weights, out=new, flux=work.flux)
+    regularize.condition_weighted(new, model, 0.5, None, None, out=new)
+    regularize.amplify(model, 3.0, np.empty_like(model), np.empty(model.shape[1:], model.dtype), 1.0)
+
+
+def _part_psf(config: DcrConfig) -> None:
+    """The PSF-aware model's blur steps and the templates' shifts at orders 1 and 3."""
+    from .kernels.gaussian import blur_step
+    from .solver import matched_template
+
+    w = tiny_field(config)
+    blur_step(w.images[0], 0.3, np.empty_like(w.images[0]))
+    planes = np.repeat(w.images[:1], config.num_subfilters, axis=0)
+    for order in (1, 3):
+        matched_template(planes, w.shifts[0], order)
+
+
+#: The kernels in groups that share no kernel, so that several processes can compile them side
+#: by side (largest first); a solve afterwards compiles nothing more (tests/test_solver.py)
+PARTS: tuple[Callable[[DcrConfig], None], ...] = (_part_sweep, _part_static, _part_coverage, _part_update, _part_psf)
+
+
+def warm_part(config: DcrConfig, index: int) -> float:
+    """Compile or load one of :data:`PARTS` (never raises: a part left undone compiles later)."""
+    t0 = time.perf_counter()
+    try:
+        PARTS[index](config)
+    except Exception as exc:
+        log.debug("kernel warm-up part %d skipped (%s: %s)", index, type(exc).__name__, exc)
+    return time.perf_counter() - t0
+
+
 def warm_all(config: DcrConfig | None = None) -> dict[str, float]:
     """Compile (or load) every kernel the commands call with ``config`` (default: the default
     configuration): a solve, the PSF-aware solve's blur, and templates at interpolation orders 1
@@ -82,7 +187,7 @@ def warm_all(config: DcrConfig | None = None) -> dict[str, float]:
     install reads machine code from the cache instead of compiling.  Returns seconds per part."""
     from .solver import matched_template
 
-    cfg = config or DcrConfig(effectiveWavelength=476.31, bandwidth=147.0).validate()
+    cfg = config or _default_config()
     seconds = {"solve": warm_up(cfg, tiled=False), "psf-aware solve": warm_up(cfg, tiled=False, psf_aware=True)}
     t0 = time.perf_counter()
     field = tiny_field(cfg)
@@ -93,15 +198,41 @@ def warm_all(config: DcrConfig | None = None) -> dict[str, float]:
     return seconds
 
 
-def main() -> None:
-    """``python -m mpidcr.warmup``: fill numba's cache (NUMBA_CACHE_DIR, or next to the sources)."""
-    import os
+def _default_config() -> DcrConfig:
+    return DcrConfig(effectiveWavelength=476.31, bandwidth=147.0).validate()
 
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mpidcr.warmup``: fill numba's cache (NUMBA_CACHE_DIR, or next to the sources).
+    The groups of :data:`PARTS` are compiled side by side in one process per core, then
+    :func:`warm_all` checks that nothing is left (``--part N``: one group, in this process)."""
+    import os
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--part"]:
+        warm_part(_default_config(), int(args[1]))
+        return
     where = os.environ.get("NUMBA_CACHE_DIR") or "next to the installed sources"
     t0 = time.perf_counter()
+    workers = min(os.cpu_count() or 1, len(PARTS))
+    if workers > 1:
+        command = [sys.executable, "-m", "mpidcr.warmup", "--part"]
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda i: subprocess.run([*command, str(i)], check=False), range(len(PARTS))))
+    from .kernels import signature_counts
+
+    for index in range(len(PARTS)):  # (loaded from the cache if compiled by the processes above)
+        warm_part(_default_config(), index)
+    before = signature_counts()
     parts = warm_all()
+    added = {name: n - before.get(name, 0) for name, n in signature_counts().items() if n > before.get(name, 0)}
+    left = "nothing left to compile" if not added else f"compiled after the groups: {added}"
     detail = ", ".join(f"{name} {s:.1f} s" for name, s in parts.items())
-    print(f"[warmup] kernels compiled or loaded in {time.perf_counter() - t0:.1f} s ({detail}); cache: {where}")
+    print(f"[warmup] kernels compiled or loaded in {time.perf_counter() - t0:.1f} s with {workers} process(es) "
+          f"(then: {detail}; {left}); cache: {where}")
 
 
 if __name__ == "__main__":

@@ -424,21 +424,9 @@ def test_warm_up_compiles_quietly_and_never_fails(caplog, monkeypatch):
 
 
 def _kernel_signatures():
-    import importlib
-    import pkgutil
+    from mpidcr.kernels import signature_counts
 
-    from mpidcr import kernels
-
-    counts = {}
-    for module in pkgutil.iter_modules(kernels.__path__):
-        mod = importlib.import_module(f"mpidcr.kernels.{module.name}")
-        for name, obj in vars(mod).items():
-            if hasattr(obj, "signatures"):
-                counts[f"{module.name}.{name}"] = len(obj.signatures)
-            for twin in ("serial", "threaded"):  # kernels.threads.threadable
-                if hasattr(getattr(obj, twin, None), "signatures"):
-                    counts[f"{module.name}.{name}.{twin}"] = len(getattr(obj, twin).signatures)
-    return counts
+    return signature_counts()
 
 
 @pytest.mark.parametrize("order", [1, 3])
@@ -462,41 +450,62 @@ def test_warm_up_compiles_every_kernel_a_run_uses(order):
     assert _kernel_signatures() == before
 
 
-@pytest.mark.parametrize("node_ranks", [[0, 1, 2, 3], [0, 1, 0, 1]])
-def test_kernels_are_compiled_by_one_rank_before_the_others_load_them(monkeypatch, node_ranks):
-    """driver.ready_kernels: rank 0 warms up alone; then the first rank of every other node (a
-    node-local cache); then everyone else, from a cache that is full by then."""
-    from mpidcr import driver
+@pytest.mark.parametrize("nodes", [[0, 0, 0, 0], [0, 1, 0, 1], [0, 1, 2, 3]])
+def test_kernels_are_compiled_once_then_loaded(monkeypatch, nodes):
+    """driver.ready_kernels on ranks placed on ``nodes``: the ranks on rank 0's node share the groups
+    of kernels (each group compiled by one rank, side by side); then rank 0, then the first rank of
+    every other node, then every other rank warm up completely (from the cache by then)."""
+    from mpidcr import driver, warmup
 
-    events = []
+    log = []
 
     class Rank:
-        size = len(node_ranks)
+        size = len(nodes)
 
         def __init__(self, rank):
             self.rank = rank
 
-        def node_rank(self):
-            return node_ranks[self.rank]
+        def node_info(self):
+            mine = [r for r in range(self.size) if nodes[r] == nodes[self.rank]]
+            return mine.index(self.rank), len(mine), nodes[self.rank] == nodes[0]
 
         def quiet_barrier(self):
-            events.append(("barrier", self.rank))
+            log.append(("barrier", current.rank))
 
-    def warm_up(config, tiled, psf_aware):
-        events.append(("warm", current.rank))
-        assert tiled and not psf_aware
-        return 0.0
-
-    monkeypatch.setattr(driver, "warm_up", warm_up)
-    stages = {}
-    for rank in range(len(node_ranks)):
+    monkeypatch.setattr(driver, "warm_part", lambda config, index: log.append(("part", current.rank, index)) or 0.0)
+    monkeypatch.setattr(driver, "warm_up", lambda config, tiled, psf_aware: log.append(("warm", current.rank)) or 0.0)
+    parts, stage = {}, {}
+    for rank in range(len(nodes)):
         current = Rank(rank)
-        events.clear()
+        log.clear()
         driver.ready_kernels(None, current, psf_aware=False)
-        assert events.count(("warm", rank)) == 1 and events.count(("barrier", rank)) == 3
-        stages[rank] = [e[0] for e in events].index("warm")  # barriers passed before warming up
-    assert stages[0] == 0
-    assert all(stages[r] == (1 if node_ranks[r] == 0 else 2) for r in range(1, len(node_ranks)))
+        for event in log:
+            if event[0] == "part":
+                assert all(e[0] == "part" for e in log[: log.index(event)])  # before the first barrier
+                parts.setdefault(event[2], []).append(rank)
+        assert log.count(("warm", rank)) == 1 and log.count(("barrier", rank)) == 4
+        stage[rank] = [e[0] for e in log if e[0] != "part"].index("warm")  # barriers passed before it
+    assert sorted(parts) == list(range(len(warmup.PARTS)))  # every group compiled, each by one rank
+    assert all(len(ranks) == 1 and nodes[ranks[0]] == nodes[0] for ranks in parts.values())
+    assert stage[0] == 1
+    for rank in range(1, len(nodes)):
+        first_on_node = nodes.index(nodes[rank]) == rank
+        assert stage[rank] == (2 if first_on_node else 3)
+
+
+def test_setup_warm_up_fills_an_empty_cache_completely(tmp_path):
+    """`python -m mpidcr.warmup` (what `make setup` runs) compiles the groups of warmup.PARTS side by
+    side into an empty cache, after which the complete warm-up (every kernel a run, a PSF-aware run
+    and a template call) compiles nothing more: the groups are all the work."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "mpidcr.warmup"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing left to compile" in proc.stdout, proc.stdout
+    assert any((tmp_path / "cache").rglob("*.nbi"))
 
 
 def test_a_worse_step_is_never_convergence():

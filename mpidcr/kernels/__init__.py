@@ -46,3 +46,21 @@ def set_threads(count: int) -> int:
 
 
 set_threads(min(int(os.environ.get("MPIDCR_THREADS", "1")), numba.config.NUMBA_NUM_THREADS))
+
+
+def signature_counts() -> dict[str, int]:
+    """How many specialisations every kernel of this package has in this process (compiled or
+    loaded from the cache), by ``module.name`` (``.serial``/``.threaded`` for threadable ones)."""
+    import importlib
+    import pkgutil
+
+    counts: dict[str, int] = {}
+    for module in pkgutil.iter_modules(__path__):
+        mod = importlib.import_module(f"{__name__}.{module.name}")
+        for name, obj in vars(mod).items():
+            if isinstance(obj, numba.core.dispatcher.Dispatcher):
+                counts[f"{module.name}.{name}"] = len(obj.signatures)
+            for twin in ("serial", "threaded"):  # threads.threadable
+                if isinstance(getattr(obj, twin, None), numba.core.dispatcher.Dispatcher):
+                    counts[f"{module.name}.{name}.{twin}"] = len(getattr(obj, twin).signatures)
+    return counts

@@ -42,7 +42,7 @@ class Comm(Protocol):
     def quiet_barrier(self) -> None: ...
     def abort(self, code: int) -> None: ...
     def node_size(self) -> int: ...
-    def node_rank(self) -> int: ...
+    def node_info(self) -> tuple[int, int, bool]: ...
     def any_rank(self, flag: bool) -> bool: ...
     def decompose(self, plan: Plan) -> tuple[Reducer, HaloExchanger]: ...
     def send_tile_chunks(self, box: Box, arrays: dict[str, Any], dest: int, max_bytes: int) -> None: ...
@@ -83,8 +83,8 @@ class SerialComm:
     def node_size(self) -> int:
         return 1
 
-    def node_rank(self) -> int:
-        return 0
+    def node_info(self) -> tuple[int, int, bool]:
+        return 0, 1, True
 
     def any_rank(self, flag: bool) -> bool:
         return bool(flag)
@@ -164,13 +164,14 @@ class MpiComm:
         finally:
             local.Free()
 
-    def node_rank(self) -> int:
-        """This rank's number among the ranks of this communicator on its node (a collective call)."""
+    def node_info(self) -> tuple[int, int, bool]:
+        """(this rank's number among the ranks of its node, their number, whether rank 0 is one of
+        them); a collective call."""
         from mpi4py import MPI
 
         local = self.mpi.Split_type(MPI.COMM_TYPE_SHARED)
         try:
-            return int(local.Get_rank())
+            return int(local.Get_rank()), int(local.Get_size()), bool(local.allreduce(self.rank == 0, op=MPI.LOR))
         finally:
             local.Free()
 

@@ -31,6 +31,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from .kernels.gaussian import correlate_separable
+
 #: Gaussian kernels reach this many σ (scipy's default truncation)
 KERNEL_SIGMAS = 4.0
 #: A PSF-matched pixel needs at least this share of its kernel's weight on good pixels
@@ -69,8 +71,7 @@ def matching_sigmas(psf_sigmas: NDArray) -> tuple[float, NDArray[np.float64]]:
 def _separable(image: NDArray, kernel: NDArray) -> NDArray[np.float64]:
     """``image`` correlated with ``kernel`` along y then x; reflected at the array's edges (the
     patch's edges: a tile's window reaches the kernel's radius beyond its inner box)."""
-    out = ndimage.correlate1d(np.asarray(image, np.float64), kernel, axis=0, mode="reflect")
-    return ndimage.correlate1d(out, kernel, axis=1, mode="reflect")
+    return correlate_separable(np.asarray(image, np.float64), kernel)
 
 
 def smooth(image: NDArray, sigma: float) -> NDArray[np.float64]:
@@ -137,17 +138,29 @@ def footprints(candidates: NDArray[np.bool_], min_pixels: int, grow_radius: int)
     return labels.astype(np.int32), int(n)
 
 
-def _per_label(labels: NDArray, n: int, values: NDArray | None = None) -> NDArray[np.float64]:
-    """Σ ``values`` (or the pixel count) of each label 1..n (index 0: the background)."""
-    weights = None if values is None else np.asarray(values, np.float64).ravel()
-    return np.bincount(labels.ravel(), weights=weights, minlength=n + 1).astype(np.float64)
+def _labelled(labels: NDArray) -> tuple[NDArray[np.intp], NDArray]:
+    """(flat indices of the labelled pixels, their labels): footprints cover a small share of a
+    warp, so per-label sums over these alone skip the background's pixels."""
+    flat = labels.ravel()
+    inside = np.flatnonzero(flat)
+    return inside, flat[inside]
+
+
+def _per_label(labels: NDArray, n: int, values: NDArray | None = None,
+               labelled: tuple[NDArray[np.intp], NDArray] | None = None) -> NDArray[np.float64]:  # fmt: skip
+    """Σ ``values`` (or the pixel count) of each label 1..n; index 0 (the background) is 0.
+    ``labelled``: :func:`_labelled` of ``labels``, when several sums share it."""
+    inside, lab = _labelled(labels) if labelled is None else labelled
+    weights = None if values is None else np.asarray(values).ravel()[inside].astype(np.float64)
+    return np.bincount(lab, weights=weights, minlength=n + 1).astype(np.float64)
 
 
 def prefilter(labels: NDArray, n: int, good: NDArray[np.bool_], ratio: float) -> NDArray[np.bool_]:
     """doPrefilterArtifacts: keep (per label 0..n; index 0 is False) the footprints whose share of
     pixels without any ``prefilterArtifactsMaskPlanes`` bit exceeds ``ratio``."""
-    area = _per_label(labels, n)
-    good_area = _per_label(labels, n, good)
+    labelled = _labelled(labels)
+    area = _per_label(labels, n, labelled=labelled)
+    good_area = _per_label(labels, n, good, labelled)
     with np.errstate(invalid="ignore", divide="ignore"):
         keep = good_area / area > ratio
     keep[0] = False
@@ -184,14 +197,16 @@ def transient_footprints(labels: NDArray, n: int, epoch_count: NDArray, nimage: 
     """Per label 0..n: is the footprint an artifact?  Its effective limit comes from the mean
     nImage over its pixels; it is one when more than ``limits.spatial`` of its pixels are outliers
     in at least one and at most that many epochs (a source that is there in more epochs stays)."""
-    area = _per_label(labels, n)
+    labelled = _labelled(labels)
+    inside, lab = labelled
+    area = _per_label(labels, n, labelled=labelled)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_n = _per_label(labels, n, nimage) / area
+        mean_n = _per_label(labels, n, nimage, labelled) / area
     limit = limits.limit(np.nan_to_num(mean_n))
-    per_pixel = limit[labels]
-    transient = (epoch_count > 0) & (epoch_count <= per_pixel)
+    epochs = np.asarray(epoch_count).ravel()[inside]
+    transient = (epochs > 0) & (epochs <= limit[lab])  # on the labelled pixels, in their order
     with np.errstate(invalid="ignore", divide="ignore"):
-        share = _per_label(labels, n, transient) / area
+        share = np.bincount(lab, weights=transient.astype(np.float64), minlength=n + 1) / area
     out = share > limits.spatial
     out[0] = False
     return out

@@ -154,12 +154,14 @@ def _part_update(config: DcrConfig) -> None:
 
 
 def _part_psf(config: DcrConfig) -> None:
-    """The PSF-aware model's blur steps and the templates' shifts at orders 1 and 3."""
-    from .kernels.gaussian import blur_step
+    """The PSF-aware model's blur steps, the artifact rejection's PSF matching, and the templates'
+    shifts at orders 1 and 3."""
+    from .kernels.gaussian import blur_step, correlate_separable
     from .solver import matched_template
 
     w = tiny_field(config)
     blur_step(w.images[0], 0.3, np.empty_like(w.images[0]))
+    correlate_separable(w.images[0].astype(np.float64), np.array([0.25, 0.5, 0.25]))
     planes = np.repeat(w.images[:1], config.num_subfilters, axis=0)
     for order in (1, 3):
         matched_template(planes, w.shifts[0], order)

@@ -513,3 +513,23 @@ def test_threaded_twin_matches_serial_kernel(kernel, rng):
     assert twin.threaded.signatures and twin.serial.signatures
     for a, b in zip(serial, threaded, strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape, radius", [((40, 37), 6), ((9, 11), 7), ((64, 80), 1)])
+def test_separable_correlation_matches_scipy(shape, radius, rng):
+    """The PSF matching's correlation (the Gaussian kernel's loop with any symmetric kernel) against
+    scipy.ndimage.correlate1d along y then x, mode 'reflect' — also with a kernel longer than the
+    image, where the mirroring repeats."""
+    from scipy import ndimage
+
+    from mpidcr.kernels.gaussian import correlate_separable
+
+    image = rng.normal(size=shape)
+    x = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (x / (0.4 * radius + 0.3)) ** 2)
+    weights /= weights.sum()
+    expected = ndimage.correlate1d(ndimage.correlate1d(image, weights, axis=0, mode="reflect"), weights, axis=1,
+                                   mode="reflect")  # fmt: skip
+    assert np.allclose(correlate_separable(image, weights), expected, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="symmetric"):
+        correlate_separable(image, np.array([0.2, 0.3, 0.5]))

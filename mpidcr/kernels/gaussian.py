@@ -206,6 +206,22 @@ def gaussian_sharpen(image: NDArray, sigma: float, scale: NDArray, out: NDArray)
     return _smooth(image, sigma, out, SHARPEN, 0.0, scale)
 
 
+def correlate_separable(image: NDArray, weights: NDArray, out: NDArray | None = None) -> NDArray:
+    """``image`` correlated with the symmetric 1-D kernel ``weights`` (odd length) along y, then
+    along x, edges mirrored (scipy's 'reflect'): ``scipy.ndimage.correlate1d`` on both axes (its
+    twin in the tests), in the image's dtype.  ``out``: not ``image``; returned."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or w.size % 2 == 0 or not np.array_equal(w, w[::-1]):
+        raise ValueError("correlate_separable needs a symmetric kernel of odd length")
+    src = np.ascontiguousarray(image)
+    if out is None:
+        out = np.empty_like(src)
+    if np.shares_memory(out, src):
+        raise ValueError("a separable correlation cannot work in place")
+    _gaussian(src, w, out, 32, PLAIN, 0.0, src, False)
+    return out
+
+
 # ----------------------------------------------------------------------------- small blur steps
 @threadable()
 def _step(src, out, w0, w1, block):  # pragma: no cover - compiled

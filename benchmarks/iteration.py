@@ -19,11 +19,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from reference import apply_thresholds_reference, regularize_frequency_reference
+from reference import (
+    apply_thresholds_reference,
+    regularize_frequency_reference,
+    reverse_reference,
+    template_reference,
+)
 
 from mpidcr.config import DcrConfig
 from mpidcr.dcr import dcr_shifts
@@ -67,18 +71,13 @@ def reference_sweep(solver: DcrSolver, model: np.ndarray) -> tuple[np.ndarray, n
     acc = np.zeros_like(planes)
     sums = np.zeros((w.num_visits, 2))
     for v in range(w.num_visits):
-        fwd, rev = w.shifts[v].forward, w.shifts[v].mean
-        template = np.zeros(planes.shape[1:])
-        for k in range(planes.shape[0]):
-            for j in range(fwd.shape[1]):
-                template += ndimage.shift(planes[k], fwd[k, j], order=1, mode="constant") / fwd.shape[1]
+        template = template_reference(planes, w.shifts[v].forward, 1)
         image = w.images[v].astype(np.float64)
         use = solver.good[v] & solver.converge_pixels[v]
         sums[v] = (np.sum(np.abs(image - template)[use] * significance[use]),
                    np.sum(np.abs(image + template)[use] * significance[use]) / 2)  # fmt: skip
         residual = np.where(solver.good[v], image - template, 0.0)
-        for k in range(planes.shape[0]):
-            acc[k] += ndimage.shift(residual, -rev[k], order=1, mode="constant")
+        acc += reverse_reference(residual, w.shifts[v].mean, 1)
     return acc, sums
 
 

@@ -15,9 +15,11 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .config import DcrConfig
 from .dcr import Observation, dcr_shifts
+from .kernels.fused import SweepPlan, VisitPass
 from .masks import DEFAULT_PLANES
 from .solver import DcrSolver, WarpStack
 from .tiling import Box, Tile
@@ -104,29 +106,28 @@ def _part_static(config: DcrConfig) -> None:
     gaussian_filter((static.image > 1.0).astype(np.float32), max(float(config.modelWeightsWidth), 1.0))
 
 
+def _tiny_plan(config: DcrConfig) -> tuple[WarpStack, NDArray[np.bool_], SweepPlan]:
+    """The tiny field, all its pixels good, and its sweep plan."""
+    w = tiny_field(config)
+    return w, np.ones(w.images.shape, np.bool_), SweepPlan([VisitPass(w.images.shape[1:], s.forward, s.mean)
+                                                            for s in w.shifts])  # fmt: skip
+
+
 def _part_sweep(config: DcrConfig) -> None:
     """The sweep (at order 1; other orders sweep per shift: the solve warms them)."""
-    from .kernels.fused import SweepPlan, VisitPass
-
-    w = tiny_field(config)
-    good = np.ones(w.images.shape, np.bool_)
-    plan = SweepPlan([VisitPass(w.images.shape[1:], s.forward, s.mean) for s in w.shifts])
+    w, good, plan = _tiny_plan(config)
     K = config.num_subfilters
-    shape = (K, *w.images.shape[1:])
     planes = np.repeat(w.images[:1], K, axis=0)
-    active = np.ones(w.num_visits, np.bool_)
-    acc = np.empty(shape, planes.dtype)
-    plan.run(planes, w.images, good, good, np.ones(shape[1:], planes.dtype), (0, _SIZE, 0, _SIZE), active, acc)
+    acc = np.empty(planes.shape, planes.dtype)
+    plan.run(planes, w.images, good, good, np.ones(planes.shape[1:], planes.dtype), (0, _SIZE, 0, _SIZE),
+             np.ones(w.num_visits, np.bool_), acc)  # fmt: skip
 
 
 def _part_coverage(config: DcrConfig) -> None:
     """The coverage pass (the update's weights and nImage)."""
     from .kernels import fused
-    from .kernels.fused import SweepPlan, VisitPass
 
-    w = tiny_field(config)
-    good = np.ones(w.images.shape, np.bool_)
-    plan = SweepPlan([VisitPass(w.images.shape[1:], s.forward, s.mean) for s in w.shifts])
+    w, good, plan = _tiny_plan(config)
     shape = (config.num_subfilters, *w.images.shape[1:])
     fused.coverage(plan, good, np.ones(w.num_visits, np.bool_), np.empty(shape, np.float32), np.empty(shape, np.int32),
                    np.empty(shape[1:], np.bool_))  # fmt: skip
@@ -184,19 +185,15 @@ def warm_part(config: DcrConfig, index: int) -> float:
 
 def warm_all(config: DcrConfig | None = None) -> dict[str, float]:
     """Compile (or load) every kernel the commands call with ``config`` (default: the default
-    configuration): a solve, the PSF-aware solve's blur, and templates at interpolation orders 1
-    and 3.  ``make setup`` runs it (``python -m mpidcr.warmup``), so that a first run on a new
-    install reads machine code from the cache instead of compiling.  Returns seconds per part."""
-    from .solver import matched_template
-
+    configuration): a solve, a PSF-aware solve, and the PSF blur, PSF matching and templates
+    (:func:`_part_psf`).  ``make setup`` runs it (``python -m mpidcr.warmup``), so that a first
+    run on a new install reads machine code from the cache instead of compiling.  Returns
+    seconds per part."""
     cfg = config or _default_config()
     seconds = {"solve": warm_up(cfg, tiled=False), "psf-aware solve": warm_up(cfg, tiled=False, psf_aware=True)}
     t0 = time.perf_counter()
-    field = tiny_field(cfg)
-    planes = np.repeat(field.images[:1], cfg.num_subfilters, axis=0).astype(np.float32)
-    for order in (1, 3):
-        matched_template(planes, field.shifts[0], order)
-    seconds["templates"] = time.perf_counter() - t0
+    _part_psf(cfg)
+    seconds["psf and templates"] = time.perf_counter() - t0
     return seconds
 
 
@@ -226,10 +223,11 @@ def main(argv: list[str] | None = None) -> None:
             list(pool.map(lambda i: subprocess.run([*command, str(i)], check=False), range(len(PARTS))))
     from .kernels import signature_counts
 
+    config = _default_config()
     for index in range(len(PARTS)):  # (loaded from the cache if compiled by the processes above)
-        warm_part(_default_config(), index)
+        warm_part(config, index)
     before = signature_counts()
-    parts = warm_all()
+    parts = warm_all(config)
     added = {name: n - before.get(name, 0) for name, n in signature_counts().items() if n > before.get(name, 0)}
     left = "nothing left to compile" if not added else f"compiled after the groups: {added}"
     detail = ", ".join(f"{name} {s:.1f} s" for name, s in parts.items())

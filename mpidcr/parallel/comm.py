@@ -155,14 +155,8 @@ class MpiComm:
             part.Free()
 
     def node_size(self) -> int:
-        """Ranks of this communicator that share this rank's node (its memory)."""
-        from mpi4py import MPI
-
-        local = self.mpi.Split_type(MPI.COMM_TYPE_SHARED)
-        try:
-            return int(local.Get_size())
-        finally:
-            local.Free()
+        """Ranks of this communicator that share this rank's node (its memory); a collective call."""
+        return self.node_info()[1]
 
     def node_info(self) -> tuple[int, int, bool]:
         """(this rank's number among the ranks of its node, their number, whether rank 0 is one of

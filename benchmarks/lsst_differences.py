@@ -26,7 +26,7 @@ from mpidcr.analysis.evaluate import evaluate
 from mpidcr.cli import main
 from mpidcr.sim.simulate import simulate
 
-BEHAVIOURS = ("refraction", "parallacticAngle", "rotationDirection", "unsplitShifts", "frequencyRegularization",
+BEHAVIOURS = ("refraction", "parallacticAngle", "rotationDirection", "unsplitShifts", "splitNodes", "frequencyRegularization",
               "iterationControl", "subregions", "templates", "modelWeights")  # fmt: skip
 
 #: (name, command-line settings) of every variant

@@ -122,7 +122,7 @@ def _add_shifts(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--longitude", type=float, help="site longitude, deg (default Rubin)")
     s.add_argument("--height", type=float, help="site height, m (default Rubin)")
     s.add_argument("--profile", choices=["mpidcr", "lsst"], default="mpidcr",
-                   help="lsst: afw's refraction and parallactic angle, LSST's unsplit shifts")  # fmt: skip
+                   help="lsst: afw's refraction and parallactic angle, LSST's split and unsplit shifts")  # fmt: skip
     s.add_argument("--temperature", type=float, help="air temperature, C (default: standard atmosphere)")
     s.add_argument("--pressure", type=float, help="air pressure, Pa (default: standard atmosphere)")
     s.add_argument("--humidity", type=float, help="relative humidity, %% (default 40)")
@@ -133,13 +133,14 @@ def _add_shifts(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_shifts(args: argparse.Namespace) -> int:
-    from .dcr import dcr_buffer, dcr_shifts, subfilter_edges
+    from .dcr import SPLIT_NODE_GAUSS, SPLIT_NODE_LSST, dcr_buffer, dcr_shifts, subfilter_edges
 
     obs = _shift_observation(args)
     K = args.subfilters
     lsst = args.profile == "lsst"
     s = dcr_shifts(obs, args.wavelength, args.bandwidth, K, args.pixel_scale, args.split, args.split_threshold,
-                   formula="afw" if lsst else "stone", lsst_unsplit=lsst)  # fmt: skip
+                   formula="afw" if lsst else "stone", lsst_unsplit=lsst,
+                   split_node=SPLIT_NODE_LSST if lsst else SPLIT_NODE_GAUSS)  # fmt: skip
     edges = subfilter_edges(args.wavelength, args.bandwidth, K)
     w = obs.resolved_weather
     if args.json:
@@ -525,6 +526,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--png", metavar="FILE", help="plot of residuals vs airmass")
     v.add_argument("--no-psf-match", action="store_true",
                    help="difference template and science directly (default: PSF-match them first)")  # fmt: skip
+    v.add_argument("--matching", choices=("known", "fitted"), default="known",
+                   help="PSF matching: 'known' blurs the sharper image with the kernel between the two known "
+                        "PSFs (a fitted kernel where a PSF is unknown); 'fitted' always fits an Alard-Lupton "
+                        "kernel to the two images, as LSST's image differencing does (default: known)")  # fmt: skip
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_cmd_evaluate)
 
@@ -532,7 +537,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .analysis.evaluate import evaluate, format_table, residual_plot
 
-    result = evaluate(args.model, args.warps, truth=args.truth, psf_match=not args.no_psf_match)
+    result = evaluate(args.model, args.warps, truth=args.truth, psf_match=not args.no_psf_match,
+                      matching=args.matching)  # fmt: skip
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     if args.png:
         print(residual_plot(result, args.png))

@@ -274,6 +274,15 @@ def subfilter_edges(effective_wavelength: float, bandwidth: float, num_subfilter
     return edges
 
 
+#: Where a split sub-filter's two shifts sit in its refraction span [a0, a1], as the fraction q
+#: from a0 (and 1 − q): LSST's 1/4 and 3/4 (the midpoints of the two halves), or mpidcr's default,
+#: the two-point Gauss–Legendre nodes ½ ∓ 1/(2√3).  The average of the two shifted copies then has
+#: the variance of the light spread evenly over the span, (a1 − a0)²/12 — LSST's nodes give
+#: (a1 − a0)²/16, a quarter less of the elongation a star's sub-band light shows at high airmass.
+SPLIT_NODE_LSST = 0.25
+SPLIT_NODE_GAUSS = 0.5 - 0.5 / math.sqrt(3.0)
+
+
 @dataclass(frozen=True)
 class VisitShifts:
     """The DCR shifts of one visit, in pixels, numpy ``(dy, dx)`` order.
@@ -317,12 +326,15 @@ def dcr_shifts(
     split_threshold: float = 0.1,
     formula: str = "stone",
     lsst_unsplit: bool = False,
+    split_node: float = SPLIT_NODE_GAUSS,
 ) -> VisitShifts:
     """Per sub-filter DCR shifts (pixels) of one visit, SPEC §1.
 
-    pixel_scale : arcsec per pixel.  Splitting uses the 0.75/0.25 weights of the
-    sub-band's edge refractions; a sub-filter is split only when the two shifts
-    differ by at least ``split_threshold`` pixels in some component.
+    pixel_scale : arcsec per pixel.  A split sub-filter's two shifts lie at the fractions
+    ``split_node`` and 1 − ``split_node`` of the span between its edges' refractions
+    (:data:`SPLIT_NODE_GAUSS` by default, LSST's :data:`SPLIT_NODE_LSST` = 1/4); a sub-filter
+    is split only when the two shifts differ by at least ``split_threshold`` pixels in some
+    component.
     formula : the refraction formula (:data:`REFRACTION_FORMULAS`).
     lsst_unsplit : a sub-filter below the threshold is shifted as LSST's ``applyDcr`` does it,
         by (mean(dy₀, dx₀), mean(dy₁, dx₁)) — an average that mixes the axes — instead of by its
@@ -340,8 +352,9 @@ def dcr_shifts(
     forward = np.repeat(mean[:, None, :], 2, axis=1)
     split = np.zeros(num_subfilters, dtype=bool)
     if split_subfilters:
-        s0 = (0.75 * a0 + 0.25 * a1)[:, None] * unit
-        s1 = (0.25 * a0 + 0.75 * a1)[:, None] * unit
+        q = float(split_node)
+        s0 = ((1.0 - q) * a0 + q * a1)[:, None] * unit
+        s1 = (q * a0 + (1.0 - q) * a1)[:, None] * unit
         split = np.max(np.abs(s1 - s0), axis=1) >= split_threshold
         forward[split, 0] = s0[split]
         forward[split, 1] = s1[split]

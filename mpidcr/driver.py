@@ -633,7 +633,7 @@ def solve_tile(inputs: RunInputs, warps: WarpStack, static: StaticModel | None, 
     state = resume_state(options.resume, schedule, layout.tile, comm) if options.resume else None
 
     def progress(n: int, metric: float, gain: float) -> None:
-        log.info("iteration %d/%d: metric %.6g, gain %.3f", n, cfg.max_iterations, metric, gain)
+        log.info("iteration %d/%d: metric %.6g, gain %.3f", n, solver.max_iterations, metric, gain)
 
     variances = inputs.psf_model.variances if inputs.psf_model is not None else None
     solver = DcrSolver(warps, cfg, tile=layout.tile, reducer=reducer, exchanger=exchanger, buffer=layout.buffer,

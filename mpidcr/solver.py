@@ -324,6 +324,8 @@ class DcrSolver:
         self.blur = None if psf_variances is None else blur_plan(np.asarray(psf_variances), config.psfTolerance)
         if self.blur is not None and region is not None:
             raise SolverError("the PSF-aware model and LSST's subregion solve do not go together")
+        #: maxNumIter, or its default for this model (more for the PSF-aware one)
+        self.max_iterations = config.max_iterations_for(psf_aware=self.blur is not None)
         self._allocate()
         self.good, self.converge_pixels = self._classify()
         if region is not None:  # a block: the patch-wide pass's
@@ -759,9 +761,9 @@ class DcrSolver:
                 return True
             self.stop_reason = StopReason.CONVERGED
             return False
-        if it.iteration >= cfg.max_iterations:
+        if it.iteration >= self.max_iterations:
             if cfg.useConvergence:
-                log.warning("reached maxNumIter = %d before the convergence threshold %g", cfg.max_iterations,
+                log.warning("reached maxNumIter = %d before the convergence threshold %g", self.max_iterations,
                             cfg.convergenceThreshold)  # fmt: skip
             self.stop_reason = StopReason.MAX_ITERATIONS
             return False
@@ -844,10 +846,10 @@ class DcrSolver:
                 self.stop_reason = StopReason.DIVERGED
         it.gains.append(gain)
         it.metrics.append(metric)
-        if self.stop_reason is None and n > cfg.max_iterations:
+        if self.stop_reason is None and n > self.max_iterations:
             if cfg.useConvergence:
                 log.warning("reached maxNumIter = %d (%d updates, LSST's count) before the convergence threshold %g",
-                            cfg.max_iterations, n + 1, cfg.convergenceThreshold)  # fmt: skip
+                            self.max_iterations, n + 1, cfg.convergenceThreshold)  # fmt: skip
             self.stop_reason = StopReason.MAX_ITERATIONS
         if self.progress is not None:
             self.progress(n + 1, metric, gain)

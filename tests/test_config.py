@@ -317,3 +317,12 @@ def test_cli_reports_config_error_in_one_line():
 def test_docs_config_table_is_current():
     doc = (ROOT / "docs" / "config.md").read_text()
     assert C.defaults_table(markdown=True) in doc, "docs/config.md is stale: run `make docs`"
+
+
+def test_max_iterations_default_depends_on_the_model():
+    cfg = C.DcrConfig(dcrNumSubfilters=3)
+    assert cfg.max_iterations == cfg.max_iterations_for(psf_aware=False) == 9
+    assert cfg.max_iterations_for(psf_aware=True) == C.PSF_AWARE_ITERATIONS == 30
+    assert C.DcrConfig(dcrNumSubfilters=12).max_iterations_for(psf_aware=True) == 36
+    assert C.DcrConfig(maxNumIter=7).max_iterations_for(psf_aware=True) == 7
+    assert C.DcrConfig().usePsf is False  # the constant-PSF model unless asked

@@ -150,10 +150,19 @@ def test_split_shifts_and_threshold():
     edges = dcr.subfilter_edges(476.31, 147.0, 3)
     a = dcr.differential_refraction(edges, 476.31, 40.0, obs.resolved_weather, obs.site) / 0.2
     u = np.array(dcr.zenith_direction(20.0, 0.0))
+    lsst = dcr.dcr_shifts(obs, 476.31, 147.0, 3, 0.2, split_subfilters=True, split_threshold=0.0,
+                          split_node=dcr.SPLIT_NODE_LSST)  # fmt: skip
     for k in range(3):
-        assert np.allclose(s.forward[k, 0], (0.75 * a[k] + 0.25 * a[k + 1]) * u)
-        assert np.allclose(s.forward[k, 1], (0.25 * a[k] + 0.75 * a[k + 1]) * u)
+        assert np.allclose(lsst.forward[k, 0], (0.75 * a[k] + 0.25 * a[k + 1]) * u)
+        assert np.allclose(lsst.forward[k, 1], (0.25 * a[k] + 0.75 * a[k + 1]) * u)
         assert np.allclose(s.mean[k], (a[k] + a[k + 1]) / 2 * u)
+        # mpidcr's nodes: the two shifts' mean and variance are those of the span [a_k, a_k+1]
+        # covered evenly (Gauss-Legendre), LSST's have 3/4 of its variance
+        pos = s.forward[k] @ u
+        span = a[k + 1] - a[k]
+        assert pos.mean() == pytest.approx((a[k] + a[k + 1]) / 2, abs=1e-12)
+        assert pos.var() == pytest.approx(span**2 / 12, rel=1e-12)
+        assert (lsst.forward[k] @ u).var() == pytest.approx(0.75 * span**2 / 12, rel=1e-12)
     assert s.split.all()
     big = dcr.dcr_shifts(obs, 476.31, 147.0, 3, 0.2, split_subfilters=True, split_threshold=100.0)
     assert not big.split.any()

@@ -104,6 +104,20 @@ def test_model_psfs_products_and_match(field, tmp_path):
     assert all("PSF" in fits.open(p) for p in (tmp_path / "x").glob("*.fits") if "_nImage_" not in p.name)
 
 
+def test_psf_aware_model_iterates_longer_by_default(field, tmp_path):
+    """maxNumIter unset: 3K for the constant-PSF model (the default), at least 30 for the
+    PSF-aware one, whose deconvolution keeps improving its templates."""
+    out, _ = field
+    code, _, err = run_cli("run", out / "manifest.toml", "-o", tmp_path / "aware.h5", "--set", "usePsf=true",
+                           "--set", "useConvergence=false")  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli("run", out / "manifest.toml", "-o", tmp_path / "plain.h5", "--set", "useConvergence=false")
+    assert code == 0, err
+    with h5py.File(tmp_path / "aware.h5") as aware, h5py.File(tmp_path / "plain.h5") as plain:
+        assert aware.attrs["psf_aware"] and int(aware.attrs["iterations"]) == 30
+        assert not plain.attrs["psf_aware"] and int(plain.attrs["iterations"]) == 9
+
+
 def test_psf_aware_model_runs_and_records_its_reference(field, tmp_path):
     out, _ = field
     model = tmp_path / "aware.h5"
@@ -122,6 +136,11 @@ def test_evaluate_matches_psfs_and_counts_dipoles(field, tmp_path):
     assert code == 0 and "dipoles" in text and "removed against the plain coadd" in text
     code, text, _ = run_cli("evaluate", model, *info["science"], "--no-psf-match")
     assert code == 0 and "none (--no-psf-match)" in text
+    # the field's warps carry PSFs: by default they are used, with --matching fitted they are not
+    code, text, _ = run_cli("evaluate", model, *info["science"], "--matching", "fitted")
+    rows = [line for line in text.splitlines() if line[:1].isdigit()]
+    assert code == 0 and rows and all("(fitted kernel)" in line for line in rows)
+    assert "(PSF kernel)" in run_cli("evaluate", model, *info["science"])[1]
 
 
 def test_dipoles_and_other_false_sources():

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from mpidcr.cli import main
 
@@ -112,6 +113,15 @@ def test_evaluate_on_galsim_field(gfield, tmp_path, capsys):
     c = result["colours"]
     assert c["slope"] > 0.3 and c["scatter"] < 0.1
     assert (tmp_path / "res.png").read_bytes()[:4] == b"\x89PNG"
+    # the truth keeps each science visit's image before the noise: the template's star flux is
+    # compared with it (only the template's noise is left), and the noise is what the warp adds
+    truth = np.load(out / "truth.npz")
+    for path in info["science"]:
+        visit = fits.getheader(path)["VISIT"]
+        clean = truth[f"noiseless_{visit}"]
+        assert 0.7 < np.std(fits.getdata(path, "IMAGE") - clean) < 1.3  # the simulation's sky sigma is 1
+    assert result["template_flux"]["reference"] == "noiseless"
+    assert all(v["star_flux_reference"] == "noiseless" for v in result["visits"])
 
 
 def test_count_detections():

@@ -28,6 +28,9 @@ from ..tiling import Box
 from .matching import MatchedPair, false_sources, match_fitted, match_known
 
 DETECTION_SIGMA = 5.0
+#: how template and science are brought to one PSF: the kernel between their known PSFs (a
+#: fitted one where a PSF is unknown), or always a kernel fitted to the images
+MATCHING = ("known", "fitted")
 
 
 def count_detections(significance: NDArray, threshold: float = DETECTION_SIGMA) -> tuple[int, int]:
@@ -49,25 +52,33 @@ def _valid_pixels(model: ModelFile, image: NDArray, mask: NDArray, planes: dict[
 
 
 def evaluate_visit(model: ModelFile, warp_path: str, edge: int, psf_match: bool = True,
-                   stars: tuple[NDArray, NDArray, NDArray] | None = None) -> dict[str, Any]:  # fmt: skip
+                   stars: tuple[NDArray, NDArray, NDArray] | None = None, matching: str = "known",
+                   noiseless: dict[str, NDArray] | None = None) -> dict[str, Any]:  # fmt: skip
     """One science warp against the DCR-matched template and the plain coadd: PSF-matched first
-    (with the known PSFs, else a fitted kernel) unless ``psf_match`` is off; residual RMS in the
-    warp's source footprints, dipoles and other ≥5σ false sources of each difference; with the
-    true ``stars`` (y, x, flux), the DCR template's star flux against the science visit's."""
+    unless ``psf_match`` is off — with the known PSFs (``matching`` "known", a fitted kernel where
+    they are unknown) or always with a kernel fitted to the two images (``matching`` "fitted", as
+    LSST's image differencing does); residual RMS in the warp's source footprints, dipoles and
+    other ≥5σ false sources of each difference; with the true ``stars`` (y, x, flux), the DCR
+    template's star flux against the science visit's — against its image before the noise
+    (``noiseless[visit id]``, a simulation's, brought to the same PSF the same way) where given,
+    which leaves only the template's own noise in the comparison."""
     cfg = template_config(model)
     info, obs = observation_for_warp(warp_path, cfg=cfg)
     ny, nx = model.model.shape[1:]
     planes = dict(info.mask_planes)
     image, variance, mask = read_window(info, Box(0, ny, 0, nx), planes)
     image, variance = image.astype(np.float64), variance.astype(np.float64)
+    if matching not in MATCHING:
+        raise ValueError(f"matching {matching!r}: one of {', '.join(MATCHING)}")
     science_psf = visit_psf(info, float(model.attrs["pixel_scale"])) if psf_match else None
-    dcr, dcr_psf = template_at(model, obs, psf=science_psf)
+    fitted = matching == "fitted"
+    dcr, dcr_psf = template_at(model, obs, psf=None if fitted else science_psf)
     valid = _valid_pixels(model, image, mask, planes, edge)
     footprint = valid & ((mask & plane_bits(planes, ["DETECTED"])) != 0)
     out: dict[str, Any] = {"visit": info.visit, "file": warp_path, "airmass": obs.airmass}
     templates = (("dcr", dcr, dcr_psf), ("coadd", model.static.astype(np.float64), model.psf_static))
     for name, template, t_psf in templates:
-        pair = _matched(model, template, t_psf, image, variance, science_psf, valid, psf_match)
+        pair = _matched(model, template, None if fitted else t_psf, image, variance, science_psf, valid, psf_match)
         diff = pair.science - pair.template
         sig = np.where(valid, diff / np.sqrt(pair.variance), 0.0)
         out[f"rms_{name}"] = float(np.sqrt(np.mean(diff[footprint] ** 2))) if footprint.any() else float("nan")
@@ -76,7 +87,12 @@ def evaluate_visit(model: ModelFile, warp_path: str, edge: int, psf_match: bool 
         out[f"matching_{name}"] = pair.how
         if name == "dcr" and stars is not None:
             fwhm = fwhm_pixels(science_psf.image) if science_psf is not None else 4.0
-            out["star_flux_dcr"], out["star_count"] = star_flux_ratio(pair.template, pair.science, stars, 3.0 * fwhm)
+            reference, truth_image = pair.science, (noiseless or {}).get(str(info.visit))
+            if truth_image is not None:  # the same matching on the science image before its noise
+                reference = _matched(model, template, None if fitted else t_psf, truth_image.astype(np.float64),
+                                     variance, science_psf, valid, psf_match).science  # fmt: skip
+            out["star_flux_reference"] = "science" if truth_image is None else "noiseless"
+            out["star_flux_dcr"], out["star_count"] = star_flux_ratio(pair.template, reference, stars, 3.0 * fwhm)
     return out
 
 
@@ -108,7 +124,9 @@ def difference_significance(model: ModelFile, warp_path: str, edge: int) -> NDAr
 def star_flux_ratio(template: NDArray, science: NDArray, stars: tuple[NDArray, NDArray, NDArray],
                     radius: float) -> tuple[float, int]:  # fmt: skip
     """Median template / science flux of bright isolated stars, in apertures of ``radius`` pixels
-    with the background of an annulus around them (both images on one PSF); (ratio − 1, stars)."""
+    less the mean of an annulus around them times the aperture's pixels (both images on one PSF;
+    the mean rather than the median: linear in the image, so noise leaves it unbiased);
+    (ratio − 1, stars)."""
     ys, xs, flux = stars
     ny, nx = science.shape
     ratios = []
@@ -125,7 +143,7 @@ def star_flux_ratio(template: NDArray, science: NDArray, stars: tuple[NDArray, N
         fluxes = []
         for image in (template, science):
             stamp = image[y0:y1, x0:x1]
-            fluxes.append(float(stamp[inside].sum()) - float(np.median(stamp[ring])) * inside.sum())
+            fluxes.append(float(stamp[inside].sum()) - float(np.mean(stamp[ring])) * inside.sum())
         if fluxes[1] > 0:
             ratios.append(fluxes[0] / fluxes[1])
     if len(ratios) < 3:
@@ -164,23 +182,27 @@ def colour_check(model: ModelFile, truth_path: str) -> dict[str, Any] | None:
 
 
 def evaluate(model_path: str, warps: list[str], truth: str | None = None, edge: int | None = None,
-             psf_match: bool = True) -> dict[str, Any]:  # fmt: skip
+             psf_match: bool = True, matching: str = "known") -> dict[str, Any]:  # fmt: skip
     """Every science warp's numbers, the totals, and with a truth file the colours and the
-    template star flux."""
+    template star flux (``matching``: see :func:`evaluate_visit`)."""
     model = read_model(model_path)
     edge = int(model.attrs.get("buffer", 4)) if edge is None else edge
     stars = None
+    clean: dict[str, NDArray] = {}
     if truth:
         t = np.load(truth)
         flux = np.asarray(t["star_total"]) if "star_total" in t else np.asarray(t["star_flux"]).sum(axis=1)
         stars = (np.asarray(t["star_y"]), np.asarray(t["star_x"]), flux)
-    visits = [evaluate_visit(model, w, edge, psf_match, stars) for w in warps]
+        clean = {key.removeprefix("noiseless_"): np.asarray(t[key]) for key in t.files if key.startswith("noiseless_")}
+    visits = [evaluate_visit(model, w, edge, psf_match, stars, matching, clean) for w in warps]
     result: dict[str, Any] = {"model": model_path, "visits": visits, "totals": totals(visits),
                               "colours": colour_check(model, truth) if truth else None}  # fmt: skip
     if truth:
         values = [v["star_flux_dcr"] for v in visits if np.isfinite(v.get("star_flux_dcr", np.nan))]
+        kinds = {v.get("star_flux_reference") for v in visits} - {None}
         result["template_flux"] = {"bias": float(np.median(values)) if values else float("nan"),
-                                   "per_visit": [v.get("star_flux_dcr") for v in visits]}  # fmt: skip
+                                   "per_visit": [v.get("star_flux_dcr") for v in visits],
+                                   "reference": "noiseless" if kinds == {"noiseless"} else "science"}  # fmt: skip
     return result
 
 
@@ -225,7 +247,9 @@ def format_table(result: dict[str, Any]) -> str:
         )
     f = result.get("template_flux")
     if f:
-        lines.append(f"template star flux against the science visits': {100 * f['bias']:+.2f} % (median over visits)")
+        against = "noiseless images" if f.get("reference") == "noiseless" else "images"
+        lines.append(f"template star flux against the science visits' {against}: {100 * f['bias']:+.2f} % "
+                     "(median over visits)")  # fmt: skip
     c = result.get("colours")
     if c:
         if "skipped" in c:

@@ -219,7 +219,7 @@ def make_galsim_field(
     weather = Weather.standard(site.height)
     planes = dict(DEFAULT_PLANES)
     det = plane_bits(planes, ["DETECTED"])
-    images, variances, masks, observations, psfs = [], [], [], [], []
+    images, variances, masks, observations, psfs, noiseless = [], [], [], [], [], []
     stamp = math.ceil(6 * max(seeing_range) / pixel_scale) | 1
     psf_stamp = math.ceil(8 * max(seeing_range) / pixel_scale) | 1
     for v in range(num_visits):
@@ -232,6 +232,7 @@ def make_galsim_field(
         psfs.append(_seeing_image(float(seeing[v]), pixel_scale, psf_stamp))
         log.info("rendered visit %d/%d with GalSim (airmass %.2f, %d stars, %d galaxies)", v + 1, num_visits,
                  airmass[v], len(src.ys), num_galaxies)  # fmt: skip
+        noiseless.append(arr.astype(np.float32))
         images.append((arr + rng.normal(0.0, sky_sigma, shape)).astype(np.float32))
         variances.append(np.full(shape, sky_sigma**2, dtype=np.float32))
         masks.append(np.where(arr > 2.0 * sky_sigma, det, 0).astype(np.int32))
@@ -258,6 +259,7 @@ def make_galsim_field(
             "seeing": seeing,
             "psf_images": psfs,
             "star_total": src.total,  # each star's flux through the whole bandpass, as drawn
+            "noiseless": noiseless,  # each visit's image before the noise (the truth file keeps the science visits')
             "galaxy_y": src.gy,
             "galaxy_x": src.gx,
             "galaxy_flux": src.gflux,

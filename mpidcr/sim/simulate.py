@@ -140,9 +140,14 @@ def _visit_psf(field: SyntheticField, v: int) -> NDArray:
     return image / image.sum()
 
 
-def _write_truth(path: Path, field: SyntheticField, artifacts: NDArray, pixel_scale: float, engine: str) -> None:
-    """``truth.npz``: star positions and fluxes, noiseless sub-filter images, artifacts, SEDs."""
+def _write_truth(path: Path, field: SyntheticField, artifacts: NDArray, pixel_scale: float, engine: str,
+                 science: set[int] | None = None) -> None:  # fmt: skip
+    """``truth.npz``: star positions and fluxes, noiseless sub-filter images, artifacts, SEDs, and
+    (GalSim engine) each science visit's image before the noise, ``noiseless_<visit id>``."""
     extra = {f"star_flux_k{k}": f for k, f in field.extra.get("truth_by_k", {}).items()}
+    for v in sorted(science or ()):
+        if "noiseless" in field.extra:
+            extra[f"noiseless_{1000 + v}"] = np.asarray(field.extra["noiseless"][v])
     for key in ("galaxy_y", "galaxy_x", "galaxy_flux", "galaxy_sed", "star_total"):
         if key in field.extra:
             extra[key] = np.asarray(field.extra[key])
@@ -207,7 +212,7 @@ def simulate(
     field.images[modelled] = images
     warp_paths, science_paths = _write_visits(out, field, science, wcs, seeing_fwhm_arcsec)
     write_manifest(manifest, warp_paths, field.effective_wavelength, field.bandwidth, Site(), config)
-    _write_truth(out / "truth.npz", field, artifacts, pixel_scale, engine)
+    _write_truth(out / "truth.npz", field, artifacts, pixel_scale, engine, science)
     return {
         "manifest": str(manifest),
         "warps": warp_paths,

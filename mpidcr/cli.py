@@ -343,6 +343,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--seeing-max", type=float, default=1.1,
                    help="galsim engine: each visit's seeing is drawn in [seeing, seeing-max] (default 1.1; "
                         "= --seeing for constant seeing)")  # fmt: skip
+    m.add_argument("--seeing-profile", choices=("kolmogorov", "gaussian"), default="kolmogorov",
+                   help="galsim engine: the seeing's shape (default kolmogorov; gaussian makes the PSF-aware "
+                        "model's Gaussian matching kernels exact)")  # fmt: skip
     m.add_argument(
         "--angle-spread",
         type=float,
@@ -376,6 +379,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         seeing_fwhm_arcsec=args.seeing,
         seeing_max_arcsec=args.seeing_max,
+        seeing_profile=args.seeing_profile,
         overwrite=args.overwrite,
         engine=args.engine,
         angle_spread=args.angle_spread,

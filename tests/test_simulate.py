@@ -172,3 +172,23 @@ def test_galaxies_need_galsim_engine(tmp_path):
 
     with pytest.raises(InputError, match="--galaxies needs the galsim engine"):
         simulate(tmp_path, size=32, num_visits=2, num_science=0, engine="numpy", num_galaxies=3)
+
+
+def test_gaussian_seeing_profile(tmp_path):
+    """--seeing-profile gaussian: every visit seen through a Gaussian of its seeing (its PSF HDU
+    has the Gaussian's second moment), the default Kolmogorov has far broader wings."""
+    from mpidcr.psf import second_moment_sigma
+    from mpidcr.sim.simulate import simulate
+
+    sigmas = {}
+    for profile in ("gaussian", "kolmogorov"):
+        info = simulate(tmp_path / profile, size=48, num_visits=2, num_science=0, seed=3, engine="galsim",
+                        seeing_fwhm_arcsec=0.8, seeing_profile=profile)  # fmt: skip
+        sigmas[profile] = second_moment_sigma(fits.getdata(info["warps"][0], "PSF"))
+    expected = np.sqrt((0.8 / 0.2 / 2.3548) ** 2 + 1 / 12)  # pixel-integrated Gaussian, pixels
+    assert sigmas["gaussian"] == pytest.approx(expected, rel=0.03)
+    assert sigmas["kolmogorov"] > 1.15 * expected
+    from mpidcr.errors import InputError
+
+    with pytest.raises(InputError, match="--seeing-profile moffat"):
+        simulate(tmp_path / "bad", size=48, num_visits=2, engine="galsim", seeing_profile="moffat")

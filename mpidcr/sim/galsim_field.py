@@ -158,22 +158,34 @@ def _render_visit(psf: Any, src: _Sources, pool: list[tuple[str, Any]], bandpass
     return clean.array.copy()
 
 
-def _seeing_image(seeing: float, pixel_scale: float, size: int) -> NDArray:
-    """The visit's PSF without DCR: Kolmogorov seeing of FWHM ``seeing`` (arcsec) at the effective
-    wavelength, drawn with the pixel as the field is; unit sum."""
+#: the seeing profiles a field can be simulated with
+SEEING_PROFILES = ("kolmogorov", "gaussian")
+
+
+def _seeing(profile: str, fwhm: float) -> Any:
+    """GalSim's seeing profile of FWHM ``fwhm`` (arcsec): Kolmogorov (the atmosphere's), or
+    Gaussian (for which the PSF-aware model's Gaussian matching kernels are exact)."""
     import galsim
 
-    image = galsim.Kolmogorov(fwhm=seeing).drawImage(nx=size, ny=size, scale=pixel_scale).array.astype(np.float64)
+    if profile not in SEEING_PROFILES:
+        raise ValueError(f"seeing profile {profile!r}: one of {', '.join(SEEING_PROFILES)}")
+    return galsim.Kolmogorov(fwhm=fwhm) if profile == "kolmogorov" else galsim.Gaussian(fwhm=fwhm)
+
+
+def _seeing_image(seeing: float, pixel_scale: float, size: int, profile: str = "kolmogorov") -> NDArray:
+    """The visit's PSF without DCR: seeing of FWHM ``seeing`` (arcsec) at the effective
+    wavelength, drawn with the pixel as the field is; unit sum."""
+    image = _seeing(profile, seeing).drawImage(nx=size, ny=size, scale=pixel_scale).array.astype(np.float64)
     return image / image.sum()
 
 
-def _atmosphere(seeing: float, base_wavelength: float, obs: Observation) -> Any:
-    """GalSim's chromatic atmosphere of one visit: Kolmogorov seeing (FWHM, arcsec) and DCR."""
+def _atmosphere(seeing: float, base_wavelength: float, obs: Observation, profile: str = "kolmogorov") -> Any:
+    """GalSim's chromatic atmosphere of one visit: seeing (FWHM, arcsec; Kolmogorov by default) and DCR."""
     import galsim
 
     weather = obs.resolved_weather
     return galsim.ChromaticAtmosphere(
-        galsim.Kolmogorov(fwhm=seeing),
+        _seeing(profile, seeing),
         base_wavelength=base_wavelength,
         zenith_angle=(90.0 - obs.elevation) * galsim.degrees,
         parallactic_angle=obs.parallactic_angle * galsim.degrees,
@@ -200,8 +212,11 @@ def make_galsim_field(
     positions: list[tuple[float, float]] | None = None,
     sed_names: list[str] | None = None,
     num_galaxies: int = 0,
+    seeing_profile: str = "kolmogorov",
 ) -> SyntheticField:
     """Simulate warps of a star field with GalSim's chromatic atmosphere (see module docstring).
+
+    ``seeing_profile`` is the seeing's shape, ``kolmogorov`` or ``gaussian``.
 
     ``num_galaxies`` adds faint chromatic galaxies: sheared exponential profiles (half-light
     radius 0.3–1.0″, flux 100–600) with the CWW galaxy SEDs, seen through the same atmosphere.
@@ -227,9 +242,9 @@ def make_galsim_field(
         rot = float(rng.uniform(-10, 10)) if rotation_for is None else float(rotation_for(q))
         elevation = elevation_from_airmass(float(airmass[v]))
         observations.append(Observation(elevation, q, rot, weather, site))
-        psf = _atmosphere(float(seeing[v]), lam_eff, observations[-1])
+        psf = _atmosphere(float(seeing[v]), lam_eff, observations[-1], seeing_profile)
         arr = _render_visit(psf, src, pool, bandpass, shape, pixel_scale, stamp)
-        psfs.append(_seeing_image(float(seeing[v]), pixel_scale, psf_stamp))
+        psfs.append(_seeing_image(float(seeing[v]), pixel_scale, psf_stamp, seeing_profile))
         log.info("rendered visit %d/%d with GalSim (airmass %.2f, %d stars, %d galaxies)", v + 1, num_visits,
                  airmass[v], len(src.ys), num_galaxies)  # fmt: skip
         noiseless.append(arr.astype(np.float32))

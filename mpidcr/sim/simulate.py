@@ -44,7 +44,7 @@ def tan_wcs_header(shape: tuple[int, int], pixel_scale: float, ra: float = 150.0
 
 
 def _check_request(manifest: Path, size: int | tuple[int, int], num_visits: int, overwrite: bool,
-                   num_galaxies: int, engine: str) -> tuple[int, int]:  # fmt: skip
+                   num_galaxies: int, engine: str, seeing_profile: str = "kolmogorov") -> tuple[int, int]:  # fmt: skip
     """The patch shape; InputError for a request that cannot be simulated."""
     if manifest.exists() and not overwrite:
         raise InputError(f"{manifest}: exists (use --overwrite)")
@@ -55,6 +55,8 @@ def _check_request(manifest: Path, size: int | tuple[int, int], num_visits: int,
         raise InputError(f"--size {shape[0]}x{shape[1]}: the patch must be at least 16 pixels on each side")
     if num_galaxies and engine != "galsim":
         raise InputError("--galaxies needs the galsim engine")
+    if seeing_profile not in ("kolmogorov", "gaussian"):
+        raise InputError(f"--seeing-profile {seeing_profile}: kolmogorov or gaussian")
     return shape
 
 
@@ -82,6 +84,7 @@ def _render(engine: str, seeing: tuple[float, float], **kwargs: Any) -> Syntheti
         return make_galsim_field(seeing_range=seeing, **kwargs)
     if engine == "numpy":
         kwargs.pop("num_galaxies")
+        kwargs.pop("seeing_profile")  # the numpy engine's PSF is always a Gaussian
         return make_field(effective_wavelength=EFFECTIVE_WAVELENGTH, bandwidth=BANDWIDTH,
                           psf_fwhm_pixels=seeing[0] / kwargs["pixel_scale"], **kwargs)  # fmt: skip
     raise InputError(f"unknown simulation engine '{engine}' (galsim or numpy)")
@@ -180,6 +183,7 @@ def simulate(
     num_galaxies: int = 0,
     cosmic_rays: int = 0,
     satellite_fraction: float = 0.0,
+    seeing_profile: str = "kolmogorov",
 ) -> dict[str, Any]:
     """Simulate and write a field; returns paths and counts.
 
@@ -188,6 +192,8 @@ def simulate(
     engine : ``galsim`` (chromatic GalSim rendering through LSST g, see
         :mod:`mpidcr.galsim_field`) or ``numpy`` (power-law stars, fast; the tests' default).
     seeing_max_arcsec : with the galsim engine, seeing is drawn in [seeing, seeing_max].
+    seeing_profile : with the galsim engine, ``kolmogorov`` (the atmosphere's) or ``gaussian``
+        (for which the PSF-aware model's Gaussian matching kernels are exact).
     angle_spread : parallactic angles are drawn in ±angle_spread degrees.
     num_galaxies : faint chromatic galaxies (galsim engine).
     cosmic_rays, satellite_fraction : transient artifacts (see :func:`synthetic.add_artifacts`),
@@ -195,14 +201,15 @@ def simulate(
     """
     out = Path(outdir)
     manifest = out / "manifest.toml"
-    shape = _check_request(manifest, size, num_visits, overwrite, num_galaxies, engine)
+    shape = _check_request(manifest, size, num_visits, overwrite, num_galaxies, engine, seeing_profile)
     wcs = tan_wcs_header(shape, pixel_scale)
     total = num_visits + num_science
     field = _render(engine, shape=shape, num_visits=total,
                     num_stars=num_stars if num_stars is not None else max(10, int(0.0027 * shape[0] * shape[1])),
                     airmass_range=airmass_range, pixel_scale=pixel_scale, seeing=(seeing_fwhm_arcsec,
                     seeing_max_arcsec or seeing_fwhm_arcsec), angle_spread=angle_spread, seed=seed,
-                    rotation_for=_rotation(wcs.tostring()), num_galaxies=num_galaxies)  # fmt: skip
+                    rotation_for=_rotation(wcs.tostring()), num_galaxies=num_galaxies,
+                    seeing_profile=seeing_profile)  # fmt: skip
     science = _science_visits(field.airmass, num_science)
     # artifacts only in the warps that build the model; the science visits stay clean
     modelled = [v for v in range(total) if v not in science]

@@ -5,7 +5,7 @@ Fields of 256² pixels (one per seed and seeing range), 16 training visits at ai
 g band, seeing 0.7–0.8″ and 0.6–1.2″ (Kolmogorov, each visit's PSF in its warp).  For each model:
 dipoles removed against the plain coadd (science visits at airmass ≥ 1.2), false sources removed
 (airmass > 1.1), the colour slope of bright stars against the truth, the template star flux
-against the science visits' (3-FWHM apertures; uncertain by about ±0.5 %), updates, stop reason, seconds per iteration, and the dipoles and false sources
+against the science visits' noiseless images (3-FWHM apertures; ±0.05 % per visit), updates, stop reason, seconds per iteration, and the dipoles and false sources
 removed when a kernel fitted to the images does the PSF matching (as LSST's differencing).  Writes
 OUTDIR/variable_seeing.json and prints a markdown table.
 

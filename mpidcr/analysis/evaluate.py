@@ -60,16 +60,16 @@ def evaluate_visit(model: ModelFile, warp_path: str, edge: int, psf_match: bool 
     LSST's image differencing does); residual RMS in the warp's source footprints, dipoles and
     other ≥5σ false sources of each difference; with the true ``stars`` (y, x, flux), the DCR
     template's star flux against the science visit's — against its image before the noise
-    (``noiseless[visit id]``, a simulation's, brought to the same PSF the same way) where given,
+    (``noiseless[visit id]``, a simulation's, blurred with the science image's kernel) where given,
     which leaves only the template's own noise in the comparison."""
+    if matching not in MATCHING:
+        raise ValueError(f"matching {matching!r}: one of {', '.join(MATCHING)}")
     cfg = template_config(model)
     info, obs = observation_for_warp(warp_path, cfg=cfg)
     ny, nx = model.model.shape[1:]
     planes = dict(info.mask_planes)
     image, variance, mask = read_window(info, Box(0, ny, 0, nx), planes)
     image, variance = image.astype(np.float64), variance.astype(np.float64)
-    if matching not in MATCHING:
-        raise ValueError(f"matching {matching!r}: one of {', '.join(MATCHING)}")
     science_psf = visit_psf(info, float(model.attrs["pixel_scale"])) if psf_match else None
     fitted = matching == "fitted"
     dcr, dcr_psf = template_at(model, obs, psf=None if fitted else science_psf)
@@ -87,10 +87,8 @@ def evaluate_visit(model: ModelFile, warp_path: str, edge: int, psf_match: bool 
         out[f"matching_{name}"] = pair.how
         if name == "dcr" and stars is not None:
             fwhm = fwhm_pixels(science_psf.image) if science_psf is not None else 4.0
-            reference, truth_image = pair.science, (noiseless or {}).get(str(info.visit))
-            if truth_image is not None:  # the same matching on the science image before its noise
-                reference = _matched(model, template, None if fitted else t_psf, truth_image.astype(np.float64),
-                                     variance, science_psf, valid, psf_match).science  # fmt: skip
+            truth_image = (noiseless or {}).get(str(info.visit))
+            reference = pair.science if truth_image is None else pair.science_like(truth_image.astype(np.float64))
             out["star_flux_reference"] = "science" if truth_image is None else "noiseless"
             out["star_flux_dcr"], out["star_count"] = star_flux_ratio(pair.template, reference, stars, 3.0 * fwhm)
     return out

@@ -31,6 +31,12 @@ class MatchedPair:
     science: NDArray
     variance: NDArray
     how: str  # e.g. "template blurred 1.23 px", "science blurred (fitted kernel)", "none"
+    science_kernel: NDArray | None = None  # the kernel the science image was blurred with, if it was
+
+    def science_like(self, image: NDArray) -> NDArray:
+        """Another image of the science visit (e.g. a simulation's before its noise) brought to
+        the pair's PSF exactly as the science image was."""
+        return image if self.science_kernel is None else fftconvolve(image, self.science_kernel, mode="same")
 
 
 def _blur(image: NDArray, variance: NDArray, kernel: NDArray) -> tuple[NDArray, NDArray]:
@@ -47,8 +53,9 @@ def match_known(template: NDArray, t_var: NDArray, t_psf: NDArray, science: NDAr
     if second_moment_sigma(s_psf) >= second_moment_sigma(t_psf):
         template, t_var = _blur(template, t_var, matching_kernel(t_psf, s_psf))
         return MatchedPair(template, science, t_var + s_var, "template blurred (PSF kernel)")
-    science, s_var = _blur(science, s_var, matching_kernel(s_psf, t_psf))
-    return MatchedPair(template, science, t_var + s_var, "science blurred (PSF kernel)")
+    kernel = matching_kernel(s_psf, t_psf)
+    science, s_var = _blur(science, s_var, kernel)
+    return MatchedPair(template, science, t_var + s_var, "science blurred (PSF kernel)", kernel)
 
 
 def _bases(half: int) -> list[NDArray]:
@@ -86,7 +93,7 @@ def match_fitted(template: NDArray, t_var: NDArray, science: NDArray, s_var: NDA
         blurred, t_var = _blur(template, t_var, k_ts)
         return MatchedPair(blurred, science, t_var + s_var, "template blurred (fitted kernel)")
     blurred, s_var = _blur(science, s_var, k_st)
-    return MatchedPair(template, blurred, t_var + s_var, "science blurred (fitted kernel)")
+    return MatchedPair(template, blurred, t_var + s_var, "science blurred (fitted kernel)", k_st)
 
 
 def false_sources(significance: NDArray, threshold: float) -> tuple[int, int]:

@@ -198,21 +198,17 @@ def add_shifted(
     ny, nx = out.shape
     if coeffs.shape != out.shape:
         raise ValueError(f"shape mismatch: coefficients {coeffs.shape} vs output {out.shape}")
-    iy, wy = _rows_table(ny, float(shift[0]), order)
-    ix, wx, xa, xb, offset = _columns_table(nx, float(shift[1]), order)
+    iy, wy = _axis_table(ny, float(shift[0]), order)[:2]
+    ix, wx, xa, xb, offset = _axis_table(nx, float(shift[1]), order)
     _accumulate_shifted(coeffs, iy, wy, ix, wx, xa, xb, offset, float(scale), out)
 
 
 # A run shifts by the same few values every iteration (its visits' shifts), so the tables are
 # kept: building them cost more than the shift itself at order 3 (0.17 against 0.13 ms at 256²).
-# At most 256 of each, ~130 kB per 4096-pixel axis at order 3 (the arrays are never written).
-@functools.lru_cache(maxsize=256)
-def _rows_table(n: int, shift: float, order: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-    return tap_table(n, shift, order)
-
-
-@functools.lru_cache(maxsize=256)
-def _columns_table(n: int, shift: float, order: int) -> tuple[NDArray[np.int64], NDArray[np.float64], int, int, int]:
+# At most 512, ~130 kB per 4096-pixel axis at order 3 (the arrays are never written).
+@functools.lru_cache(maxsize=512)
+def _axis_table(n: int, shift: float, order: int) -> tuple[NDArray[np.int64], NDArray[np.float64], int, int, int]:
+    """:func:`tap_table` of one axis and its :func:`_interior` run (used for the columns only)."""
     index, weight = tap_table(n, shift, order)
     return (index, weight, *_interior(index, weight))
 

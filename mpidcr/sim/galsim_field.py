@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,7 +158,7 @@ def _render_visit(psf: Any, src: _Sources, pool: list[tuple[str, Any]], bandpass
     return clean.array.copy()
 
 
-#: the seeing profiles a field can be simulated with
+#: the seeing profiles a field can be simulated with (the CLI's --seeing-profile lists them too)
 SEEING_PROFILES = ("kolmogorov", "gaussian")
 
 
@@ -213,10 +213,13 @@ def make_galsim_field(
     sed_names: list[str] | None = None,
     num_galaxies: int = 0,
     seeing_profile: str = "kolmogorov",
+    keep_noiseless: Callable[[NDArray], Iterable[int]] | None = None,
 ) -> SyntheticField:
     """Simulate warps of a star field with GalSim's chromatic atmosphere (see module docstring).
 
-    ``seeing_profile`` is the seeing's shape, ``kolmogorov`` or ``gaussian``.
+    ``seeing_profile`` is the seeing's shape, ``kolmogorov`` or ``gaussian``.  ``keep_noiseless``
+    picks, from the visits' airmasses, the visits whose images before the noise are kept
+    (``extra["noiseless"]``, by visit index; e.g. the science visits).
 
     ``num_galaxies`` adds faint chromatic galaxies: sheared exponential profiles (half-light
     radius 0.3–1.0″, flux 100–600) with the CWW galaxy SEDs, seen through the same atmosphere.
@@ -230,11 +233,13 @@ def make_galsim_field(
     truth_by_k = _truth_by_k(seds, bandpass, lam_eff, bandwidth)
     airmass = np.linspace(airmass_range[0], airmass_range[1], num_visits)
     rng.shuffle(airmass)
+    kept = set(keep_noiseless(airmass)) if keep_noiseless is not None else set()
     seeing = rng.uniform(seeing_range[0], seeing_range[1], num_visits)
     weather = Weather.standard(site.height)
     planes = dict(DEFAULT_PLANES)
     det = plane_bits(planes, ["DETECTED"])
-    images, variances, masks, observations, psfs, noiseless = [], [], [], [], [], []
+    images, variances, masks, observations, psfs = [], [], [], [], []
+    noiseless: dict[int, NDArray] = {}
     stamp = math.ceil(6 * max(seeing_range) / pixel_scale) | 1
     psf_stamp = math.ceil(8 * max(seeing_range) / pixel_scale) | 1
     for v in range(num_visits):
@@ -247,7 +252,8 @@ def make_galsim_field(
         psfs.append(_seeing_image(float(seeing[v]), pixel_scale, psf_stamp, seeing_profile))
         log.info("rendered visit %d/%d with GalSim (airmass %.2f, %d stars, %d galaxies)", v + 1, num_visits,
                  airmass[v], len(src.ys), num_galaxies)  # fmt: skip
-        noiseless.append(arr.astype(np.float32))
+        if v in kept:
+            noiseless[v] = arr.astype(np.float32)
         images.append((arr + rng.normal(0.0, sky_sigma, shape)).astype(np.float32))
         variances.append(np.full(shape, sky_sigma**2, dtype=np.float32))
         masks.append(np.where(arr > 2.0 * sky_sigma, det, 0).astype(np.int32))
@@ -274,7 +280,7 @@ def make_galsim_field(
             "seeing": seeing,
             "psf_images": psfs,
             "star_total": src.total,  # each star's flux through the whole bandpass, as drawn
-            "noiseless": noiseless,  # each visit's image before the noise (the truth file keeps the science visits')
+            "noiseless": noiseless,  # the kept visits' images before the noise
             "galaxy_y": src.gy,
             "galaxy_x": src.gx,
             "galaxy_flux": src.gflux,

@@ -25,6 +25,7 @@ from ..io.manifest import write_manifest
 from ..io.warps import write_lsst_warp
 from ..io.wcs import image_rotation_angle
 from .field import TRAIL, SyntheticField, add_artifacts, make_field
+from .galsim_field import SEEING_PROFILES
 
 EFFECTIVE_WAVELENGTH = 476.31  # LSST g, nm
 BANDWIDTH = 147.0
@@ -55,8 +56,8 @@ def _check_request(manifest: Path, size: int | tuple[int, int], num_visits: int,
         raise InputError(f"--size {shape[0]}x{shape[1]}: the patch must be at least 16 pixels on each side")
     if num_galaxies and engine != "galsim":
         raise InputError("--galaxies needs the galsim engine")
-    if seeing_profile not in ("kolmogorov", "gaussian"):
-        raise InputError(f"--seeing-profile {seeing_profile}: kolmogorov or gaussian")
+    if seeing_profile not in SEEING_PROFILES:
+        raise InputError(f"--seeing-profile {seeing_profile}: one of {', '.join(SEEING_PROFILES)}")
     return shape
 
 
@@ -85,6 +86,7 @@ def _render(engine: str, seeing: tuple[float, float], **kwargs: Any) -> Syntheti
     if engine == "numpy":
         kwargs.pop("num_galaxies")
         kwargs.pop("seeing_profile")  # the numpy engine's PSF is always a Gaussian
+        kwargs.pop("keep_noiseless")
         return make_field(effective_wavelength=EFFECTIVE_WAVELENGTH, bandwidth=BANDWIDTH,
                           psf_fwhm_pixels=seeing[0] / kwargs["pixel_scale"], **kwargs)  # fmt: skip
     raise InputError(f"unknown simulation engine '{engine}' (galsim or numpy)")
@@ -143,14 +145,12 @@ def _visit_psf(field: SyntheticField, v: int) -> NDArray:
     return image / image.sum()
 
 
-def _write_truth(path: Path, field: SyntheticField, artifacts: NDArray, pixel_scale: float, engine: str,
-                 science: set[int] | None = None) -> None:  # fmt: skip
+def _write_truth(path: Path, field: SyntheticField, artifacts: NDArray, pixel_scale: float, engine: str) -> None:
     """``truth.npz``: star positions and fluxes, noiseless sub-filter images, artifacts, SEDs, and
     (GalSim engine) each science visit's image before the noise, ``noiseless_<visit id>``."""
     extra = {f"star_flux_k{k}": f for k, f in field.extra.get("truth_by_k", {}).items()}
-    for v in sorted(science or ()):
-        if "noiseless" in field.extra:
-            extra[f"noiseless_{1000 + v}"] = np.asarray(field.extra["noiseless"][v])
+    for v, image in sorted(field.extra.get("noiseless", {}).items()):
+        extra[f"noiseless_{1000 + v}"] = np.asarray(image)
     for key in ("galaxy_y", "galaxy_x", "galaxy_flux", "galaxy_sed", "star_total"):
         if key in field.extra:
             extra[key] = np.asarray(field.extra[key])
@@ -209,7 +209,8 @@ def simulate(
                     airmass_range=airmass_range, pixel_scale=pixel_scale, seeing=(seeing_fwhm_arcsec,
                     seeing_max_arcsec or seeing_fwhm_arcsec), angle_spread=angle_spread, seed=seed,
                     rotation_for=_rotation(wcs.tostring()), num_galaxies=num_galaxies,
-                    seeing_profile=seeing_profile)  # fmt: skip
+                    seeing_profile=seeing_profile,
+                    keep_noiseless=lambda airmass: _science_visits(airmass, num_science))  # fmt: skip
     science = _science_visits(field.airmass, num_science)
     # artifacts only in the warps that build the model; the science visits stay clean
     modelled = [v for v in range(total) if v not in science]
@@ -219,7 +220,7 @@ def simulate(
     field.images[modelled] = images
     warp_paths, science_paths = _write_visits(out, field, science, wcs, seeing_fwhm_arcsec)
     write_manifest(manifest, warp_paths, field.effective_wavelength, field.bandwidth, Site(), config)
-    _write_truth(out / "truth.npz", field, artifacts, pixel_scale, engine, science)
+    _write_truth(out / "truth.npz", field, artifacts, pixel_scale, engine)
     return {
         "manifest": str(manifest),
         "warps": warp_paths,

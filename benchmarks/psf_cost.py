@@ -1,8 +1,8 @@
 """The cost of an iteration of the PSF-aware model against the constant-PSF one (same field).
 
-A 512² field of 16 visits; the PSF-aware model's matching variances spread over 0–4.9 px² (the
-0.6–1.2″ seeing of docs/validation.md).  An iteration = the update and the sweep; the median of
-a few, after a warm-up."""
+A 512² field of 16 visits; the PSF-aware model's matching kernels those of Kolmogorov seeing of
+0.6–1.2″ at 0.2″/px (docs/validation.md), with the default wing Gaussians (psfWings) and without.
+An iteration = the update and the sweep; the median of a few, after a warm-up."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 
 from mpidcr.config import DcrConfig
 from mpidcr.dcr import dcr_shifts
+from mpidcr.psf import Psf, PsfModel, kolmogorov_image
 from mpidcr.sim.field import make_field
 from mpidcr.solver import DcrSolver, WarpStack
 
@@ -32,17 +33,24 @@ def psf_cost(size: int = 512, visits: int = 16, repeats: int = 5) -> dict:
     cfg = DcrConfig(effectiveWavelength=f.effective_wavelength, bandwidth=f.bandwidth).validate()
     shifts = [dcr_shifts(o, f.effective_wavelength, f.bandwidth, 3, f.pixel_scale) for o in f.observations]
 
-    def solver(variances: np.ndarray | None) -> DcrSolver:
+    def solver(psfs: PsfModel | None) -> DcrSolver:
         stack = WarpStack(f.images.copy(), f.variances.copy(), f.masks.copy(), f.mask_planes, shifts, f.airmass)
-        return DcrSolver(stack, cfg, psf_variances=variances)
+        if psfs is None:
+            return DcrSolver(stack, cfg)
+        return DcrSolver(stack, cfg, psf_variances=psfs.variances, psf_wing_sigmas=psfs.wing_sigmas,
+                         psf_wing_weights=psfs.wing_weights)  # fmt: skip
 
-    variances = np.linspace(0.0, 4.9, visits)
+    seeing = [Psf(kolmogorov_image(fwhm, 41), 0.2 * fwhm, "kolmogorov") for fwhm in np.linspace(3.0, 6.0, visits)]
     constant = _iteration_seconds(solver(None), repeats)
-    aware_solver = solver(variances)
-    aware = _iteration_seconds(aware_solver, repeats)
-    return {"size": size, "visits": visits, "groups": len(aware_solver.blur.variances),
-            "blur_steps": aware_solver.blur.support, "constant_s": constant, "psf_aware_s": aware,
-            "ratio": aware / constant}  # fmt: skip
+    out: dict = {"size": size, "visits": visits, "constant_s": constant}
+    for label, wings in (("", int(cfg.psfWings)), ("_no_wings", 0)):
+        psfs = PsfModel.of(seeing, wings=wings)
+        aware_solver = solver(psfs)
+        aware = _iteration_seconds(aware_solver, repeats)
+        assert aware_solver.blur is not None
+        out.update({f"groups{label}": len(aware_solver.blur.variances), f"blur_support{label}": aware_solver.blur.support,
+                    f"psf_aware_s{label}": aware, f"ratio{label}": aware / constant})  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":

@@ -33,17 +33,19 @@ from mpidcr.sim.simulate import simulate
 FIELDS = {"0.7–0.8″": (0.7, 0.8), "0.6–1.2″": (0.6, 1.2)}
 CUBIC = ["--set", "imageInterpOrder=3", "--set", "templateInterpOrder=3"]
 THIRTY = ["--set", "maxNumIter=30", "--set", "useConvergence=false"]
+AWARE = ["--set", "usePsf=true"]
+CONSTANT = ["--set", "usePsf=false"]
 VARIANTS = {
-    "constant PSF (default)": [],
-    "constant PSF, 30 iterations": THIRTY,
-    "PSF-aware (usePsf; 30 iterations by default)": ["--set", "usePsf=true"],
-    "PSF-aware, 9 iterations (LSST's 3K)": ["--set", "usePsf=true", "--set", "maxNumIter=9"],
-    "constant PSF, LSST's split nodes": ["--set", "lsstCompat.splitNodes=true"],
-    "constant PSF, LSST's model weights": ["--set", "lsstCompat.modelWeights=true"],
-    "constant PSF, order-3 templates (LSST's)": ["--set", "templateInterpOrder=3"],
-    "constant PSF, K = 5, cubic shifts, 30 iterations": ["--set", "dcrNumSubfilters=5", *CUBIC, *THIRTY],
-    "PSF-aware, K = 5, cubic shifts, 30 iterations": ["--set", "usePsf=true", "--set", "dcrNumSubfilters=5", *CUBIC,
-                                                      *THIRTY],
+    "defaults (PSF-aware: one wing, 45 iterations)": [],
+    "constant PSF (usePsf=false)": CONSTANT,
+    "constant PSF, 30 iterations": [*CONSTANT, *THIRTY],
+    "PSF-aware, one Gaussian kernel (psfWings=0)": [*AWARE, "--set", "psfWings=0"],
+    "PSF-aware, two wings (psfWings=2)": [*AWARE, "--set", "psfWings=2"],
+    "PSF-aware, 30 iterations": [*AWARE, "--set", "maxNumIter=30"],
+    "PSF-aware, 9 iterations (LSST's 3K)": [*AWARE, "--set", "maxNumIter=9"],
+    "constant PSF, LSST's split nodes": [*CONSTANT, "--set", "lsstCompat.splitNodes=true"],
+    "constant PSF, K = 5, cubic shifts, 30 iterations": [*CONSTANT, "--set", "dcrNumSubfilters=5", *CUBIC, *THIRTY],
+    "PSF-aware, K = 5, cubic shifts": [*AWARE, "--set", "dcrNumSubfilters=5", *CUBIC],
 }
 
 

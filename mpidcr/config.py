@@ -169,7 +169,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     F("maxFractionEpochsHigh", "float", 0.03, "Artifact rejection: fraction of N epochs added to maxNumEpochs at high N.", check=_range(0.0, 1.0, hi_open=True)),
     F("maxFractionEpochsLow", "float", 0.4, "Artifact rejection: fraction of N epochs allowed at low N.", check=_range(0.0, 1.0, hi_open=True)),
     F("maxNumEpochs", "int", 2, "Artifact rejection: epochs in which a transient may appear and still be masked.", check=_range(0, None)),
-    F("maxNumIter", "int", None, "Maximum number of forward-model iterations (at most 1000); None: 3K, and at least 30 for the PSF-aware model (usePsf), whose deconvolution to the reference PSF keeps improving the templates to ~30 iterations (docs/validation.md).", optional=True, check=_range(1, 1000)),
+    F("maxNumIter", "int", None, "Maximum number of forward-model iterations (at most 1000); None: 3K, and at least 45 for the PSF-aware model (usePsf), whose deconvolution to the reference PSF keeps improving the templates to ~45 iterations (docs/validation.md).", optional=True, check=_range(1, 1000)),
     F("minNumIter", "int", None, "Minimum number of forward-model iterations (at most 1000); None: K.", optional=True, check=_range(1, 1000)),
     F("modelWeightsWidth", "float", 3.0, "Gaussian sigma in pixels (0 to 100) of the region around detected sources that the model may change.", check=_range(0.0, 100.0)),
     F("prefilterArtifactsMaskPlanes", "list", ("NO_DATA", "BAD", "SAT", "SUSPECT"), "Mask planes used by doPrefilterArtifacts."),
@@ -256,13 +256,14 @@ SUBTASKS: tuple[SubtaskSpec, ...] = (
 )
 
 #: the PSF-aware model's default maxNumIter (at least): on the variable-seeing fields of
-#: docs/validation.md its false sources removed went 54 → 65 → 75 → 79 % at 9, 15, 30 and 50
-#: iterations (0.6–1.2″), the constant-PSF model's 66 → 69 % from 9 to 30
-PSF_AWARE_ITERATIONS = 30
+#: docs/validation.md (0.6–1.2″, one wing Gaussian) its false sources removed went 80 → 84 → 85 %
+#: at 30, 45 and 60 iterations, the constant-PSF model's 66 → 69 % from 9 to 30
+PSF_AWARE_ITERATIONS = 45
 
 #: mpidcr's own fields (not the seed's)
 OWN_FIELDS: tuple[FieldSpec, ...] = (
-    F("usePsf", "bool", False, "The PSF-aware forward model: planes at the sharpest visit's PSF, each visit's template blurred to its own PSF (docs/physics.md); every visit needs a PSF.  Off by default: with 30 iterations it removes more false sources than the constant-PSF model in both seeing ranges of docs/validation.md, but at 0.6-1.2 arcsec its templates are 1.7 % faint on stars (planes broader than the reference PSF they claim)."),
+    F("usePsf", "bool", None, "The PSF-aware forward model: planes at the sharpest visit's PSF, each visit's template blurred to its own PSF by its matching kernel (a Gaussian core and psfWings wing Gaussians; docs/physics.md); every visit needs a PSF.  None: on when every visit has one (not under the lsst profile or lsstCompat.subregions).  On the variable-seeing fields of docs/validation.md it removes 93 % and 84 % of the false sources against 77 % and 66 % for the constant-PSF model, with template star flux within 0.15 %.", optional=True),
+    F("psfWings", "int", 1, "PSF-aware model: wing Gaussians (0, 1 or 2) shared by every visit's matching kernel besides its Gaussian core.  A seeing PSF blurred to a broader one needs a kernel with wings (Kolmogorov's transfer functions multiply into another Kolmogorov); with a single Gaussian the planes spread their light to make up the wings and the templates' cores are faint (docs/physics.md).  0: one Gaussian per visit (mpidcr before wave 3).", check=_choice(0, 1, 2)),
     F("psfTolerance", "float", 0.05, "PSF-aware model: visits whose matching-kernel variances (pixels²) lie within twice this share one blur.", check=_range(0.0, 1.0)),
     F("templateInterpOrder", "int", 1, "Spline order (1 or 3) of the shifts that make templates from a model (mpidcr template, evaluate).  1, as the fit shifts (imageInterpOrder): the model reproduces each visit through linear shifts, so its templates are made the same way; order 3 (LSST's) removed 93 % of the dipoles instead of 98 % and left 1.05-3.9x the false sources in PSF-matched differences (docs/validation.md, docs/lsst-differences.md).", check=_choice(1, 3)),
     F("doRejectArtifacts", "bool", True, "CompareWarp artifact rejection (the LSST task always runs it): transient outliers of the PSF-matched warps marked CLIPPED, streaks streakMaskName, and left out of the static model and (unless lsstCompat.clippedInFit) the fit.  docs/physics.md."),

@@ -52,7 +52,7 @@ from .io.wcs import celestial_wcs, pixel_scale_arcsec
 from .masks import add_plane
 from .parallel.comm import Comm, SerialComm
 from .preemption import STOP
-from .psf import BlurPlan, Psf, PsfModel, blur_plan, fwhm_pixels, weighted_sum
+from .psf import BlurPlan, Psf, PsfModel, fwhm_pixels, weighted_sum
 from .rejection import ArtifactMasks, find_artifacts
 from .resources import BASELINE_BYTES, memory_per_rank, memory_problem
 from .solver import DcrResult, DcrSolver, SolverState, WarpStack, history_table
@@ -98,7 +98,7 @@ class RunInputs:
         """The PSF-aware model's blur plan (None: the constant-PSF model)."""
         if self.psf_model is None:
             return None
-        return blur_plan(self.psf_model.variances, self.config.psfTolerance)
+        return self.psf_model.plan(self.config.psfTolerance)
 
     def files(self) -> list[str]:
         """Every pixel file the run reads, in order (for the resume digest)."""
@@ -348,8 +348,9 @@ def visit_psfs(infos: list[WarpInfo], pixel_scale: float, planes: dict[str, int]
 
 
 def psf_model(config: DcrConfig, infos: list[WarpInfo], psfs: list[Psf | None]) -> PsfModel | None:
-    """The PSF-aware model's reference PSF and matching variances when usePsf asks for it; None
-    for the constant-PSF model."""
+    """The PSF-aware model's reference PSF and matching kernels when usePsf asks for it (unset:
+    when every visit has a PSF, under mpidcr's profile, without LSST's subregions); None for the
+    constant-PSF model."""
     missing = [info.path for info, psf in zip(infos, psfs, strict=True) if psf is None]
     if config.usePsf and missing:
         raise InputError(f"{missing[0]}: no PSF (no PSF HDU, no psfFwhm in the manifest, no PSF-FWHM/SEEING/FWHM "
@@ -357,14 +358,24 @@ def psf_model(config: DcrConfig, infos: list[WarpInfo], psfs: list[Psf | None]) 
     if config.usePsf and config.lsst("subregions"):
         raise InputError("usePsf = true and lsstCompat.subregions: the PSF-aware model is one global fit; "
                          "set lsstCompat.subregions=false")  # fmt: skip
-    if not config.usePsf:
+    use = config.usePsf
+    if use is None:  # automatic: wherever every visit has a PSF, but not in LSST's own behaviour
+        use = not missing and config.profile != "lsst" and not config.lsst("subregions")
+        if use:
+            model = PsfModel.of([p for p in psfs if p is not None], wings=int(config.psfWings))
+            if not np.any(model.variances) and not np.any(model.wing_weights):
+                log.info("every visit has the same PSF: the constant-PSF model (the same forward model)")
+                return None
+            log.info("every visit has a PSF: the PSF-aware model (usePsf=false for the constant-PSF one)")
+            return model
+    if not use:
         if len(missing) == len(infos):
             log.info("no visit has a PSF: the constant-PSF model, and products without a PSF")
         elif missing:
             log.info("%d of %d visits have no PSF (first: %s): the constant-PSF model", len(missing), len(infos),
                      missing[0])  # fmt: skip
         return None
-    return PsfModel.of([p for p in psfs if p is not None])
+    return PsfModel.of([p for p in psfs if p is not None], wings=int(config.psfWings))
 
 
 def inputs_from_manifest(manifest: Manifest, config: DcrConfig, pixel_scale: float | None = None,
@@ -635,9 +646,12 @@ def solve_tile(inputs: RunInputs, warps: WarpStack, static: StaticModel | None, 
     def progress(n: int, metric: float, gain: float) -> None:
         log.info("iteration %d/%d: metric %.6g, gain %.3f", n, solver.max_iterations, metric, gain)
 
-    variances = inputs.psf_model.variances if inputs.psf_model is not None else None
+    psfm = inputs.psf_model
     solver = DcrSolver(warps, cfg, tile=layout.tile, reducer=reducer, exchanger=exchanger, buffer=layout.buffer,
-                       progress=progress, resume=state, static=static, psf_variances=variances)  # fmt: skip
+                       progress=progress, resume=state, static=static,
+                       psf_variances=None if psfm is None else psfm.variances,
+                       psf_wing_sigmas=() if psfm is None else psfm.wing_sigmas,
+                       psf_wing_weights=None if psfm is None else psfm.wing_weights)  # fmt: skip
     return solver.run(hooks=[schedule])
 
 
@@ -652,7 +666,8 @@ VISIT_COLUMNS: list[tuple[str, Any]] = [
     ("rotation_angle", "f8"),
     ("weight", "f8"),
     ("psf_fwhm", "f8"),  # arcsec
-    ("psf_sigma", "f8"),  # the PSF-aware model's matching kernel, pixels
+    ("psf_sigma", "f8"),  # the PSF-aware model's matching kernel: its core's σ, pixels
+    ("psf_wing", "f8"),  # and the total weight of its wing Gaussians (attrs psf_wing_sigmas)
     ("max_shift", "f8"),
     ("metric", "f8"),
     ("variance_scale", "f8"),
@@ -670,6 +685,7 @@ def visits_table(inputs: RunInputs, result: DcrResult) -> np.ndarray:
         known = inputs.psfs[v] if inputs.psfs else None
         psf = known.fwhm if known is not None else info.meta.get("psfFwhm")
         sigma = float(inputs.psf_model.sigmas[v]) if inputs.psf_model is not None else np.nan
+        wing = float(sum(inputs.psf_model.kernels[v].weights)) if inputs.psf_model is not None else np.nan
         rows[v] = (
             info.visit,
             info.path,
@@ -680,6 +696,7 @@ def visits_table(inputs: RunInputs, result: DcrResult) -> np.ndarray:
             result.visit_weights[v],
             np.nan if psf is None else psf,
             sigma,
+            wing,
             sh.max_abs,
             result.visit_metrics[v] if v < len(result.visit_metrics) else np.nan,
             result.variance_scale[v] if v < len(result.variance_scale) else 1.0,
@@ -724,6 +741,8 @@ def _model_meta(inputs: RunInputs, result: DcrResult, layout: Layout, comm: Comm
         tables["psf_static"] = static_psf.image
         table_attrs["psf_static"] = {"fwhm": static_psf.fwhm, "kind": "coadd"}
     attrs["psf_aware"] = inputs.psf_model is not None
+    if inputs.psf_model is not None and inputs.psf_model.wing_sigmas:  # pixels; the templates' kernels use them
+        attrs["psf_wing_sigmas"] = np.array(inputs.psf_model.wing_sigmas)
     if inputs.artifacts is not None:  # each visit's rejected pixels, bit-packed (np.unpackbits(row, count=ny*nx))
         tables["artifacts/clipped"] = np.stack(inputs.artifacts.clipped)
         tables["artifacts/streak"] = np.stack(inputs.artifacts.streak)

@@ -258,30 +258,161 @@ def measure(image: NDArray, variance: NDArray, good: NDArray, fwhm_guess: float 
     return checked_image(psf, "measured PSF")
 
 
+#: the wing Gaussians' σ as multiples of the broadest visit's single-Gaussian matching σ, for one
+#: and for two wings (chosen on Kolmogorov seeing of 0.6-1.2 arcsec at 0.2 arcsec/px: one wing
+#: cuts the matching residual 5x, two wings 12x; docs/physics.md)
+WING_MULTIPLES: dict[int, tuple[float, ...]] = {1: (2.0,), 2: (1.15, 2.3)}
+MAX_WINGS = max(WING_MULTIPLES)
+
+
+def core_kernel(variance: float) -> NDArray[np.float64]:
+    """The 1-D kernel of the forward model's core blur of ``variance`` (pixels², per axis): the
+    3-tap steps (each ≤ 0.5 px²) the solver applies for it, composed."""
+    kernel = np.ones(1)
+    if variance > 0:
+        n = math.ceil(variance / MAX_STEP_VARIANCE - 1e-12)
+        v = variance / n
+        for _ in range(n):
+            kernel = np.convolve(kernel, [v / 2.0, 1.0 - v, v / 2.0])
+    return kernel
+
+
+def wing_kernel(sigma: float) -> NDArray[np.float64]:
+    """The 1-D kernel of a wing Gaussian of ``sigma`` pixels, as the solver's Gaussian filter
+    (scipy's) applies it: sampled, truncated at radius int(4σ + 0.5), unit sum."""
+    x = np.arange(-int(4.0 * sigma + 0.5), int(4.0 * sigma + 0.5) + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def _separable(image: NDArray, kernel_1d: NDArray) -> NDArray:
+    """``image`` convolved with ``kernel_1d`` along y and x (zeros beyond the stamp)."""
+    from scipy import ndimage
+
+    out = ndimage.convolve1d(image, kernel_1d, axis=0, mode="constant")
+    return ndimage.convolve1d(out, kernel_1d, axis=1, mode="constant")
+
+
+@dataclass(frozen=True)
+class MatchingKernel:
+    """A matching kernel from the planes' PSF to a visit's: ``(1 − Σ w)·core + Σ_j w_j·wing_j``,
+    the core the 3-tap steps of ``variance`` (pixels², per axis), wing j a Gaussian of the model's
+    ``wing_sigmas[j]``.  A seeing PSF's matching kernel to a broader seeing PSF has the wings of a
+    seeing profile (Kolmogorov's transfer functions multiply into another one's), which no single
+    Gaussian has; the wings give them to it, and every term stays separable and its own adjoint."""
+
+    variance: float
+    weights: tuple[float, ...] = ()
+
+    @property
+    def sigma(self) -> float:
+        return math.sqrt(self.variance)
+
+    def image(self, wing_sigmas: tuple[float, ...], size: int) -> NDArray[np.float64]:
+        """The kernel as an odd square image of side ``size``."""
+        point = np.zeros((size, size))
+        point[size // 2, size // 2] = 1.0
+        return self.apply(point, wing_sigmas)
+
+    def apply(self, image: NDArray, wing_sigmas: tuple[float, ...]) -> NDArray[np.float64]:
+        """``image`` convolved with the kernel (zeros beyond its edges): a stamp-sized reference."""
+        image = np.asarray(image, dtype=np.float64)
+        out = (1.0 - sum(self.weights)) * _separable(image, core_kernel(self.variance))
+        for w, s in zip(self.weights, wing_sigmas, strict=True):
+            if w:
+                out += w * _separable(image, wing_kernel(s))
+        return out
+
+
+def fit_matching(reference: NDArray, target: NDArray, wing_sigmas: tuple[float, ...] = ()) -> MatchingKernel:
+    """The matching kernel (core variance, wing weights) minimising ‖reference ⊗ k − target‖²
+    over the PSF images, with the forward model's own discrete kernels.  The identity when the
+    target is no broader than the reference.  For a core variance the wing weights are a
+    non-negative linear least-squares fit (their sum at most 1); the variance is a bounded scalar
+    search around the single Gaussian's."""
+    from scipy.optimize import minimize_scalar, nnls
+
+    single = matching_sigma(reference, target)
+    if single == 0.0:
+        return MatchingKernel(0.0, tuple(0.0 for _ in wing_sigmas))
+    top = 1.5 * single**2 + 0.5  # the core of a fit with wings is narrower than the single Gaussian
+    size = max(reference.shape[0], target.shape[0]) + 2 * (len(core_kernel(top)) // 2)
+    if wing_sigmas:
+        size = max(size, max(reference.shape[0], target.shape[0]) + 2 * (len(wing_kernel(max(wing_sigmas))) // 2))
+    ref = pad_to(reference / reference.sum(), size | 1)
+    tgt = pad_to(target / target.sum(), size | 1).ravel()
+    wings = [_separable(ref, wing_kernel(s)).ravel() for s in wing_sigmas]
+
+    def fit(variance: float) -> tuple[float, tuple[float, ...]]:
+        core = _separable(ref, core_kernel(variance)).ravel()
+        if not wings:
+            return float(((core - tgt) ** 2).sum()), ()
+        basis = np.stack([w - core for w in wings], axis=1)
+        weights, _ = nnls(basis, tgt - core)
+        if weights.sum() > 1.0:
+            weights = weights / weights.sum()
+        model = core + basis @ weights
+        return float(((model - tgt) ** 2).sum()), tuple(float(w) for w in weights)
+
+    result = minimize_scalar(lambda v: fit(v)[0], bounds=(0.0, top), method="bounded",
+                             options={"xatol": 1e-4})  # fmt: skip
+    variance = float(result.x)
+    return MatchingKernel(variance, fit(variance)[1])
+
+
 @dataclass(frozen=True)
 class PsfModel:
     """The PSF-aware model: its planes are at the ``reference`` PSF (the sharpest visit's), and
-    visit v's template is the planes blurred by a Gaussian of ``sigmas[v]`` pixels (its matching
-    kernel: analytic between two Gaussians, least squares otherwise)."""
+    visit v's template is the planes blurred by ``kernels[v]`` (its matching kernel: a Gaussian core
+    of ``sigmas[v]`` pixels — analytic between two Gaussians, least squares otherwise — and, with
+    wings, weights of the Gaussians of ``wing_sigmas`` pixels)."""
 
     reference: Psf
-    sigmas: NDArray[np.float64]
+    kernels: tuple[MatchingKernel, ...]
+    wing_sigmas: tuple[float, ...] = ()
+
+    @property
+    def sigmas(self) -> NDArray[np.float64]:
+        """The core σ of each visit's kernel, pixels."""
+        return np.array([k.sigma for k in self.kernels])
 
     @property
     def variances(self) -> NDArray[np.float64]:
-        return self.sigmas**2
+        return np.array([k.variance for k in self.kernels])
+
+    @property
+    def wing_weights(self) -> NDArray[np.float64]:
+        """(visits, wings): each visit's weights of the wing Gaussians."""
+        return np.array([k.weights for k in self.kernels]).reshape(len(self.kernels), len(self.wing_sigmas))
+
+    def plan(self, tolerance: float) -> BlurPlan:
+        """The forward model's blur plan for these kernels (visits grouped within ``tolerance``)."""
+        return blur_plan(self.variances, tolerance, self.wing_sigmas, self.wing_weights)
 
     @classmethod
-    def of(cls, psfs: list[Psf]) -> PsfModel:
+    def of(cls, psfs: list[Psf], wings: int = 0) -> PsfModel:
+        """The reference (the sharpest PSF) and every visit's matching kernel to it; ``wings`` (0, 1
+        or 2) wing Gaussians shared by all visits, at :data:`WING_MULTIPLES` times the broadest
+        visit's single-Gaussian σ (none when every PSF is a Gaussian: the core is then exact)."""
         sizes = [p.sigma_pixels for p in psfs]
         reference = psfs[int(np.argmin(sizes))]
-        sigmas = []
-        for p, size in zip(psfs, sizes, strict=True):
-            if p.profile == "gaussian" and reference.profile == "gaussian":  # pixel-integrated: σ² − σ_ref² exact
-                sigmas.append(math.sqrt(max(size**2 - reference.sigma_pixels**2, 0.0)))
+        analytic = [p.profile == "gaussian" and reference.profile == "gaussian" for p in psfs]
+        singles = []
+        for p, size, exact in zip(psfs, sizes, analytic, strict=True):
+            if exact:  # pixel-integrated: σ² − σ_ref² exact
+                singles.append(math.sqrt(max(size**2 - reference.sigma_pixels**2, 0.0)))
             else:
-                sigmas.append(matching_sigma(reference.image, p.image))
-        return cls(reference, np.array(sigmas))
+                singles.append(matching_sigma(reference.image, p.image))
+        broadest = max(singles)
+        if wings not in (0, *WING_MULTIPLES):
+            raise ValueError(f"wings must be 0 or one of {sorted(WING_MULTIPLES)}, not {wings}")
+        if not wings or all(analytic) or broadest == 0.0:
+            return cls(reference, tuple(MatchingKernel(s**2) for s in singles))
+        wing_sigmas = tuple(m * broadest for m in WING_MULTIPLES[wings])
+        fitted = tuple(MatchingKernel(s**2, tuple(0.0 for _ in wing_sigmas)) if exact
+                       else fit_matching(reference.image, p.image, wing_sigmas)
+                       for p, s, exact in zip(psfs, singles, analytic, strict=True))  # fmt: skip
+        return cls(reference, fitted, wing_sigmas)
 
 
 # ----------------------------------------------------------------------------- the forward model's blurs
@@ -298,26 +429,45 @@ class BlurPlan:
     group g − 1's blur to group g's (group 0: from none), so the planes of every group are made
     from the previous group's with a few cheap passes, and the reverse step applies the same steps
     in the opposite order (each step is its own adjoint).  ``group_of`` gives each visit's group.
+
+    With wings, group g's kernel is ``(1 − Σ_j wing_weights[g][j])·(its steps) + Σ_j
+    wing_weights[g][j]·Gaussian(wing_sigmas[j])`` (the mean of its visits' weights); the wing
+    Gaussians blur the unblurred planes once per sweep, whatever the number of groups.
     """
 
     variances: tuple[float, ...]
     steps: tuple[tuple[float, ...], ...]
     group_of: tuple[int, ...]
+    wing_sigmas: tuple[float, ...] = ()
+    wing_weights: tuple[tuple[float, ...], ...] = ()
 
     @property
     def support(self) -> int:
-        """Pixels the broadest blur reaches (one per step)."""
-        return sum(len(s) for s in self.steps)
+        """Pixels the broadest blur reaches: one per step, or a wing Gaussian's radius (4σ)."""
+        ladder = sum(len(s) for s in self.steps)
+        return max([ladder, *(int(4.0 * s + 0.5) for s in self.wing_sigmas)])
+
+    def core_weight(self, group: int) -> float:
+        """The weight of group ``group``'s core blur (1 without wings)."""
+        return 1.0 - sum(self.wing_weights[group]) if self.wing_sigmas else 1.0
 
     def members(self, group: int) -> NDArray[np.bool_]:
         return np.array([g == group for g in self.group_of], dtype=np.bool_)
 
 
-def blur_plan(variances: NDArray, tolerance: float) -> BlurPlan:
-    """Group the visits' matching variances (pixels², ≥ 0) and lay out the steps between groups."""
+def blur_plan(variances: NDArray, tolerance: float, wing_sigmas: tuple[float, ...] = (),
+              wing_weights: NDArray | None = None) -> BlurPlan:  # fmt: skip
+    """Group the visits' matching variances (pixels², ≥ 0) and lay out the steps between groups;
+    with ``wing_sigmas`` (pixels), each group's wing weights are the mean of its visits' rows of
+    ``wing_weights`` (visits, wings)."""
     v = np.asarray(variances, dtype=np.float64)
     if v.ndim != 1 or not np.all(np.isfinite(v)) or np.any(v < 0):
         raise ValueError("matching variances must be finite and non-negative")
+    weights = np.zeros((len(v), len(wing_sigmas))) if wing_weights is None else np.asarray(wing_weights, float)
+    if weights.shape != (len(v), len(wing_sigmas)) or np.any(weights < 0) or np.any(weights.sum(axis=1) > 1 + 1e-9):
+        raise ValueError("wing weights must be (visits, wings), non-negative, summing to at most 1 per visit")
+    if any(not s > 0 for s in wing_sigmas):
+        raise ValueError("wing sigmas must be positive")
     order = np.argsort(v, kind="stable")
     group_of = np.zeros(len(v), dtype=np.int64)
     centres: list[float] = []
@@ -337,7 +487,9 @@ def blur_plan(variances: NDArray, tolerance: float) -> BlurPlan:
         n = math.ceil(gap / MAX_STEP_VARIANCE - 1e-12) if gap > 0 else 0
         steps.append(tuple([gap / n] * n) if n else ())
         previous = centre
-    return BlurPlan(tuple(centres), tuple(steps), tuple(int(g) for g in group_of))
+    group_weights = tuple(tuple(float(w) for w in weights[group_of == g].mean(axis=0)) for g in range(len(centres)))
+    return BlurPlan(tuple(centres), tuple(steps), tuple(int(g) for g in group_of), tuple(float(s) for s in wing_sigmas),
+                    group_weights if wing_sigmas else ())  # fmt: skip
 
 
 def matching_kernel(sharp: NDArray, broad: NDArray, size: int | None = None) -> NDArray[np.float64]:

@@ -36,7 +36,7 @@ from .errors import InputError, SolverError
 from .halo import HaloExchanger, NoExchange
 from .kernels import fused, moments, regularize
 from .kernels.fused import SweepPlan, VisitPass
-from .kernels.gaussian import blur_step, gaussian_filter
+from .kernels.gaussian import blur_step, gaussian_filter, mix_blurs, spread_blurs
 from .masks import add_plane, plane_bits
 from .psf import blur_plan
 from .reduction import Reducer, SerialReducer, clipped_std, merged_std
@@ -294,7 +294,8 @@ class DcrSolver:
                  progress: Callable[[int, float, float], None] | None = None, fused: bool = True,
                  resume: SolverState | None = None, static: StaticModel | None = None,
                  region: Subregion | None = None, initial: NDArray | None = None,
-                 psf_variances: NDArray | None = None):  # fmt: skip
+                 psf_variances: NDArray | None = None, psf_wing_sigmas: tuple[float, ...] = (),
+                 psf_wing_weights: NDArray | None = None):  # fmt: skip
         self.warps, self.cfg = warps, config
         self.tile = tile or Tile.whole(warps.images.shape[1:])
         self.reducer = reducer or SerialReducer()
@@ -321,7 +322,8 @@ class DcrSolver:
         self.lsst_loop, self.lsst_freq = config.lsst("iterationControl"), config.lsst("frequencyRegularization")
         self.region = region
         # the PSF-aware forward model: each visit's template blurred from the reference PSF to its own
-        self.blur = None if psf_variances is None else blur_plan(np.asarray(psf_variances), config.psfTolerance)
+        self.blur = None if psf_variances is None else blur_plan(np.asarray(psf_variances), config.psfTolerance,
+                                                                 psf_wing_sigmas, psf_wing_weights)  # fmt: skip
         if self.blur is not None and region is not None:
             raise SolverError("the PSF-aware model and LSST's subregion solve do not go together")
         #: maxNumIter, or its default for this model (more for the PSF-aware one)
@@ -382,6 +384,11 @@ class DcrSolver:
             self._blurred = np.empty((len(self.blur.variances), self.K, *shape), MODEL_DTYPE)
             self._group_acc = np.empty((self.K, *shape), MODEL_DTYPE)
             self._blur_scratch = np.empty((2, *shape), MODEL_DTYPE)
+            J = len(self.blur.wing_sigmas)
+            if J:  # the wing Gaussians of the planes, their accumulators, a group's mixed planes
+                self._wing_planes = np.empty((J, self.K, *shape), MODEL_DTYPE)
+                self._wing_acc = np.empty((J, self.K, *shape), MODEL_DTYPE)
+                self._mixed = np.empty((self.K, *shape), MODEL_DTYPE)
 
     def _inner(self, a: NDArray) -> NDArray:
         return a[(..., *self.inner)]
@@ -659,25 +666,43 @@ class DcrSolver:
     def _sweep_blurred(self, planes: NDArray, significance: NDArray, acc: NDArray,
                        region: tuple[slice, slice]) -> NDArray:  # fmt: skip
         """The PSF-aware sweep: every group's visits see the planes blurred to the group's PSF
-        (B_g = the steps of groups 0..g), and their reverse-shifted residuals are blurred back with
-        the adjoint: acc = Σ_g B_gᵀ acc_g, accumulated from the broadest group down (Horner), so
-        each step is applied once each way."""
+        (B_g = the steps of groups 0..g; with wings, c_g·B_g + Σ_j w_gj·W_j, W_j the wing
+        Gaussians), and their reverse-shifted residuals are blurred back with the adjoint:
+        acc = Σ_g c_g·B_gᵀ acc_g, accumulated from the broadest group down (Horner), so each step
+        is applied once each way, plus Σ_j W_jᵀ (Σ_g w_gj·acc_g)."""
         blur, stack = self.blur, self._blurred
         assert blur is not None
         previous = planes
         for g, steps in enumerate(blur.steps):
             self._blur_planes(previous, stack[g], steps)
             previous = stack[g]
+        J = len(blur.wing_sigmas)
+        for j, sigma in enumerate(blur.wing_sigmas):
+            for k in range(self.K):
+                gaussian_filter(planes[k], sigma, out=self._wing_planes[j, k])
+            self._wing_acc[j] = 0
         sums = np.zeros(2 * self.warps.num_visits)
         active = self.visit_weights > 0
         last = len(blur.steps) - 1
         for g in range(last, -1, -1):
             target = acc if g == last else self._group_acc
-            sums += self._sweep_visits(stack[g], significance, target, region, active & blur.members(g))
-            if g < last:  # acc = acc_g + (steps of group g + 1)ᵀ acc: blur the running sum, add
+            mixed = J and any(blur.wing_weights[g])
+            seen = stack[g]
+            if mixed:
+                seen = mix_blurs(stack[g], blur.core_weight(g), self._wing_planes, np.array(blur.wing_weights[g]),
+                                 self._mixed)  # fmt: skip
+            sums += self._sweep_visits(seen, significance, target, region, active & blur.members(g))
+            if g < last:  # acc = c_g·acc_g + (steps of group g + 1)ᵀ acc: blur the running sum, add
                 self._blur_back(acc, blur.steps[g + 1])
+            if mixed:  # the wings' accumulators get their share of acc_g
+                spread_blurs(target, blur.core_weight(g), np.array(blur.wing_weights[g]), self._wing_acc, acc,
+                             add=g < last)  # fmt: skip
+            elif g < last:
                 acc += self._group_acc
         self._blur_back(acc, blur.steps[0])
+        for j, sigma in enumerate(blur.wing_sigmas):
+            for k in range(self.K):
+                acc[k] += gaussian_filter(self._wing_acc[j, k], sigma, out=self._blur_scratch[0])
         return sums
 
     def _blur_back(self, planes: NDArray, steps: tuple[float, ...]) -> None:

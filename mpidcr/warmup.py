@@ -56,7 +56,7 @@ def warm_up(config: DcrConfig, tiled: bool, psf_aware: bool = False) -> float:
 
     tiled : the run's tiles have a halo (several ranks): the inner-box views are then strided
         arrays, a different argument type from the whole-patch arrays of a one-rank run.
-    psf_aware : the run uses the PSF-aware model (its blur kernel).
+    psf_aware : the run uses the PSF-aware model (its blur and mixing kernels).
     """
     t0 = time.perf_counter()
     cfg = config.copy()
@@ -69,7 +69,9 @@ def warm_up(config: DcrConfig, tiled: bool, psf_aware: bool = False) -> float:
     quiet.setLevel(logging.ERROR)  # the tiny field's own warnings (few iterations, few sources) are noise
     try:
         variances = np.linspace(0.0, 0.8, 4) if psf_aware else None
-        DcrSolver(tiny_field(cfg), cfg, tile=tile, psf_variances=variances).run()
+        wings = ((1.5,), np.linspace(0.0, 0.2, 4)[:, None]) if psf_aware else ((), None)  # the mixing kernels
+        DcrSolver(tiny_field(cfg), cfg, tile=tile, psf_variances=variances, psf_wing_sigmas=wings[0],
+                  psf_wing_weights=wings[1]).run()  # fmt: skip
     except Exception as exc:  # a warm-up must never stop a run: the kernels then compile in it
         quiet.setLevel(level)  # so that the debug line below can be seen
         log.debug("kernel warm-up skipped (%s: %s); kernels compile during the run", type(exc).__name__, exc)
@@ -155,13 +157,17 @@ def _part_update(config: DcrConfig) -> None:
 
 
 def _part_psf(config: DcrConfig) -> None:
-    """The PSF-aware model's blur steps, the artifact rejection's PSF matching, and the templates'
-    shifts at orders 1 and 3."""
-    from .kernels.gaussian import blur_step, correlate_separable
-    from .solver import matched_template
+    """The PSF-aware model's blur steps and wing mixing, the artifact rejection's PSF matching, and
+    the templates' shifts at orders 1 and 3."""
+    from .kernels.gaussian import blur_step, correlate_separable, mix_blurs, spread_blurs
+    from .solver import MODEL_DTYPE, matched_template
 
     w = tiny_field(config)
     blur_step(w.images[0], 0.3, np.empty_like(w.images[0]))
+    group = np.repeat(w.images[:1], config.num_subfilters, axis=0).astype(MODEL_DTYPE)
+    wings = np.stack([group])
+    mix_blurs(group, 0.9, wings, np.array([0.1]), np.empty_like(group))
+    spread_blurs(group, 0.9, np.array([0.1]), wings, group, False)
     correlate_separable(w.images[0].astype(np.float64), np.array([0.25, 0.5, 0.25]))
     planes = np.repeat(w.images[:1], config.num_subfilters, axis=0)
     for order in (1, 3):

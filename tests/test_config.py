@@ -322,7 +322,7 @@ def test_docs_config_table_is_current():
 def test_max_iterations_default_depends_on_the_model():
     cfg = C.DcrConfig(dcrNumSubfilters=3)
     assert cfg.max_iterations == cfg.max_iterations_for(psf_aware=False) == 9
-    assert cfg.max_iterations_for(psf_aware=True) == C.PSF_AWARE_ITERATIONS == 30
-    assert C.DcrConfig(dcrNumSubfilters=12).max_iterations_for(psf_aware=True) == 36
+    assert cfg.max_iterations_for(psf_aware=True) == C.PSF_AWARE_ITERATIONS == 45
+    assert C.DcrConfig(dcrNumSubfilters=16).max_iterations_for(psf_aware=True) == 48
     assert C.DcrConfig(maxNumIter=7).max_iterations_for(psf_aware=True) == 7
-    assert C.DcrConfig().usePsf is False  # the constant-PSF model unless asked
+    assert C.DcrConfig().usePsf is None  # automatic: the PSF-aware model wherever every visit has a PSF

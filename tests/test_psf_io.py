@@ -2,6 +2,7 @@
 and exports with a PSF HDU, --match-psf, and the PSF-matched evaluation with its dipole count."""
 
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -84,7 +85,7 @@ def test_use_psf_needs_a_psf_for_every_visit(field, tmp_path):
 def test_model_psfs_products_and_match(field, tmp_path):
     out, info = field
     model = tmp_path / "m.h5"
-    assert run_cli("run", out / "manifest.toml", "-o", model)[0] == 0
+    assert run_cli("run", out / "manifest.toml", "-o", model, "--set", "usePsf=false")[0] == 0
     with h5py.File(model) as f:
         assert f["psf"].attrs["kind"] == "coadd" and np.isclose(f["psf"][...].sum(), 1.0)
         assert np.array_equal(f["psf"][...], f["psf_static"][...])
@@ -104,6 +105,34 @@ def test_model_psfs_products_and_match(field, tmp_path):
     assert all("PSF" in fits.open(p) for p in (tmp_path / "x").glob("*.fits") if "_nImage_" not in p.name)
 
 
+def test_psf_aware_model_is_automatic_where_every_visit_has_a_psf(field, tmp_path):
+    """usePsf unset: the PSF-aware model when every visit has a PSF and they differ; the
+    constant-PSF model when one lacks it, when all are the same (every kernel the identity), or
+    under LSST's profile; usePsf=false turns it off."""
+    from mpidcr.driver import prepare_inputs
+
+    out, _ = field
+    cfg = DcrConfig(effectiveWavelength=476.31, bandwidth=147.0)
+    same = read_manifest(out / "manifest.toml")  # the field's visits share one PSF
+    assert prepare_inputs(same.warps, cfg, same.site).psf_model is None
+    assert prepare_inputs(same.warps, DcrConfig(effectiveWavelength=476.31, bandwidth=147.0, usePsf=True),
+                          same.site).psf_model is not None  # fmt: skip
+    copy = tmp_path / "f"
+    shutil.copytree(out, copy)
+    warps = sorted((copy / "warps").glob("*.fits"))
+    for path, fwhm in zip(warps, (0.6, 0.75, 0.85, 1.0, 1.1), strict=True):
+        _strip_psf(path, extra={"PSF-FWHM": fwhm})
+    manifest = read_manifest(copy / "manifest.toml")
+    aware = prepare_inputs(manifest.warps, cfg, manifest.site).psf_model
+    assert aware is not None and len(aware.kernels) == len(manifest.warps) and len(aware.wing_sigmas) == 1
+    for changes in ({"usePsf": False}, {"profile": "lsst"}):
+        other = DcrConfig(effectiveWavelength=476.31, bandwidth=147.0, **changes)
+        assert prepare_inputs(manifest.warps, other, manifest.site).psf_model is None, changes
+    _strip_psf(warps[0])
+    manifest = read_manifest(copy / "manifest.toml")
+    assert prepare_inputs(manifest.warps, cfg, manifest.site).psf_model is None
+
+
 def test_psf_aware_model_iterates_longer_by_default(field, tmp_path):
     """maxNumIter unset: 3K for the constant-PSF model (the default), at least 30 for the
     PSF-aware one, whose deconvolution keeps improving its templates."""
@@ -111,21 +140,42 @@ def test_psf_aware_model_iterates_longer_by_default(field, tmp_path):
     code, _, err = run_cli("run", out / "manifest.toml", "-o", tmp_path / "aware.h5", "--set", "usePsf=true",
                            "--set", "useConvergence=false")  # fmt: skip
     assert code == 0, err
-    code, _, err = run_cli("run", out / "manifest.toml", "-o", tmp_path / "plain.h5", "--set", "useConvergence=false")
+    code, _, err = run_cli("run", out / "manifest.toml", "-o", tmp_path / "plain.h5", "--set", "useConvergence=false",
+                           "--set", "usePsf=false")  # fmt: skip
     assert code == 0, err
     with h5py.File(tmp_path / "aware.h5") as aware, h5py.File(tmp_path / "plain.h5") as plain:
-        assert aware.attrs["psf_aware"] and int(aware.attrs["iterations"]) == 30
+        assert aware.attrs["psf_aware"] and int(aware.attrs["iterations"]) == 45
         assert not plain.attrs["psf_aware"] and int(plain.attrs["iterations"]) == 9
 
 
-def test_psf_aware_model_runs_and_records_its_reference(field, tmp_path):
-    out, _ = field
+@pytest.mark.parametrize("wings", [0, 2])
+def test_psf_aware_model_runs_and_records_its_reference(field, tmp_path, wings):
+    """Kolmogorov PSFs of 0.6-1.1 arcsec (the headers' PSF-FWHM): the reference PSF, each visit's
+    kernel and the wing Gaussians in the model file; a --match-psf template made at the science
+    visit's PSF through the same kind of kernel, its PSF HDU close to that PSF."""
+    out, info = field
+    copy = tmp_path / "f"
+    shutil.copytree(out, copy)
+    paths = [*sorted((copy / "warps").glob("*.fits")), *sorted((copy / "science").glob("*.fits"))]
+    for path, fwhm in zip(paths, (0.6, 0.75, 0.85, 1.0, 1.1, 0.95, 0.95, 0.95), strict=False):
+        _strip_psf(path, extra={"PSF-FWHM": fwhm})
     model = tmp_path / "aware.h5"
-    code, _, err = run_cli("run", out / "manifest.toml", "-o", model, "--set", "usePsf=true")
+    code, _, err = run_cli("run", copy / "manifest.toml", "-o", model, "--set", f"psfWings={wings}")
     assert code == 0, err
     with h5py.File(model) as f:
         assert f.attrs["psf_aware"] and f["psf"].attrs["kind"] == "reference"
-        assert np.all(np.isfinite(f["visits"]["psf_sigma"]))
+        assert np.all(np.isfinite(f["visits"]["psf_sigma"])) and np.all(f["visits"]["psf_wing"] >= 0)
+        assert len(f.attrs.get("psf_wing_sigmas", ())) == wings
+        assert (np.max(f["visits"]["psf_wing"]) > 0) == (wings > 0)
+    science = copy / "science" / Path(info["science"][0]).name
+    matched = tmp_path / "tm.fits"
+    assert run_cli("template", model, science, "-o", matched, "--match-psf")[0] == 0
+    want = visit_psf(resolve_geometry(scan_warp(str(science)), read_manifest(copy / "manifest.toml").site), 0.2)
+    assert want is not None and want.profile == "kolmogorov"
+    with fits.open(matched) as hdul:
+        size = max(hdul["PSF"].data.shape[0], want.image.shape[0])
+        error = np.max(np.abs(P.pad_to(hdul["PSF"].data, size) - P.pad_to(want.image, size))) / want.image.max()
+    assert error < (0.005 if wings else 0.05)
 
 
 def test_evaluate_matches_psfs_and_counts_dipoles(field, tmp_path):

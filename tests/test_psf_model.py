@@ -50,13 +50,15 @@ def test_steps_compose_to_the_variance(rng):
     assert (point * yy**2).sum() == pytest.approx(2.7) and (point * xx**2).sum() == pytest.approx(2.7)
 
 
-def _setup(variances):
+def _setup(variances, wing_sigmas=(), wing_weights=None):
     f = make_field(shape=(72, 80), num_visits=len(variances), num_stars=15, seed=4)
     cfg = DcrConfig(effectiveWavelength=f.effective_wavelength, bandwidth=f.bandwidth).validate()
     shifts = [dcr_shifts(o, f.effective_wavelength, f.bandwidth, 3, f.pixel_scale, cfg.splitSubfilters,
                          cfg.splitThreshold) for o in f.observations]  # fmt: skip
     stack = S.WarpStack(f.images.copy(), f.variances.copy(), f.masks.copy(), f.mask_planes, shifts, f.airmass)
-    return S.DcrSolver(stack, cfg, psf_variances=np.asarray(variances)), cfg
+    solver = S.DcrSolver(stack, cfg, psf_variances=np.asarray(variances), psf_wing_sigmas=wing_sigmas,
+                         psf_wing_weights=wing_weights)  # fmt: skip
+    return solver, cfg
 
 
 def _reference_blur(image, steps, reverse=False):
@@ -65,27 +67,99 @@ def _reference_blur(image, steps, reverse=False):
     return image
 
 
-def test_blurred_sweep_equals_the_visit_by_visit_reference():
-    """acc = Σ_v B_vᵀ Sᵀ((s_v − B_v S ŷ)·g_v) and the metric sums of templates B_v S ŷ, computed
-    visit by visit in float64 with the scipy twins."""
+def _reference_kernel(image, steps, core, wings, reverse=False):
+    """c·(steps) + Σ_j w_j·Gaussian(σ_j) with scipy (each Gaussian symmetric: its own adjoint)."""
+    from scipy.ndimage import gaussian_filter
+
+    out = core * _reference_blur(image, steps, reverse)
+    for w, sigma in wings:
+        out += w * gaussian_filter(image, sigma, mode="reflect", truncate=4.0)
+    return out
+
+
+WING_CASES = {
+    "one Gaussian": ((), None),
+    "two wings": ((2.2, 4.1), np.array([[0, 0], [0.05, 0.02], [0.1, 0.03], [0.12, 0.0], [0.2, 0.08]])),
+}
+
+
+@pytest.mark.parametrize("case", WING_CASES)
+def test_blurred_sweep_equals_the_visit_by_visit_reference(case):
+    """acc = Σ_v K_vᵀ Sᵀ((s_v − K_v S ŷ)·g_v) and the metric sums of templates K_v S ŷ, computed
+    visit by visit in float64 with the scipy twins; K_v the group's steps, and with wings its
+    core weight times them plus the weighted wing Gaussians."""
     variances = [0.0, 0.3, 1.1, 1.12, 2.4]
-    solver, cfg = _setup(variances)
+    wing_sigmas, wing_weights = WING_CASES[case]
+    solver, cfg = _setup(variances, wing_sigmas, wing_weights)
     model = solver.it.model
     _, _, acc = solver.sweep(model)
     plan = solver.blur
+    assert plan.support == (max(len(sum(plan.steps, ())), 16) if wing_sigmas else len(sum(plan.steps, ())))
     planes = amplified(model.astype(np.float64), cfg.accelerateModel)
     expected = np.zeros_like(planes)
     for v in range(len(variances)):
         g = plan.group_of[v]
         steps = [s for group in plan.steps[: g + 1] for s in group]
-        blurred = np.stack([_reference_blur(p, steps) for p in planes])
+        wings = list(zip(plan.wing_weights[g], wing_sigmas, strict=True)) if wing_sigmas else []
+        core = plan.core_weight(g)
+        blurred = np.stack([_reference_kernel(p, steps, core, wings) for p in planes])
         template = kernels.build_template(kernels.prefilter_planes(blurred, 1), solver.warps.shifts[v].forward, 1)
         residual = np.where(solver.good[v], solver.warps.images[v] - template, 0.0)
         back = np.zeros_like(planes)
         kernels.accumulate_reverse(residual, solver.warps.shifts[v].mean, 1, back)
-        expected += np.stack([_reference_blur(b, steps, reverse=True) for b in back])
+        expected += np.stack([_reference_kernel(b, steps, core, wings, reverse=True) for b in back])
     scale = np.abs(expected).max()
     assert np.max(np.abs(acc - expected)) < 2e-5 * scale
+
+
+def test_group_wing_weights_are_their_visits_mean():
+    weights = np.array([[0.1, 0.0], [0.3, 0.1], [0.0, 0.2]])
+    plan = P.blur_plan(np.array([1.0, 1.05, 3.0]), 0.05, (2.0, 4.0), weights)
+    assert plan.group_of == (0, 0, 1)
+    assert plan.wing_weights[0] == pytest.approx((0.2, 0.05)) and plan.wing_weights[1] == pytest.approx((0.0, 0.2))
+    assert plan.core_weight(0) == pytest.approx(0.75) and plan.support == 16  # the 4σ Gaussian's radius
+    with pytest.raises(ValueError, match="wing weights"):
+        P.blur_plan(np.array([1.0]), 0.05, (2.0,), np.array([[1.2]]))
+
+
+def _aperture(image, radius):
+    half = image.shape[0] // 2
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    return image[np.hypot(yy, xx) <= radius].sum()
+
+
+def test_kolmogorov_matching_kernels_need_wings():
+    """Kolmogorov seeing of 0.6 arcsec matched to 1.2 arcsec (0.2 arcsec/px): a single Gaussian puts
+    several % too much light in the core; the kernel with wing Gaussians matches the broad PSF to a
+    fraction of that, in the residual and in aperture flux, with the solver's own discrete kernels."""
+    sharp, broad = P.kolmogorov_image(3.0, 61), P.kolmogorov_image(6.0, 61)
+    fwhm = P.fwhm_pixels(broad)
+    single = P.fit_matching(sharp, broad)
+    assert single.weights == ()
+    errors = {}
+    for wings in (0, 1, 2):
+        sigmas = tuple(m * math.sqrt(single.variance) for m in P.WING_MULTIPLES.get(wings, ()))
+        kernel = P.fit_matching(sharp, broad, sigmas)
+        model = kernel.apply(sharp, sigmas)
+        errors[wings] = (np.sqrt(((model - broad) ** 2).sum()), _aperture(model, fwhm) / _aperture(broad, fwhm) - 1)
+        assert all(w >= 0 for w in kernel.weights) and sum(kernel.weights) <= 1
+    assert errors[0][1] > 0.03  # the core too bright within one FWHM of radius
+    assert errors[1][0] < errors[0][0] / 4 and abs(errors[1][1]) < 0.01
+    assert errors[2][0] < errors[1][0] and abs(errors[2][1]) < 0.01
+
+
+def test_psf_model_wings():
+    """Kolmogorov visits get shared wing Gaussians, weighted more for broader visits; Gaussian
+    visits need none (the core is exact); the reference's kernel is the identity."""
+    psfs = [P.Psf(P.kolmogorov_image(f, 51), f * 0.2, "kolmogorov") for f in (3.0, 4.0, 5.5)]
+    model = P.PsfModel.of(psfs, wings=1)
+    assert len(model.wing_sigmas) == 1 and model.wing_sigmas[0] > max(model.sigmas)
+    weights = model.wing_weights[:, 0]
+    assert weights[0] == 0 and model.variances[0] == 0 and 0 < weights[1] < weights[2] < 0.5
+    assert model.plan(0.05).wing_sigmas == model.wing_sigmas
+    assert P.PsfModel.of(psfs, wings=0).wing_sigmas == ()
+    gaussians = [P.Psf(P.gaussian_image(s, 31), s, "gaussian") for s in (1.2, 1.8)]
+    assert P.PsfModel.of(gaussians, wings=2).wing_sigmas == ()
 
 
 def test_blur_and_its_adjoint(rng):
@@ -171,3 +245,30 @@ def test_a_bad_psf_image_is_refused():
     off[5, 8] = 1.0
     with pytest.raises(Exception, match="not centred"):
         P.checked_image(off, "x.fits: PSF HDU")
+
+
+@pytest.mark.parametrize("add", [True, False])
+def test_mixing_kernels_equal_numpy(rng, add):
+    """mix_blurs and spread_blurs (one blocked pass each) against plain numpy in float32; the
+    spread with add=False may write into its own input (the broadest group's accumulators)."""
+    from mpidcr.kernels.gaussian import mix_blurs, spread_blurs
+
+    core = rng.normal(size=(3, 50, 97)).astype(np.float32)
+    wings = rng.normal(size=(2, 3, 50, 97)).astype(np.float32)
+    w = np.array([0.15, 0.05])
+    out = mix_blurs(core, 0.8, wings, w, np.empty_like(core))
+    expected = np.float32(0.8) * core + np.float32(0.15) * wings[0] + np.float32(0.05) * wings[1]
+    assert np.allclose(out, expected, rtol=1e-6, atol=1e-6)
+    group, total, wing_acc = core.copy(), rng.normal(size=core.shape).astype(np.float32), wings.copy()
+    want_wings = wings + w[:, None, None, None].astype(np.float32) * group
+    want_total = (total if add else 0) + np.float32(0.8) * group
+    spread_blurs(group, 0.8, w, wing_acc, total if add else group, add)
+    assert np.allclose(wing_acc, want_wings, rtol=1e-6, atol=1e-6)
+    assert np.allclose(total if add else group, want_total, rtol=1e-6, atol=1e-6)
+
+
+def test_wing_kernel_is_the_solvers_gaussian():
+    from mpidcr.kernels.gaussian import gaussian_weights
+
+    for sigma in (0.7, 2.2, 4.5):
+        assert np.array_equal(P.wing_kernel(sigma), gaussian_weights(sigma))

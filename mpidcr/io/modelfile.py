@@ -10,7 +10,7 @@ Schema (axis order ``(subfilter, y, x)``)::
     /nimage              (K, ny, nx) int32    inputs per sub-filter (with doNImage)
     /nimage_total        (ny, nx)    int32    (with doNImage)
     /visits              table: visit, file, airmass, elevation, parallactic_angle,
-                         rotation_angle, weight, psf_fwhm, psf_sigma, max_shift, metric, variance_scale,
+                         rotation_angle, weight, psf_fwhm, psf_sigma, psf_wing, max_shift, metric, variance_scale,
                          and the per-sub-filter mean shifts (K, 2) in pixels
     /convergence         table: iteration, metric, gain, seconds
     /psf                 (n, n)      float64  the PSF of the planes, if known; attrs fwhm (arcsec),
@@ -22,7 +22,8 @@ Schema (axis order ``(subfilter, y, x)``)::
                          model only); both absent without doRejectArtifacts
     attrs                effective_wavelength, bandwidth, subfilter_edges, config (JSON),
                          wcs_header, software_version, num_ranks, tile_grid, halo,
-                         stop_reason, iterations, pixel_scale, complete (written last)
+                         stop_reason, iterations, pixel_scale, psf_aware, psf_wing_sigmas (pixels, the
+                         PSF-aware model's wing Gaussians, if any), complete (written last)
 
 Image datasets are chunked by tile, so a rank's window is a few chunks.  The
 file is written under a new temporary name beside it (``.<name>.<random>.tmp``) and renamed

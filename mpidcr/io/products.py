@@ -18,8 +18,8 @@ from numpy.typing import NDArray
 from ..config import DcrConfig
 from ..dcr import Observation, Site, VisitShifts, check_elevation, dcr_shifts, elevation_from_airmass
 from ..errors import InputError
-from ..kernels.gaussian import blur_step
-from ..psf import Psf, blur_plan, matching_kernel, matching_sigma, pad_to
+from ..kernels.gaussian import blur_step, gaussian_filter
+from ..psf import MatchingKernel, Psf, blur_plan, fit_matching, matching_kernel, matching_sigma, pad_to
 from ..solver import matched_template
 from .modelfile import ModelFile, read_model
 from .outputs import write_fits
@@ -148,15 +148,24 @@ def template_at(model: ModelFile, obs: Observation, profile: str | None = None,
     if sigma == 0.0:  # the science visit is the sharper: the template stays at the model's PSF
         return matched_template(planes, shifts, order), model.psf
     if model.attrs.get("psf_aware", False):
-        steps = blur_plan(np.array([sigma**2]), 0.0).steps[0]
-        blurred = np.stack([_blurred(p, steps) for p in planes])
-        # the template's PSF: the model's through the same steps (≈ the science PSF)
-        size = max(model.psf.shape[0], psf.image.shape[0]) + 2 * len(steps)
-        return matched_template(blurred, shifts, order), _blurred(pad_to(model.psf, size | 1), steps)
+        wing_sigmas = tuple(float(w) for w in np.atleast_1d(model.attrs.get("psf_wing_sigmas", ())))
+        if not wing_sigmas:  # a single Gaussian, as the model was fitted
+            kernel = MatchingKernel(sigma**2)
+        else:  # the model's wing Gaussians, weighted for this PSF
+            kernel = fit_matching(model.psf, psf.image, wing_sigmas)
+        steps = blur_plan(np.array([kernel.variance]), 0.0).steps[0]
+        core = 1.0 - sum(kernel.weights)
+        blurred = np.stack([_blurred(p, steps) for p in planes]) * core
+        for w, s in zip(kernel.weights, wing_sigmas, strict=True):
+            blurred += w * np.stack([gaussian_filter(p, s) for p in planes])
+        # the template's PSF: the model's through the same kernel (≈ the science PSF)
+        reach = max([len(steps), *(int(4.0 * s + 0.5) for s in wing_sigmas)])
+        size = max(model.psf.shape[0], psf.image.shape[0]) + 2 * reach
+        return matched_template(blurred, shifts, order), kernel.apply(pad_to(model.psf, size | 1), wing_sigmas)
     from scipy.signal import fftconvolve
 
-    kernel = matching_kernel(model.psf, psf.image)
-    return fftconvolve(matched_template(planes, shifts, order), kernel, mode="same"), psf.image
+    image = matching_kernel(model.psf, psf.image)
+    return fftconvolve(matched_template(planes, shifts, order), image, mode="same"), psf.image
 
 
 def _template_conditions(model: ModelFile, warp_path: str | None, overrides: dict[str, Any],

@@ -263,3 +263,70 @@ def blur_step(image: NDArray, variance: float, out: NDArray, block: int = 32) ->
         raise ValueError("a blur step cannot work in place")
     _step(src, out, 1.0 - variance, variance / 2.0, max(int(block), 1))
     return out
+
+
+# ----------------------------------------------------------------------------- mixing blurs (the PSF-aware wings)
+#: pixels per block of the mixing kernels: a block of every operand stays in L1/L2 between their passes
+_MIX_BLOCK = 4096
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _mix(core, c, wings, w, out):  # pragma: no cover - compiled
+    n = out.shape[0]
+    cc = out.dtype.type(c)
+    for start in range(0, n, _MIX_BLOCK):
+        stop = min(start + _MIX_BLOCK, n)
+        o, a = out[start:stop], core[start:stop]
+        for i in range(stop - start):
+            o[i] = cc * a[i]
+        for j in range(wings.shape[0]):
+            wj = out.dtype.type(w[j])
+            b = wings[j, start:stop]
+            for i in range(stop - start):
+                o[i] += wj * b[i]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _spread(group, c, w, wing_acc, total, add):  # pragma: no cover - compiled
+    n = group.shape[0]
+    cc = group.dtype.type(c)
+    for start in range(0, n, _MIX_BLOCK):
+        stop = min(start + _MIX_BLOCK, n)
+        g = group[start:stop]
+        for j in range(wing_acc.shape[0]):
+            wj = group.dtype.type(w[j])
+            acc = wing_acc[j, start:stop]
+            for i in range(stop - start):
+                acc[i] += wj * g[i]
+        t = total[start:stop]
+        if add:
+            for i in range(stop - start):
+                t[i] += cc * g[i]
+        else:  # total may be group itself: each pixel read before it is written
+            for i in range(stop - start):
+                t[i] = cc * g[i]
+
+
+def _flat(a: NDArray, leading: int = 0) -> NDArray:
+    """A C-contiguous array as 1-D (or (leading, n)) without copying."""
+    if not a.flags.c_contiguous:
+        raise ValueError("the mixing kernels need C-contiguous arrays")
+    return a.reshape(-1) if not leading else a.reshape(leading, -1)
+
+
+def mix_blurs(core: NDArray, core_weight: float, wings: NDArray, weights: NDArray, out: NDArray) -> NDArray:
+    """``out = core_weight·core + Σ_j weights[j]·wings[j]`` in one blocked pass: a group's planes
+    (K, ny, nx) seen through its matching kernel, from its core blur and the wing Gaussians
+    (J, K, ny, nx).  Arithmetic in ``out``'s dtype; returns ``out``."""
+    _mix(_flat(core), float(core_weight), _flat(wings, wings.shape[0]), np.asarray(weights, np.float64), _flat(out))
+    return out
+
+
+def spread_blurs(group: NDArray, core_weight: float, weights: NDArray, wing_acc: NDArray, total: NDArray,
+                 add: bool) -> NDArray:  # fmt: skip
+    """The adjoint of :func:`mix_blurs` for a group's accumulators (K, ny, nx): ``wing_acc[j] +=
+    weights[j]·group`` for every wing, and ``total (+)= core_weight·group`` (``add`` False: set;
+    ``total`` may then be ``group`` itself).  Returns ``total``."""
+    _spread(_flat(group), float(core_weight), np.asarray(weights, np.float64), _flat(wing_acc, wing_acc.shape[0]),
+            _flat(total), bool(add))  # fmt: skip
+    return total

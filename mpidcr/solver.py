@@ -38,7 +38,7 @@ from .kernels import fused, moments, regularize
 from .kernels.fused import SweepPlan, VisitPass
 from .kernels.gaussian import blur_step, gaussian_filter, mix_blurs, spread_blurs
 from .masks import add_plane, plane_bits
-from .psf import blur_plan
+from .psf import WING_TRUNCATE, blur_plan
 from .reduction import Reducer, SerialReducer, clipped_std, merged_std
 from .tiling import Box, Tile
 from .update import (
@@ -679,7 +679,7 @@ class DcrSolver:
         J = len(blur.wing_sigmas)
         for j, sigma in enumerate(blur.wing_sigmas):
             for k in range(self.K):
-                gaussian_filter(planes[k], sigma, out=self._wing_planes[j, k])
+                gaussian_filter(planes[k], sigma, out=self._wing_planes[j, k], truncate=WING_TRUNCATE)
             self._wing_acc[j] = 0
         sums = np.zeros(2 * self.warps.num_visits)
         active = self.visit_weights > 0
@@ -702,7 +702,7 @@ class DcrSolver:
         self._blur_back(acc, blur.steps[0])
         for j, sigma in enumerate(blur.wing_sigmas):
             for k in range(self.K):
-                acc[k] += gaussian_filter(self._wing_acc[j, k], sigma, out=self._blur_scratch[0])
+                acc[k] += gaussian_filter(self._wing_acc[j, k], sigma, out=self._blur_scratch[0], truncate=WING_TRUNCATE)
         return sums
 
     def _blur_back(self, planes: NDArray, steps: tuple[float, ...]) -> None:

@@ -73,7 +73,7 @@ def _reference_kernel(image, steps, core, wings, reverse=False):
 
     out = core * _reference_blur(image, steps, reverse)
     for w, sigma in wings:
-        out += w * gaussian_filter(image, sigma, mode="reflect", truncate=4.0)
+        out += w * gaussian_filter(image, sigma, mode="reflect", truncate=P.WING_TRUNCATE)
     return out
 
 
@@ -94,7 +94,7 @@ def test_blurred_sweep_equals_the_visit_by_visit_reference(case):
     model = solver.it.model
     _, _, acc = solver.sweep(model)
     plan = solver.blur
-    assert plan.support == (max(len(sum(plan.steps, ())), 16) if wing_sigmas else len(sum(plan.steps, ())))
+    assert plan.support == (max(len(sum(plan.steps, ())), 12) if wing_sigmas else len(sum(plan.steps, ())))
     planes = amplified(model.astype(np.float64), cfg.accelerateModel)
     expected = np.zeros_like(planes)
     for v in range(len(variances)):
@@ -117,7 +117,7 @@ def test_group_wing_weights_are_their_visits_mean():
     plan = P.blur_plan(np.array([1.0, 1.05, 3.0]), 0.05, (2.0, 4.0), weights)
     assert plan.group_of == (0, 0, 1)
     assert plan.wing_weights[0] == pytest.approx((0.2, 0.05)) and plan.wing_weights[1] == pytest.approx((0.0, 0.2))
-    assert plan.core_weight(0) == pytest.approx(0.75) and plan.support == 16  # the 4σ Gaussian's radius
+    assert plan.core_weight(0) == pytest.approx(0.75) and plan.support == 12  # the σ = 4 wing's radius, 3σ
     with pytest.raises(ValueError, match="wing weights"):
         P.blur_plan(np.array([1.0]), 0.05, (2.0,), np.array([[1.2]]))
 
@@ -271,4 +271,4 @@ def test_wing_kernel_is_the_solvers_gaussian():
     from mpidcr.kernels.gaussian import gaussian_weights
 
     for sigma in (0.7, 2.2, 4.5):
-        assert np.array_equal(P.wing_kernel(sigma), gaussian_weights(sigma))
+        assert np.array_equal(P.wing_kernel(sigma), gaussian_weights(sigma, P.WING_TRUNCATE))

@@ -19,7 +19,17 @@ from ..config import DcrConfig
 from ..dcr import Observation, Site, VisitShifts, check_elevation, dcr_shifts, elevation_from_airmass
 from ..errors import InputError
 from ..kernels.gaussian import blur_step, gaussian_filter
-from ..psf import MatchingKernel, Psf, blur_plan, fit_matching, matching_kernel, matching_sigma, pad_to
+from ..psf import (
+    WING_TRUNCATE,
+    MatchingKernel,
+    Psf,
+    blur_plan,
+    fit_matching,
+    matching_kernel,
+    matching_sigma,
+    pad_to,
+    wing_radius,
+)
 from ..solver import matched_template
 from .modelfile import ModelFile, read_model
 from .outputs import write_fits
@@ -157,9 +167,9 @@ def template_at(model: ModelFile, obs: Observation, profile: str | None = None,
         core = 1.0 - sum(kernel.weights)
         blurred = np.stack([_blurred(p, steps) for p in planes]) * core
         for w, s in zip(kernel.weights, wing_sigmas, strict=True):
-            blurred += w * np.stack([gaussian_filter(p, s) for p in planes])
+            blurred += w * np.stack([gaussian_filter(p, s, truncate=WING_TRUNCATE) for p in planes])
         # the template's PSF: the model's through the same kernel (≈ the science PSF)
-        reach = max([len(steps), *(int(4.0 * s + 0.5) for s in wing_sigmas)])
+        reach = max([len(steps), *(wing_radius(s) for s in wing_sigmas)])
         size = max(model.psf.shape[0], psf.image.shape[0]) + 2 * reach
         return matched_template(blurred, shifts, order), kernel.apply(pad_to(model.psf, size | 1), wing_sigmas)
     from scipy.signal import fftconvolve

@@ -170,7 +170,8 @@ def _taps_shifted(o, w, pad, r):  # pragma: no cover - compiled
 
 
 def _smooth(image: NDArray, sigma: float, out: NDArray | None, post: int, value: float = 0.0,
-            other: NDArray | None = None, block: int = 32, mode: str = "reflect") -> NDArray:  # fmt: skip
+            other: NDArray | None = None, block: int = 32, mode: str = "reflect",
+            truncate: float = 4.0) -> NDArray:  # fmt: skip
     if mode not in ("reflect", "constant"):
         raise ValueError(f"mode must be 'reflect' or 'constant', not {mode!r}")
     src = np.ascontiguousarray(image)
@@ -179,20 +180,21 @@ def _smooth(image: NDArray, sigma: float, out: NDArray | None, post: int, value:
     if out is src or np.shares_memory(out, src):
         raise ValueError("Gaussian smoothing cannot work in place")
     # sigma 0: a one-tap kernel, the identity (as scipy)
-    weights = gaussian_weights(sigma) if sigma > 0 else np.ones(1)
+    weights = gaussian_weights(sigma, truncate) if sigma > 0 else np.ones(1)
     other = src if other is None else np.ascontiguousarray(other, dtype=src.dtype)
     _gaussian(src, weights, out, max(int(block), 1), post, float(value), other, mode == "constant")
     return out
 
 
 def gaussian_filter(image: NDArray, sigma: float, out: NDArray | None = None, block: int = 32,
-                    add: float = 0.0, mode: str = "reflect") -> NDArray:  # fmt: skip
+                    add: float = 0.0, mode: str = "reflect", truncate: float = 4.0) -> NDArray:  # fmt: skip
     """Gaussian smoothing with standard deviation ``sigma`` (pixels) of a 2-D image, plus ``add``;
-    ``mode`` as scipy's: 'reflect' or 'constant' (zeros beyond the edges).
+    ``mode`` and ``truncate`` (the radius in σ) as scipy's: 'reflect' or 'constant' (zeros beyond
+    the edges).
 
     ``out`` (same shape and dtype, not ``image`` itself) receives the result; it is returned.
     """
-    return _smooth(image, sigma, out, ADD if add else PLAIN, add, block=block, mode=mode)
+    return _smooth(image, sigma, out, ADD if add else PLAIN, add, block=block, mode=mode, truncate=truncate)
 
 
 def gaussian_ratio(image: NDArray, sigma: float, floor: float, denominator: NDArray, out: NDArray,

@@ -1,6 +1,6 @@
 """The cost of an iteration of the PSF-aware model against the constant-PSF one (same field).
 
-A 512² field of 16 visits; the PSF-aware model's matching kernels those of Kolmogorov seeing of
+A 512² field of 16 (or more) visits; the PSF-aware model's matching kernels those of Kolmogorov seeing of
 0.6–1.2″ at 0.2″/px (docs/validation.md), with the default wing Gaussians (psfWings) and without.
 An iteration = the update and the sweep; the median of a few, after a warm-up."""
 
@@ -54,4 +54,7 @@ def psf_cost(size: int = 512, visits: int = 16, repeats: int = 5) -> dict:
 
 
 if __name__ == "__main__":
-    print(psf_cost())
+    import sys
+
+    for visits in map(int, sys.argv[1:] or ["16"]):
+        print(psf_cost(visits=visits))

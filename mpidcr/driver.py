@@ -458,7 +458,7 @@ def decompose(inputs: RunInputs, options: RunOptions, comm: Comm) -> Layout:
         if dims[0] * dims[1] != comm.size:
             raise InputError(f"--tiles {dims[0]}x{dims[1]} needs {dims[0] * dims[1]} ranks, not {comm.size}")
         plan = Plan(inputs.shape, dims, halo if comm.size > 1 else 0).validate()
-        need = memory_per_rank(plan, len(inputs.infos), cfg.num_subfilters, len(blur.variances) if blur else 0)
+        need = memory_per_rank(plan, len(inputs.infos), cfg.num_subfilters, *_psf_sizes(blur))
         _check_memory_limit(inputs, plan, need, options.max_memory)
     except MpidcrError as exc:
         raise _collective(exc) from None
@@ -505,10 +505,15 @@ def ranks_within(inputs: RunInputs, plan: Plan, limit: int) -> int:
     """The smallest power-of-two multiple of ``plan``'s rank count whose ranks need at most ``limit`` bytes."""
     V, K = len(inputs.infos), inputs.config.num_subfilters
     ranks = plan.size
-    while ranks < 4096 and memory_per_rank(Plan(inputs.shape, choose_dims(ranks, inputs.shape), plan.halo), V,
-                                           K) > limit:  # fmt: skip
+    while ranks < 4096 and memory_per_rank(Plan(inputs.shape, choose_dims(ranks, inputs.shape), plan.halo), V, K,
+                                           *_psf_sizes(inputs.blur)) > limit:  # fmt: skip
         ranks *= 2
     return ranks
+
+
+def _psf_sizes(blur: BlurPlan | None) -> tuple[int, int]:
+    """(blur groups, wings) of the PSF-aware model for the memory rule ((0, 0): the constant-PSF model)."""
+    return (len(blur.variances), len(blur.wing_sigmas)) if blur is not None else (0, 0)
 
 
 # ----------------------------------------------------------------------------- phase: read

@@ -272,3 +272,17 @@ def test_wing_kernel_is_the_solvers_gaussian():
 
     for sigma in (0.7, 2.2, 4.5):
         assert np.array_equal(P.wing_kernel(sigma), gaussian_weights(sigma, P.WING_TRUNCATE))
+
+
+def test_memory_rule_counts_the_psf_aware_buffers():
+    """Each blur group's planes and the accumulators, then each wing's planes and accumulators and
+    a group's mixed planes: 4 bytes per pixel and sub-filter each, as the solver allocates them."""
+    from mpidcr.resources import memory_per_rank
+    from mpidcr.tiling import Plan
+
+    plan = Plan((300, 200), (1, 1), 0)
+    constant = memory_per_rank(plan, 10, 3)
+    groups = memory_per_rank(plan, 10, 3, psf_groups=5)
+    wings = memory_per_rank(plan, 10, 3, psf_groups=5, psf_wings=1)
+    assert groups - constant == 300 * 200 * (4 * 3 * 6 + 8)
+    assert wings - groups == 300 * 200 * 4 * 3 * 3

@@ -219,3 +219,27 @@ def test_honest_variance(rng):
     smooth = rng.normal(size=(100, 100)) * 0.5  # noise of std 0.5 under a variance plane of 1
     variance, scale = honest_variance(smooth, np.ones((100, 100)), np.zeros((100, 100), np.int32), {"DETECTED": 5})
     assert scale == pytest.approx(0.25, rel=0.1) and np.allclose(variance, scale)
+
+
+@pytest.mark.parametrize("sharp", ["template", "science"])
+def test_fitted_matching_blurs_the_sharper_image(rng, sharp):
+    """Stars seen sharp and quiet (a deep template) and broad and noisy (a science visit), or broad
+    and quiet with the science sharp and noisy: the fitted kernel blurs the sharper image.  (Judged
+    on raw residuals, the first case, with faint stars, blurred the noisy science image instead.)"""
+    from scipy.ndimage import gaussian_filter
+
+    from mpidcr.analysis.matching import match_fitted
+
+    stars = np.zeros((120, 120))
+    for y, x in rng.uniform(12, 108, size=(25, 2)):
+        stars[int(y), int(x)] = rng.uniform(0.1, 1.0) * (5e3 if sharp == "template" else 2e4)
+    narrow, broad = gaussian_filter(stars, 1.2), gaussian_filter(stars, 1.8)
+    quiet, noisy = 1.0, 25.0
+    if sharp == "template":
+        template, t_var = narrow + rng.normal(0, quiet, stars.shape), np.full(stars.shape, quiet**2)
+        science, s_var = broad + rng.normal(0, noisy, stars.shape), np.full(stars.shape, noisy**2)
+    else:
+        template, t_var = broad + rng.normal(0, quiet, stars.shape), np.full(stars.shape, quiet**2)
+        science, s_var = narrow + rng.normal(0, noisy, stars.shape), np.full(stars.shape, noisy**2)
+    pair = match_fitted(template, t_var, science, s_var, np.ones(stars.shape, bool))
+    assert pair.how == f"{sharp} blurred (fitted kernel)"

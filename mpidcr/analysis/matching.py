@@ -86,10 +86,16 @@ def fit_kernel(source: NDArray, target: NDArray, good: NDArray, half: int = 8) -
 
 
 def match_fitted(template: NDArray, t_var: NDArray, science: NDArray, s_var: NDArray, good: NDArray) -> MatchedPair:
-    """Fit a matching kernel both ways and blur the image for which it fits better."""
+    """Fit a matching kernel both ways and blur the image for which it fits better, judged against
+    the noise each fit should leave: a fit's mean squared residual over the variance of target −
+    kernel ⊗ source (var_target + Σk²·var_source).  (Raw residuals favour blurring the noisier
+    image, whose noise the blur smooths away, even where that means deconvolving: with a
+    PSF-aware model's sharp, quiet template it blurred the broad science images towards it.)"""
     k_ts, chi_ts = fit_kernel(template, science, good)
     k_st, chi_st = fit_kernel(science, template, good)
-    if chi_ts <= chi_st:
+    use = good & np.isfinite(t_var) & np.isfinite(s_var)
+    tv, sv = (float(np.mean(t_var[use])), float(np.mean(s_var[use]))) if use.any() else (1.0, 1.0)
+    if chi_ts / (sv + float((k_ts**2).sum()) * tv) <= chi_st / (tv + float((k_st**2).sum()) * sv):
         blurred, t_var = _blur(template, t_var, k_ts)
         return MatchedPair(blurred, science, t_var + s_var, "template blurred (fitted kernel)")
     blurred, s_var = _blur(science, s_var, k_st)

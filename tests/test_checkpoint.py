@@ -25,6 +25,22 @@ def field(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def seeing_field(tmp_path_factory):
+    """Visits whose headers give different seeing (Kolmogorov, 0.6-1.1 arcsec): the PSF-aware model,
+    with its wing, by default."""
+    from astropy.io import fits
+
+    out = tmp_path_factory.mktemp("ckpt_seeing")
+    simulate(out, size=128, num_visits=8, num_science=0, seed=22)
+    for path, fwhm in zip(sorted((out / "warps").glob("*.fits")), np.linspace(0.6, 1.1, 8), strict=True):
+        with fits.open(path) as hdul:
+            hdus = [hdul[name].copy() for name in ("PRIMARY", "IMAGE", "MASK", "VARIANCE")]
+        hdus[0].header["PSF-FWHM"] = float(fwhm)
+        fits.HDUList(hdus).writeto(path, overwrite=True)
+    return out
+
+
 def _cmd(n):
     if n == 1:
         return [sys.executable, "-m", "mpidcr"]
@@ -54,11 +70,12 @@ def _model(path):
         return f["model"][...], int(f.attrs["iterations"]), f["convergence"]["metric"][...]
 
 
-@pytest.mark.parametrize("ranks", [1, pytest.param(2, marks=pytest.mark.mpi)])
-def test_sigterm_then_resume_equals_uninterrupted(field, ranks, tmp_path):
+@pytest.mark.parametrize(("ranks", "kind"), [(1, "constant"), pytest.param(2, "constant", marks=pytest.mark.mpi),
+                                             (1, "psf-aware")])  # fmt: skip
+def test_sigterm_then_resume_equals_uninterrupted(field, seeing_field, ranks, kind, tmp_path):
     if ranks > 1 and shutil.which("mpiexec") is None:
         pytest.skip("no mpiexec")
-    manifest = field / "manifest.toml"
+    manifest = (field if kind == "constant" else seeing_field) / "manifest.toml"
     full = tmp_path / "full.h5"
     assert _run("run", manifest, "-o", full, *FIXED) == 0
     out = tmp_path / "cut.h5"
@@ -79,6 +96,8 @@ def test_sigterm_then_resume_equals_uninterrupted(field, ranks, tmp_path):
         assert proc.returncode == 0, proc.stderr
     a, na, ca = _model(full)
     b, nb, cb = _model(out)
+    with h5py.File(full) as f:
+        assert bool(f.attrs["psf_aware"]) == (kind == "psf-aware")
     assert na == nb == ITERATIONS
     assert np.max(np.abs(a - b)) <= 1e-6 * np.max(np.abs(a))
     assert np.allclose(ca, cb, rtol=1e-10)

@@ -358,16 +358,8 @@ def psf_model(config: DcrConfig, infos: list[WarpInfo], psfs: list[Psf | None]) 
     if config.usePsf and config.lsst("subregions"):
         raise InputError("usePsf = true and lsstCompat.subregions: the PSF-aware model is one global fit; "
                          "set lsstCompat.subregions=false")  # fmt: skip
-    use = config.usePsf
-    if use is None:  # automatic: wherever every visit has a PSF, but not in LSST's own behaviour
-        use = not missing and config.profile != "lsst" and not config.lsst("subregions")
-        if use:
-            model = PsfModel.of([p for p in psfs if p is not None], wings=int(config.psfWings))
-            if not np.any(model.variances) and not np.any(model.wing_weights):
-                log.info("every visit has the same PSF: the constant-PSF model (the same forward model)")
-                return None
-            log.info("every visit has a PSF: the PSF-aware model (usePsf=false for the constant-PSF one)")
-            return model
+    automatic = config.usePsf is None  # wherever every visit has a PSF, but not in LSST's own behaviour
+    use = (not missing and config.profile != "lsst" and not config.lsst("subregions")) if automatic else config.usePsf
     if not use:
         if len(missing) == len(infos):
             log.info("no visit has a PSF: the constant-PSF model, and products without a PSF")
@@ -375,7 +367,13 @@ def psf_model(config: DcrConfig, infos: list[WarpInfo], psfs: list[Psf | None]) 
             log.info("%d of %d visits have no PSF (first: %s): the constant-PSF model", len(missing), len(infos),
                      missing[0])  # fmt: skip
         return None
-    return PsfModel.of([p for p in psfs if p is not None], wings=int(config.psfWings))
+    model = PsfModel.of([p for p in psfs if p is not None], wings=int(config.psfWings))
+    if automatic:
+        if not np.any(model.variances) and not np.any(model.wing_weights):
+            log.info("every visit has the same PSF: the constant-PSF model (the same forward model)")
+            return None
+        log.info("every visit has a PSF: the PSF-aware model (usePsf=false for the constant-PSF one)")
+    return model
 
 
 def inputs_from_manifest(manifest: Manifest, config: DcrConfig, pixel_scale: float | None = None,

@@ -1,14 +1,14 @@
-"""Point-spread functions: images, their sizes, the Gaussian kernels that match one to another.
+"""Point-spread functions: images, their sizes, the kernels that match one to another.
 
 A PSF is an odd-sized square image, centred, of unit sum, axis order ``(y, x)``, in the pixels of the
 patch.  Visits carry one each (a ``PSF`` HDU, a profile and FWHM from the manifest or the header, or
 measured from stars: :mod:`mpidcr.io.psf`); the model carries the PSF of its planes.
 
 The PSF-aware forward model (docs/physics.md) blurs a model made at a reference PSF to each visit's
-PSF with a Gaussian *matching kernel*: the σ (pixels) for which reference ⊗ Gaussian(σ) is closest
-to the visit's PSF in the least-squares sense (exact, σ² = σ_v² − σ_ref², for two Gaussians).
-A Gaussian is separable and symmetric (its own adjoint), so the forward blur and the reverse step
-are two cheap passes each.
+PSF with a *matching kernel*: a Gaussian core (exact, σ² = σ_v² − σ_ref², between two Gaussians)
+plus wing Gaussians shared by all visits, whose weights are fitted to the PSF images (a seeing
+PSF's kernel to a broader one has wings no single Gaussian has).  Every term is separable and
+symmetric (its own adjoint), so the forward blur and the reverse step are cheap passes.
 """
 
 from __future__ import annotations
@@ -171,15 +171,6 @@ def pad_to(image: NDArray, size: int) -> NDArray:
     return out
 
 
-def convolve(image: NDArray, kernel: NDArray) -> NDArray:
-    """``image`` ⊗ ``kernel`` (both centred odd squares), on a grid holding both, unit sum kept."""
-    from scipy.signal import fftconvolve
-
-    size = max(image.shape[0], kernel.shape[0])
-    out = fftconvolve(pad_to(image, size), pad_to(kernel, size), mode="same")
-    return out / out.sum()
-
-
 def matching_sigma(reference: NDArray, target: NDArray) -> float:
     """σ (pixels) of the Gaussian g minimising ‖reference ⊗ g − target‖² (0 if the target is no
     broader than the reference)."""
@@ -273,7 +264,6 @@ WING_TRUNCATE = 3.0
 #: and for two wings (chosen on Kolmogorov seeing of 0.6-1.2 arcsec at 0.2 arcsec/px: one wing
 #: cuts the matching residual 5x, two wings 12x; docs/physics.md)
 WING_MULTIPLES: dict[int, tuple[float, ...]] = {1: (2.0,), 2: (1.15, 2.3)}
-MAX_WINGS = max(WING_MULTIPLES)
 
 
 def core_kernel(variance: float) -> NDArray[np.float64]:
@@ -325,31 +315,31 @@ class MatchingKernel:
     def sigma(self) -> float:
         return math.sqrt(self.variance)
 
-    def image(self, wing_sigmas: tuple[float, ...], size: int) -> NDArray[np.float64]:
-        """The kernel as an odd square image of side ``size``."""
-        point = np.zeros((size, size))
-        point[size // 2, size // 2] = 1.0
-        return self.apply(point, wing_sigmas)
+    @property
+    def core_weight(self) -> float:
+        """The core's share of the kernel, 1 − Σ_j w_j."""
+        return 1.0 - sum(self.weights)
 
     def apply(self, image: NDArray, wing_sigmas: tuple[float, ...]) -> NDArray[np.float64]:
         """``image`` convolved with the kernel (zeros beyond its edges): a stamp-sized reference."""
         image = np.asarray(image, dtype=np.float64)
-        out = (1.0 - sum(self.weights)) * _separable(image, core_kernel(self.variance))
+        out = self.core_weight * _separable(image, core_kernel(self.variance))
         for w, s in zip(self.weights, wing_sigmas, strict=True):
             if w:
                 out += w * _separable(image, wing_kernel(s))
         return out
 
 
-def fit_matching(reference: NDArray, target: NDArray, wing_sigmas: tuple[float, ...] = ()) -> MatchingKernel:
+def fit_matching(reference: NDArray, target: NDArray, wing_sigmas: tuple[float, ...] = (),
+                 single: float | None = None) -> MatchingKernel:  # fmt: skip
     """The matching kernel (core variance, wing weights) minimising ‖reference ⊗ k − target‖²
     over the PSF images, with the forward model's own discrete kernels.  The identity when the
     target is no broader than the reference.  For a core variance the wing weights are a
     non-negative linear least-squares fit (their sum at most 1); the variance is a bounded scalar
-    search around the single Gaussian's."""
+    search around the single Gaussian's σ (``single``: :func:`matching_sigma`, if already known)."""
     from scipy.optimize import minimize_scalar, nnls
 
-    single = matching_sigma(reference, target)
+    single = matching_sigma(reference, target) if single is None else single
     if single == 0.0:
         return MatchingKernel(0.0, tuple(0.0 for _ in wing_sigmas))
     top = 1.5 * single**2 + 0.5  # the core of a fit with wings is narrower than the single Gaussian
@@ -427,7 +417,7 @@ class PsfModel:
             return cls(reference, tuple(MatchingKernel(s**2) for s in singles))
         wing_sigmas = tuple(m * broadest for m in WING_MULTIPLES[wings])
         fitted = tuple(MatchingKernel(s**2, tuple(0.0 for _ in wing_sigmas)) if exact
-                       else fit_matching(reference.image, p.image, wing_sigmas)
+                       else fit_matching(reference.image, p.image, wing_sigmas, single=s)
                        for p, s, exact in zip(psfs, singles, analytic, strict=True))  # fmt: skip
         return cls(reference, fitted, wing_sigmas)
 

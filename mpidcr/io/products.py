@@ -164,8 +164,7 @@ def template_at(model: ModelFile, obs: Observation, profile: str | None = None,
         else:  # the model's wing Gaussians, weighted for this PSF
             kernel = fit_matching(model.psf, psf.image, wing_sigmas)
         steps = blur_plan(np.array([kernel.variance]), 0.0).steps[0]
-        core = 1.0 - sum(kernel.weights)
-        blurred = np.stack([_blurred(p, steps) for p in planes]) * core
+        blurred = np.stack([_blurred(p, steps) for p in planes]) * kernel.core_weight
         for w, s in zip(kernel.weights, wing_sigmas, strict=True):
             blurred += w * np.stack([gaussian_filter(p, s, truncate=WING_TRUNCATE) for p in planes])
         # the template's PSF: the model's through the same kernel (≈ the science PSF)

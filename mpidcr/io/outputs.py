@@ -47,14 +47,26 @@ def _mib(n: float) -> str:
 
 
 def exclusive_temp(final: str) -> str:
-    """Create and return an empty, new temporary file beside ``final`` (``.<name>.<random>.tmp``)."""
+    """Create and return an empty, new temporary file beside ``final`` (``.<name>.<random>.tmp``),
+    with the permissions a new file of this process gets (0666 less the umask, as ``open`` gives):
+    it becomes the output by a rename, and ``mkstemp``'s own 0600 would keep collaborators out."""
     directory, name = os.path.split(os.path.abspath(final))
     try:
         fd, path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise InputError(f"{final}: cannot create a file in {directory} ({exc.strerror})") from None
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     return path
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_quietly(path: str | None) -> None:

@@ -50,6 +50,25 @@ def test_temporary_names_are_unique_and_exclusive(tmp_path):
     assert len(names) == 20 and all(os.path.getsize(n) == 0 for n in names)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_outputs_get_the_permissions_of_the_umask(field, tmp_path, capsys, umask):
+    """A model and its FITS export are readable as any new file of the user's would be (they are
+    written under a temporary name, and mkstemp alone makes 0600 files)."""
+    previous = os.umask(umask)
+    try:
+        out = tmp_path / "m.h5"
+        code, _, err = cli(capsys, "run", field[0] / "manifest.toml", "--set", "maxNumIter=3", "-o", out)
+        assert code == 0, err
+        code, _, err = cli(capsys, "export", out, "--fits", tmp_path / "fits")
+        assert code == 0, err
+    finally:
+        os.umask(previous)
+    written = [out, *(tmp_path / "fits").iterdir()]
+    assert len(written) > 1
+    for path in written:
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask, path
+
+
 @pytest.mark.parametrize("hdf5_locking", ["TRUE", "FALSE"])
 def test_two_concurrent_runs_on_one_output(field, tmp_path, hdf5_locking):
     out = tmp_path / "m.h5"

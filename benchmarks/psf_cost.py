@@ -37,8 +37,7 @@ def psf_cost(size: int = 512, visits: int = 16, repeats: int = 5) -> dict:
         stack = WarpStack(f.images.copy(), f.variances.copy(), f.masks.copy(), f.mask_planes, shifts, f.airmass)
         if psfs is None:
             return DcrSolver(stack, cfg)
-        return DcrSolver(stack, cfg, psf_variances=psfs.variances, psf_wing_sigmas=psfs.wing_sigmas,
-                         psf_wing_weights=psfs.wing_weights)  # fmt: skip
+        return DcrSolver(stack, cfg, blur=psfs.plan(cfg.psfTolerance))
 
     seeing = [Psf(kolmogorov_image(fwhm, 41), 0.2 * fwhm, "kolmogorov") for fwhm in np.linspace(3.0, 6.0, visits)]
     constant = _iteration_seconds(solver(None), repeats)

@@ -649,12 +649,8 @@ def solve_tile(inputs: RunInputs, warps: WarpStack, static: StaticModel | None, 
     def progress(n: int, metric: float, gain: float) -> None:
         log.info("iteration %d/%d: metric %.6g, gain %.3f", n, solver.max_iterations, metric, gain)
 
-    psfm = inputs.psf_model
     solver = DcrSolver(warps, cfg, tile=layout.tile, reducer=reducer, exchanger=exchanger, buffer=layout.buffer,
-                       progress=progress, resume=state, static=static,
-                       psf_variances=None if psfm is None else psfm.variances,
-                       psf_wing_sigmas=() if psfm is None else psfm.wing_sigmas,
-                       psf_wing_weights=None if psfm is None else psfm.wing_weights)  # fmt: skip
+                       progress=progress, resume=state, static=static, blur=inputs.blur)  # fmt: skip
     return solver.run(hooks=[schedule])
 
 

@@ -31,14 +31,14 @@ BASELINE_BYTES = 400 * 2**20
 def memory_per_rank(plan: Plan, num_visits: int, num_subfilters: int, psf_groups: int = 0,
                     psf_wings: int = 0) -> int:  # fmt: skip
     """Peak bytes a rank of ``plan`` needs (largest outer box), by the rule of docs/performance.md;
-    the PSF-aware model adds each blur group's planes (float32) and one set of accumulators, and
-    with wings each wing's planes and accumulators and a group's mixed planes."""
+    the PSF-aware model adds each blur group's planes (float32), one set of accumulators and two
+    scratch images, and with wings each wing's planes and accumulators."""
     pixels = max(plan.tile(r).outer.size for r in range(plan.size))
     per_pixel = num_visits * BYTES_PER_PIXEL_VISIT + num_subfilters * BYTES_PER_PIXEL_SUBFILTER
     if psf_groups:
         per_pixel += 4 * num_subfilters * (psf_groups + 1) + 8
         if psf_wings:
-            per_pixel += 4 * num_subfilters * (2 * psf_wings + 1)
+            per_pixel += 4 * num_subfilters * 2 * psf_wings
     return BASELINE_BYTES + pixels * per_pixel
 
 

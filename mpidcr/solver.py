@@ -36,9 +36,9 @@ from .errors import InputError, SolverError
 from .halo import HaloExchanger, NoExchange
 from .kernels import fused, moments, regularize
 from .kernels.fused import SweepPlan, VisitPass
-from .kernels.gaussian import blur_step, gaussian_filter, mix_blurs, spread_blurs
+from .kernels.gaussian import blur_step, blur_step_gather, blur_step_mix, gaussian_filter, mix_blurs, spread_blurs
 from .masks import add_plane, plane_bits
-from .psf import WING_TRUNCATE, blur_plan
+from .psf import WING_TRUNCATE, BlurPlan
 from .reduction import Reducer, SerialReducer, clipped_std, merged_std
 from .tiling import Box, Tile
 from .update import (
@@ -283,6 +283,8 @@ class DcrSolver:
     static : the static model T (the LSST task's deepCoadd); default: the coadd of the warps.
     region : a block of LSST's subregion-sequential solve (:class:`Subregion`).
     initial : the starting planes (K, ny, nx) instead of T/K in each.
+    blur : the PSF-aware forward model's blur plan (:meth:`mpidcr.psf.PsfModel.plan`): each visit's
+        template blurred from the reference PSF to its own; None: the constant-PSF model.
 
     After construction: ``static`` (the static model), ``visit_weights``, ``variance_scale``,
     ``inverse_weights``, ``nimage``, ``model_weights``, ``mask_planes`` (the warps' own, plus
@@ -294,8 +296,7 @@ class DcrSolver:
                  progress: Callable[[int, float, float], None] | None = None, fused: bool = True,
                  resume: SolverState | None = None, static: StaticModel | None = None,
                  region: Subregion | None = None, initial: NDArray | None = None,
-                 psf_variances: NDArray | None = None, psf_wing_sigmas: tuple[float, ...] = (),
-                 psf_wing_weights: NDArray | None = None):  # fmt: skip
+                 blur: BlurPlan | None = None):  # fmt: skip
         self.warps, self.cfg = warps, config
         self.tile = tile or Tile.whole(warps.images.shape[1:])
         self.reducer = reducer or SerialReducer()
@@ -322,8 +323,9 @@ class DcrSolver:
         self.lsst_loop, self.lsst_freq = config.lsst("iterationControl"), config.lsst("frequencyRegularization")
         self.region = region
         # the PSF-aware forward model: each visit's template blurred from the reference PSF to its own
-        self.blur = None if psf_variances is None else blur_plan(np.asarray(psf_variances), config.psfTolerance,
-                                                                 psf_wing_sigmas, psf_wing_weights)  # fmt: skip
+        self.blur = blur
+        if blur is not None and len(blur.group_of) != warps.num_visits:
+            raise SolverError(f"the blur plan has {len(blur.group_of)} visits, the warps {warps.num_visits}")
         if self.blur is not None and region is not None:
             raise SolverError("the PSF-aware model and LSST's subregion solve do not go together")
         #: maxNumIter, or its default for this model (more for the PSF-aware one)
@@ -380,15 +382,16 @@ class DcrSolver:
         self._amplified = np.empty((self.K, *shape), MODEL_DTYPE)
         self._significance = np.empty(shape, MODEL_DTYPE)
         self._work = regularize.FrequencyWork(shape, MODEL_DTYPE)
-        if self.blur is not None:  # each group's blurred planes; one group's accumulators; a scratch
+        if self.blur is not None:  # the planes each group sees; one group's accumulators; two scratch images
             self._blurred = np.empty((len(self.blur.variances), self.K, *shape), MODEL_DTYPE)
             self._group_acc = np.empty((self.K, *shape), MODEL_DTYPE)
             self._blur_scratch = np.empty((2, *shape), MODEL_DTYPE)
+            self._scratch_pair = (self._blur_scratch[0], self._blur_scratch[1])  # (views compared by identity)
+            # the wing Gaussians of the planes and their accumulators, (K, J, ny, nx): plane k's wings
+            # are one contiguous block for the fused kernels (none without wings)
             J = len(self.blur.wing_sigmas)
-            if J:  # the wing Gaussians of the planes, their accumulators, a group's mixed planes
-                self._wing_planes = np.empty((J, self.K, *shape), MODEL_DTYPE)
-                self._wing_acc = np.empty((J, self.K, *shape), MODEL_DTYPE)
-                self._mixed = np.empty((self.K, *shape), MODEL_DTYPE)
+            self._wing_planes = np.zeros((self.K, J, *shape), MODEL_DTYPE)
+            self._wing_acc = np.zeros((self.K, J, *shape), MODEL_DTYPE)
 
     def _inner(self, a: NDArray) -> NDArray:
         return a[(..., *self.inner)]
@@ -651,17 +654,66 @@ class DcrSolver:
             return self._sweep_fused(planes, significance, acc, region, active)
         return self._sweep_per_shift(planes, significance, acc, region, active)
 
-    def _blur_planes(self, src: NDArray, dst: NDArray, steps: tuple[float, ...]) -> None:
-        """dst = each plane of src blurred by the 3-tap ``steps`` in turn (dst = src without steps)."""
-        if not steps:
-            dst[...] = src
-            return
-        for k in range(src.shape[0]):
-            current = src[k]
-            for i, variance in enumerate(steps):
-                target = dst[k] if i == len(steps) - 1 else self._blur_scratch[i % 2]
-                blur_step(current, variance, target)
-                current = target
+    def _blur_forward(self, planes: NDArray) -> None:
+        """Every group's view of the planes into ``self._blurred``: group g's core B_g p (the steps
+        of groups 0..g applied in turn, each group's from the previous group's core) and, with
+        wings, c_g·B_g p + Σ_j w_gj·W_j p, mixed in the pass of the group's last step.  Plane by
+        plane, so the chain of cores needs two scratch images only."""
+        blur, stack = self.blur, self._blurred
+        assert blur is not None
+        for k in range(self.K):
+            current = planes[k]
+            for g, steps in enumerate(blur.steps):
+                mixed = self._mixed_group(g)
+                weights = np.array(blur.wing_weights[g]) if mixed else None
+                for i, variance in enumerate(steps):
+                    last = i == len(steps) - 1
+                    spare = self._free_scratch(current)
+                    if last and mixed:
+                        blur_step_mix(current, variance, spare, blur.core_weight(g), self._wing_planes[k], weights,
+                                      stack[g, k])  # fmt: skip
+                    elif last:  # the group sees its core itself, and the next group's chain starts there
+                        spare = stack[g, k]
+                        blur_step(current, variance, spare)
+                    else:
+                        blur_step(current, variance, spare)
+                    current = spare
+                if not steps:  # no blur of its own (the reference PSF's group)
+                    if mixed:
+                        mix_blurs(current, blur.core_weight(g), self._wing_planes[k], weights, stack[g, k])
+                    else:
+                        stack[g, k] = current
+
+    def _mixed_group(self, g: int) -> bool:
+        """Whether group g's kernel has wings (else it is its core alone)."""
+        blur = self.blur
+        assert blur is not None
+        return bool(len(blur.wing_sigmas)) and any(blur.wing_weights[g])
+
+    def _blur_back(self, running: NDArray, group: NDArray, g: int) -> NDArray:
+        """One Horner step of the adjoint at group g < last: ``group = S_{g+1}ᵀ running + c_g·group``
+        (S_{g+1} the steps of group g + 1, applied in reverse order; the last of them in the pass
+        that adds the group) and ``wing_acc += w_g·group`` (before).  Returns ``group``, the new
+        running sum (``running`` is then free)."""
+        blur = self.blur
+        assert blur is not None
+        steps = blur.steps[g + 1]
+        mixed = self._mixed_group(g)
+        c = blur.core_weight(g) if mixed else 1.0
+        weights = np.array(blur.wing_weights[g]) if mixed else np.zeros(len(blur.wing_sigmas))
+        for k in range(self.K):
+            current = running[k]
+            for i, variance in enumerate(reversed(steps)):
+                if i == len(steps) - 1:
+                    blur_step_gather(current, group[k], variance, c, self._wing_acc[k], weights, group[k])
+                else:
+                    spare = self._free_scratch(current)
+                    blur_step(current, variance, spare)
+                    current = spare
+            if not steps:  # (groups' variances increase, so a later group always has steps)
+                spread_blurs(group[k], c, weights, self._wing_acc[k], running[k], add=True)
+                group[k] = running[k]
+        return group
 
     def _sweep_blurred(self, planes: NDArray, significance: NDArray, acc: NDArray,
                        region: tuple[slice, slice]) -> NDArray:  # fmt: skip
@@ -670,51 +722,56 @@ class DcrSolver:
         Gaussians), and their reverse-shifted residuals are blurred back with the adjoint:
         acc = Σ_g c_g·B_gᵀ acc_g, accumulated from the broadest group down (Horner), so each step
         is applied once each way, plus Σ_j W_jᵀ (Σ_g w_gj·acc_g)."""
-        blur, stack = self.blur, self._blurred
+        blur = self.blur
         assert blur is not None
-        previous = planes
-        for g, steps in enumerate(blur.steps):
-            self._blur_planes(previous, stack[g], steps)
-            previous = stack[g]
-        J = len(blur.wing_sigmas)
-        for j, sigma in enumerate(blur.wing_sigmas):
-            for k in range(self.K):
-                gaussian_filter(planes[k], sigma, out=self._wing_planes[j, k], truncate=WING_TRUNCATE)
-            self._wing_acc[j] = 0
+        for k in range(self.K):
+            for j, sigma in enumerate(blur.wing_sigmas):
+                gaussian_filter(planes[k], sigma, out=self._wing_planes[k, j], truncate=WING_TRUNCATE)
+        self._wing_acc.fill(0)
+        self._blur_forward(planes)
         sums = np.zeros(2 * self.warps.num_visits)
         active = self.visit_weights > 0
         last = len(blur.steps) - 1
+        # the running sum alternates between ``acc`` and the group buffer: each Horner step writes
+        # into the buffer of the group it adds
+        running, spare = acc, self._group_acc
         for g in range(last, -1, -1):
-            target = acc if g == last else self._group_acc
-            mixed = J and any(blur.wing_weights[g])
-            seen = stack[g]
-            if mixed:
-                seen = mix_blurs(stack[g], blur.core_weight(g), self._wing_planes, np.array(blur.wing_weights[g]),
-                                 self._mixed)  # fmt: skip
-            sums += self._sweep_visits(seen, significance, target, region, active & blur.members(g))
-            if g < last:  # acc = c_g·acc_g + (steps of group g + 1)ᵀ acc: blur the running sum, add
-                self._blur_back(acc, blur.steps[g + 1])
-            if mixed:  # the wings' accumulators get their share of acc_g
-                spread_blurs(target, blur.core_weight(g), np.array(blur.wing_weights[g]), self._wing_acc, acc,
-                             add=g < last)  # fmt: skip
-            elif g < last:
-                acc += self._group_acc
-        self._blur_back(acc, blur.steps[0])
-        for j, sigma in enumerate(blur.wing_sigmas):
-            for k in range(self.K):
-                acc[k] += gaussian_filter(self._wing_acc[j, k], sigma, out=self._blur_scratch[0], truncate=WING_TRUNCATE)
+            target = running if g == last else spare
+            sums += self._sweep_visits(self._blurred[g], significance, target, region, active & blur.members(g))
+            if g == last:
+                if self._mixed_group(g):  # running = c_g·acc_g, the wings' accumulators w_g·acc_g
+                    for k in range(self.K):
+                        spread_blurs(target[k], blur.core_weight(g), np.array(blur.wing_weights[g]),
+                                     self._wing_acc[k], target[k], add=False)  # fmt: skip
+            else:
+                running, spare = self._blur_back(running, spare, g), running
+        self._finish_back(running, acc)
         return sums
 
-    def _blur_back(self, planes: NDArray, steps: tuple[float, ...]) -> None:
-        """planes = the steps applied in reverse order (the adjoint of :meth:`_blur_planes`), in place."""
-        if not steps:
-            return
-        for k in range(planes.shape[0]):
-            current = planes[k]
-            for i, variance in enumerate(reversed(steps)):
-                blur_step(current, variance, self._blur_scratch[i % 2])
-                current = self._blur_scratch[i % 2]
-            planes[k] = current
+    def _finish_back(self, running: NDArray, acc: NDArray) -> None:
+        """acc = B_0ᵀ running + Σ_j W_jᵀ wing_acc_j (group 0's own steps, if any, then the wings)."""
+        blur = self.blur
+        assert blur is not None
+        for k in range(self.K):
+            current = running[k]
+            for variance in reversed(blur.steps[0]):
+                spare = self._free_scratch(current)
+                blur_step(current, variance, spare)
+                current = spare
+            if not blur.wing_sigmas:
+                if blur.steps[0] or running is not acc:
+                    acc[k] = current
+                continue
+            for j, sigma in enumerate(blur.wing_sigmas):
+                wing = gaussian_filter(self._wing_acc[k, j], sigma, out=self._free_scratch(current),
+                                       truncate=WING_TRUNCATE)  # fmt: skip
+                np.add(current, wing, out=acc[k])
+                current = acc[k]
+
+    def _free_scratch(self, current: NDArray) -> NDArray:
+        """The scratch image that ``current`` is not."""
+        first, second = self._scratch_pair
+        return second if current is first else first
 
     def _sweep_fused(self, planes: NDArray, significance: NDArray, acc: NDArray,
                      region: tuple[slice, slice], active: NDArray) -> NDArray:  # fmt: skip

@@ -21,6 +21,7 @@ from .config import DcrConfig
 from .dcr import Observation, dcr_shifts
 from .kernels.fused import SweepPlan, VisitPass
 from .masks import DEFAULT_PLANES
+from .psf import blur_plan
 from .solver import DcrSolver, WarpStack
 from .tiling import Box, Tile
 
@@ -68,10 +69,9 @@ def warm_up(config: DcrConfig, tiled: bool, psf_aware: bool = False) -> float:
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the tiny field's own warnings (few iterations, few sources) are noise
     try:
-        variances = np.linspace(0.0, 0.8, 4) if psf_aware else None
-        wings = ((1.5,), np.linspace(0.0, 0.2, 4)[:, None]) if psf_aware else ((), None)  # the mixing kernels
-        DcrSolver(tiny_field(cfg), cfg, tile=tile, psf_variances=variances, psf_wing_sigmas=wings[0],
-                  psf_wing_weights=wings[1]).run()  # fmt: skip
+        # four groups with a wing (the mixing kernels), the first one blurred too (its own steps)
+        blur = blur_plan(np.linspace(0.2, 1.0, 4), cfg.psfTolerance, (1.5,), np.linspace(0.0, 0.2, 4)[:, None])
+        DcrSolver(tiny_field(cfg), cfg, tile=tile, blur=blur if psf_aware else None).run()
     except Exception as exc:  # a warm-up must never stop a run: the kernels then compile in it
         quiet.setLevel(level)  # so that the debug line below can be seen
         log.debug("kernel warm-up skipped (%s: %s); kernels compile during the run", type(exc).__name__, exc)
@@ -159,15 +159,25 @@ def _part_update(config: DcrConfig) -> None:
 def _part_psf(config: DcrConfig) -> None:
     """The PSF-aware model's blur steps and wing mixing, the artifact rejection's PSF matching, and
     the templates' shifts at orders 1 and 3."""
-    from .kernels.gaussian import blur_step, correlate_separable, mix_blurs, spread_blurs
+    from .kernels.gaussian import (
+        blur_step,
+        blur_step_gather,
+        blur_step_mix,
+        correlate_separable,
+        mix_blurs,
+        spread_blurs,
+    )
     from .solver import MODEL_DTYPE, matched_template
 
     w = tiny_field(config)
     blur_step(w.images[0], 0.3, np.empty_like(w.images[0]))
-    group = np.repeat(w.images[:1], config.num_subfilters, axis=0).astype(MODEL_DTYPE)
-    wings = np.stack([group])
-    mix_blurs(group, 0.9, wings, np.array([0.1]), np.empty_like(group))
-    spread_blurs(group, 0.9, np.array([0.1]), wings, group, False)
+    plane = w.images[0].astype(MODEL_DTYPE)
+    wings = plane[None].copy()  # a plane's wings, (J, ny, nx), as the solver passes them
+    weights = np.array([0.1])
+    mix_blurs(plane, 0.9, wings, weights, np.empty_like(plane))
+    spread_blurs(plane.copy(), 0.9, weights, wings, np.empty_like(plane), False)
+    blur_step_mix(plane, 0.3, np.empty_like(plane), 0.9, wings, weights, np.empty_like(plane))
+    blur_step_gather(plane, plane.copy(), 0.3, 0.9, wings, weights, np.empty_like(plane))
     correlate_separable(w.images[0].astype(np.float64), np.array([0.25, 0.5, 0.25]))
     planes = np.repeat(w.images[:1], config.num_subfilters, axis=0)
     for order in (1, 3):

@@ -56,8 +56,8 @@ def _setup(variances, wing_sigmas=(), wing_weights=None):
     shifts = [dcr_shifts(o, f.effective_wavelength, f.bandwidth, 3, f.pixel_scale, cfg.splitSubfilters,
                          cfg.splitThreshold) for o in f.observations]  # fmt: skip
     stack = S.WarpStack(f.images.copy(), f.variances.copy(), f.masks.copy(), f.mask_planes, shifts, f.airmass)
-    solver = S.DcrSolver(stack, cfg, psf_variances=np.asarray(variances), psf_wing_sigmas=wing_sigmas,
-                         psf_wing_weights=wing_weights)  # fmt: skip
+    solver = S.DcrSolver(stack, cfg, blur=P.blur_plan(np.asarray(variances), cfg.psfTolerance, wing_sigmas,
+                                                      wing_weights))  # fmt: skip
     return solver, cfg
 
 
@@ -83,12 +83,18 @@ WING_CASES = {
 }
 
 
+#: the visits' matching variances: with the reference PSF's visit (group 0 not blurred), and without
+#: it (group 0 has steps of its own); 2.4 after 1.12 takes three steps
+VARIANCE_CASES = {"with the reference": [0.0, 0.3, 1.1, 1.12, 2.4], "all blurred": [0.7, 0.3, 1.1, 1.12, 2.4]}
+
+
+@pytest.mark.parametrize("variance_case", VARIANCE_CASES)
 @pytest.mark.parametrize("case", WING_CASES)
-def test_blurred_sweep_equals_the_visit_by_visit_reference(case):
+def test_blurred_sweep_equals_the_visit_by_visit_reference(case, variance_case):
     """acc = Σ_v K_vᵀ Sᵀ((s_v − K_v S ŷ)·g_v) and the metric sums of templates K_v S ŷ, computed
     visit by visit in float64 with the scipy twins; K_v the group's steps, and with wings its
     core weight times them plus the weighted wing Gaussians."""
-    variances = [0.0, 0.3, 1.1, 1.12, 2.4]
+    variances = VARIANCE_CASES[variance_case]
     wing_sigmas, wing_weights = WING_CASES[case]
     solver, cfg = _setup(variances, wing_sigmas, wing_weights)
     model = solver.it.model
@@ -196,7 +202,8 @@ def test_psf_aware_fit_beats_the_constant_psf_fit_on_blurred_visits():
     def solve(variances):
         stack = S.WarpStack(images.astype(np.float32), f.variances.copy(), f.masks.copy(), f.mask_planes, shifts,
                             f.airmass)  # fmt: skip
-        return S.DcrSolver(stack, cfg, psf_variances=variances).run()
+        blur = None if variances is None else P.blur_plan(variances, cfg.psfTolerance)
+        return S.DcrSolver(stack, cfg, blur=blur).run()
 
     aware, constant = solve(np.array(sigmas) ** 2), solve(None)
     assert aware.history[aware.iterations].metric < 0.7 * constant.history[constant.iterations].metric
@@ -275,14 +282,51 @@ def test_wing_kernel_is_the_solvers_gaussian():
 
 
 def test_memory_rule_counts_the_psf_aware_buffers():
-    """Each blur group's planes and the accumulators, then each wing's planes and accumulators and
-    a group's mixed planes: 4 bytes per pixel and sub-filter each, as the solver allocates them."""
+    """What the memory rule adds for the PSF-aware model (blur groups, then wings) is what the
+    solver allocates for it, to within the 8 bytes per pixel of per-pixel work images."""
     from mpidcr.resources import memory_per_rank
     from mpidcr.tiling import Plan
 
-    plan = Plan((300, 200), (1, 1), 0)
-    constant = memory_per_rank(plan, 10, 3)
-    groups = memory_per_rank(plan, 10, 3, psf_groups=5)
-    wings = memory_per_rank(plan, 10, 3, psf_groups=5, psf_wings=1)
-    assert groups - constant == 300 * 200 * (4 * 3 * 6 + 8)
-    assert wings - groups == 300 * 200 * 4 * 3 * 3
+    def psf_bytes(solver):
+        names = ("_blurred", "_group_acc", "_blur_scratch", "_wing_planes", "_wing_acc")
+        return sum(getattr(solver, n).nbytes for n in names)
+
+    variances = [0.0, 0.3, 1.1, 1.12, 2.4]
+    plain, _ = _setup(variances)
+    winged, _ = _setup(variances, *WING_CASES["two wings"])
+    shape = plain.warps.images.shape[1:]
+    plan = Plan(shape, (1, 1), 0)
+    groups = len(plain.blur.variances)
+    constant = memory_per_rank(plan, 5, 3)
+    rule_groups = memory_per_rank(plan, 5, 3, psf_groups=groups) - constant
+    rule_wings = memory_per_rank(plan, 5, 3, psf_groups=groups, psf_wings=2) - constant
+    pixels = shape[0] * shape[1]
+    assert 0 <= rule_groups - psf_bytes(plain) <= 8 * pixels
+    assert 0 <= rule_wings - psf_bytes(winged) <= 8 * pixels
+    assert psf_bytes(winged) - psf_bytes(plain) == pixels * 4 * 3 * 2 * 2  # planes and accumulators per wing
+
+
+@pytest.mark.parametrize("variance", [0.0, 0.2, 0.5])
+@pytest.mark.parametrize("wings", [0, 2])
+def test_fused_blur_steps_equal_numpy(rng, variance, wings):
+    """blur_step_mix and blur_step_gather (one pass each) against the scipy step and numpy in
+    float32; the gather also into its own ``add`` input, as the solver calls it."""
+    from mpidcr.kernels.gaussian import blur_step_gather, blur_step_mix
+
+    image = rng.normal(size=(37, 61)).astype(np.float32)
+    wing = rng.normal(size=(wings, 37, 61)).astype(np.float32)
+    w = np.array([0.15, 0.05][:wings])
+    stepped = blur_step_reference(image.astype(np.float64), variance)
+    core, mixed = np.empty_like(image), np.empty_like(image)
+    blur_step_mix(image, variance, core, 0.8, wing, w, mixed)
+    assert np.allclose(core, stepped, rtol=1e-5, atol=1e-5)
+    assert np.allclose(mixed, 0.8 * stepped + np.tensordot(w, wing, axes=1), rtol=1e-5, atol=1e-5)
+    for into_add in (False, True):
+        add = rng.normal(size=image.shape).astype(np.float32)
+        acc = rng.normal(size=wing.shape).astype(np.float32)
+        want_acc = acc + w[:, None, None] * add
+        want = stepped + 0.8 * add
+        out = add if into_add else np.empty_like(image)
+        blur_step_gather(image, add, variance, 0.8, acc, w, out)
+        assert np.allclose(acc, want_acc, rtol=1e-5, atol=1e-5)
+        assert np.allclose(out, want, rtol=1e-5, atol=1e-5)

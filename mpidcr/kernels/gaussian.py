@@ -235,35 +235,127 @@ def _step(src, out, w0, w1, block):  # pragma: no cover - compiled
     for bi in numba.prange(nblocks):
         pad = rows[bi]
         for y in range(bi * block, min((bi + 1) * block, ny)):
-            up = src[y - 1] if y > 0 else src[0]
-            down = src[y + 1] if y < ny - 1 else src[ny - 1]
-            s = src[y]
-            row = pad[1 : nx + 1]
-            for x in range(nx):
-                row[x] = a * s[x] + b * (up[x] + down[x])
-            pad[0] = pad[1]
-            pad[nx + 1] = pad[nx]
+            _step_row(src, y, pad, a, b, out[y])
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _step_row(src, y, pad, a, b, o):  # pragma: no cover - compiled
+    """o = row ``y`` of the 3-tap step of ``src`` (``pad``: a work row of nx + 2); o must not be a row of src."""
+    ny, nx = src.shape
+    up = src[y - 1] if y > 0 else src[0]
+    down = src[y + 1] if y < ny - 1 else src[ny - 1]
+    s = src[y]
+    row = pad[1 : nx + 1]
+    for x in range(nx):
+        row[x] = a * s[x] + b * (up[x] + down[x])
+    pad[0] = pad[1]
+    pad[nx + 1] = pad[nx]
+    left = pad[0:nx]
+    right = pad[2 : nx + 2]
+    for x in range(nx):
+        o[x] = a * row[x] + b * (left[x] + right[x])
+
+
+@threadable()
+def _step_mix(src, out, w0, w1, c, wings, ww, mixed, block):  # pragma: no cover - compiled
+    """out = the step of src (as :func:`_step`), and mixed = c·out + Σ_j ww[j]·wings[j], row by row
+    while the step's row is in cache (the arithmetic of :func:`_mix`)."""
+    ny, nx = src.shape
+    nblocks = (ny + block - 1) // block
+    rows = np.empty((nblocks, nx + 2), dtype=src.dtype)
+    a, b = src.dtype.type(w0), src.dtype.type(w1)
+    cc = src.dtype.type(c)
+    for bi in numba.prange(nblocks):
+        pad = rows[bi]
+        for y in range(bi * block, min((bi + 1) * block, ny)):
             o = out[y]
-            left = pad[0:nx]
-            right = pad[2 : nx + 2]
+            _step_row(src, y, pad, a, b, o)
+            m = mixed[y]
             for x in range(nx):
-                o[x] = a * row[x] + b * (left[x] + right[x])
+                m[x] = cc * o[x]
+            for j in range(wings.shape[0]):
+                wj = src.dtype.type(ww[j])
+                wing = wings[j, y]
+                for x in range(nx):
+                    m[x] += wj * wing[x]
+
+
+@threadable()
+def _step_gather(src, add, w0, w1, c, wing_acc, ww, out, block):  # pragma: no cover - compiled
+    """wing_acc[j] += ww[j]·add for every j, then out = the step of src + c·add, row by row (``out``
+    may be ``add``: each row of add is read before it is written; not ``src``)."""
+    ny, nx = src.shape
+    nblocks = (ny + block - 1) // block
+    rows = np.empty((nblocks, nx + 2), dtype=src.dtype)
+    scaled = np.empty((nblocks, nx), dtype=src.dtype)
+    a, b = src.dtype.type(w0), src.dtype.type(w1)
+    cc = src.dtype.type(c)
+    for bi in numba.prange(nblocks):
+        pad = rows[bi]
+        g = scaled[bi]
+        for y in range(bi * block, min((bi + 1) * block, ny)):
+            d = add[y]
+            for j in range(wing_acc.shape[0]):
+                wj = src.dtype.type(ww[j])
+                acc = wing_acc[j, y]
+                for x in range(nx):
+                    acc[x] += wj * d[x]
+            # c·add into a private row first: out may be add, and a loop reading add while writing
+            # out would run scalar (LLVM's run-time alias check fails)
+            for x in range(nx):
+                g[x] = cc * d[x]
+            o = out[y]
+            _step_row(src, y, pad, a, b, o)
+            for x in range(nx):
+                o[x] += g[x]
 
 
 #: the largest variance (pixels²) of one blur step: (0.25, 0.5, 0.25) has 0.5 along each axis
 MAX_STEP_VARIANCE = 0.5
 
 
+def _step_weights(variance: float) -> tuple[float, float]:
+    if not 0.0 <= variance <= MAX_STEP_VARIANCE:
+        raise ValueError(f"a blur step's variance must be in [0, {MAX_STEP_VARIANCE}], not {variance}")
+    return 1.0 - variance, variance / 2.0
+
+
+def blur_step_mix(image: NDArray, variance: float, out: NDArray, core_weight: float, wings: NDArray,
+                  weights: NDArray, mixed: NDArray, block: int = 32) -> NDArray:  # fmt: skip
+    """:func:`blur_step` of ``image`` into ``out``, and in the same pass ``mixed = core_weight·out +
+    Σ_j weights[j]·wings[j]`` (``wings`` (J, ny, nx)): a blur group's core plane and the plane its
+    matching kernel sees, as :func:`mix_blurs` makes it.  Returns ``mixed``."""
+    w0, w1 = _step_weights(variance)
+    src = np.ascontiguousarray(image)
+    if np.shares_memory(out, src) or np.shares_memory(mixed, src) or np.shares_memory(mixed, out):
+        raise ValueError("a blur step cannot work in place")
+    _step_mix(src, out, w0, w1, float(core_weight), wings, np.asarray(weights, np.float64), mixed, max(int(block), 1))
+    return mixed
+
+
+def blur_step_gather(image: NDArray, add: NDArray, variance: float, core_weight: float, wing_acc: NDArray,
+                     weights: NDArray, out: NDArray, block: int = 32) -> NDArray:  # fmt: skip
+    """The adjoint of :func:`blur_step_mix`'s chain at one group, in one pass: ``wing_acc[j] +=
+    weights[j]·add`` (``wing_acc`` (J, ny, nx)), then ``out = blur_step(image) + core_weight·add``.
+    ``out`` may be ``add``, not ``image``.  Returns ``out``."""
+    w0, w1 = _step_weights(variance)
+    src = np.ascontiguousarray(image)
+    if np.shares_memory(out, src) or np.shares_memory(add, src):
+        raise ValueError("a blur step cannot work in place")
+    _step_gather(src, add, w0, w1, float(core_weight), wing_acc, np.asarray(weights, np.float64), out,
+                 max(int(block), 1))  # fmt: skip
+    return out
+
+
 def blur_step(image: NDArray, variance: float, out: NDArray, block: int = 32) -> NDArray:
     """The separable 3-tap blur (v/2, 1 − v, v/2) along y and x: variance ``v`` ≤ 0.5 px² per axis
     added exactly, flux kept, its own adjoint (edges mirrored).  Variances add under composition, so
     a sequence of steps blurs by their sum.  ``out`` must not be ``image``."""
-    if not 0.0 <= variance <= MAX_STEP_VARIANCE:
-        raise ValueError(f"a blur step's variance must be in [0, {MAX_STEP_VARIANCE}], not {variance}")
+    w0, w1 = _step_weights(variance)
     src = np.ascontiguousarray(image)
     if np.shares_memory(out, src):
         raise ValueError("a blur step cannot work in place")
-    _step(src, out, 1.0 - variance, variance / 2.0, max(int(block), 1))
+    _step(src, out, w0, w1, max(int(block), 1))
     return out
 
 

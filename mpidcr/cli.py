@@ -7,6 +7,7 @@ on stderr and exit code 2; nothing else is caught.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -660,8 +661,26 @@ def run_main() -> None:
         code = main()
         sys.stdout.flush()
     except BrokenPipeError:  # output piped into head & co.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
-    sys.exit(code)
+    exit_now(code)
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` once a command has finished, skipping only the interpreter's
+    teardown of its modules: with numpy, scipy, astropy and numba's loaded kernels that took
+    0.7–1.3 s of a 4–5 s run of a small field (measured: 0.3 s for numba alone, 0.66 s once a cached
+    kernel is loaded, 0.5 s for astropy).  Everything an exit must do is still done, in order: the
+    exit handlers (``atexit``), logging flushed and closed, MPI finalized if this process started
+    it, the standard streams flushed.  Outputs are complete and renamed by then."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # (a closed pipe: nothing more can be said)
+            stream.flush()
+    os._exit(code)

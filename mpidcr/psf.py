@@ -405,21 +405,44 @@ class PsfModel:
         reference = psfs[int(np.argmin(sizes))]
         analytic = [p.profile == "gaussian" and reference.profile == "gaussian" for p in psfs]
         singles = []
+        fitted_to: dict[bytes, float] = {}  # visits of the same PSF image share one fit
         for p, size, exact in zip(psfs, sizes, analytic, strict=True):
             if exact:  # pixel-integrated: σ² − σ_ref² exact
                 singles.append(math.sqrt(max(size**2 - reference.sigma_pixels**2, 0.0)))
+            elif p is reference or _same_image(p.image, reference.image):
+                singles.append(0.0)
             else:
-                singles.append(matching_sigma(reference.image, p.image))
+                key = _image_key(p.image)
+                if key not in fitted_to:
+                    fitted_to[key] = matching_sigma(reference.image, p.image)
+                singles.append(fitted_to[key])
         broadest = max(singles)
         if wings not in (0, *WING_MULTIPLES):
             raise ValueError(f"wings must be 0 or one of {sorted(WING_MULTIPLES)}, not {wings}")
         if not wings or all(analytic) or broadest == 0.0:
             return cls(reference, tuple(MatchingKernel(s**2) for s in singles))
         wing_sigmas = tuple(m * broadest for m in WING_MULTIPLES[wings])
-        fitted = tuple(MatchingKernel(s**2, tuple(0.0 for _ in wing_sigmas)) if exact
-                       else fit_matching(reference.image, p.image, wing_sigmas, single=s)
-                       for p, s, exact in zip(psfs, singles, analytic, strict=True))  # fmt: skip
-        return cls(reference, fitted, wing_sigmas)
+        kernels: dict[bytes, MatchingKernel] = {}
+        fitted = []
+        for p, s, exact in zip(psfs, singles, analytic, strict=True):
+            if exact:
+                fitted.append(MatchingKernel(s**2, tuple(0.0 for _ in wing_sigmas)))
+                continue
+            key = _image_key(p.image)
+            if key not in kernels:
+                kernels[key] = fit_matching(reference.image, p.image, wing_sigmas, single=s)
+            fitted.append(kernels[key])
+        return cls(reference, tuple(fitted), wing_sigmas)
+
+
+def _image_key(image: NDArray) -> bytes:
+    """A PSF image as a dictionary key: visits with identical PSF images need one fit."""
+    a = np.ascontiguousarray(image, dtype=np.float64)
+    return a.shape[0].to_bytes(4, "little") + a.tobytes()
+
+
+def _same_image(a: NDArray, b: NDArray) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
 # ----------------------------------------------------------------------------- the forward model's blurs

@@ -20,7 +20,6 @@ import functools
 import numba
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
 
 _EDGE_TOLERANCE = 1e-9  # samples this close outside an edge count as on it (float rounding of shifts)
 
@@ -178,6 +177,8 @@ def prefilter(image: NDArray, order: int) -> NDArray[np.float64]:
     """
     if order == 1:
         return np.ascontiguousarray(image, dtype=np.float64)
+    from scipy import ndimage  # (order 3 only: a run at order 1 need not import it)
+
     return ndimage.spline_filter(np.asarray(image, dtype=np.float64), order=order, mode="mirror", output=np.float64)
 
 

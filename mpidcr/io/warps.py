@@ -81,23 +81,35 @@ class WarpInfo:
 
 def fits_file_problem(path: str) -> str | None:
     """A one-line description of why ``path`` cannot be read as FITS, or None."""
+    hdul, problem = open_checked(path)
+    if hdul is not None:
+        hdul.close()
+    return problem
+
+
+def open_checked(path: str) -> tuple[fits.HDUList | None, str | None]:
+    """``path`` opened with every HDU's header read (the caller closes it), or (None, a one-line
+    description of why it cannot be read as FITS: not a regular file, unreadable, truncated)."""
     problem = regular_file_problem(path)
     if problem:
-        return problem
+        return None, problem
+    hdul = None
     try:
         size = os.path.getsize(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # we report the problem ourselves, in one line
             hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
-        with hdul:
-            for i, hdu in enumerate(hdul):
-                info = hdu.fileinfo()
-                if info is not None and info["datLoc"] + info["datSpan"] > size:
-                    return f"truncated (HDU {i} needs {info['datLoc'] + info['datSpan']} bytes, file has {size})"
+        for i, hdu in enumerate(hdul):
+            info = hdu.fileinfo()
+            if info is not None and info["datLoc"] + info["datSpan"] > size:
+                hdul.close()
+                return None, f"truncated (HDU {i} needs {info['datLoc'] + info['datSpan']} bytes, file has {size})"
     except Exception as exc:  # astropy raises many types for broken files
+        if hdul is not None:
+            hdul.close()
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return f"unreadable FITS ({text})"
-    return None
+        return None, f"unreadable FITS ({text})"
+    return hdul, None
 
 
 def mask_planes_from_header(header: fits.Header) -> dict[str, int]:
@@ -134,18 +146,25 @@ def scan_warp(
 ) -> WarpInfo:
     """Read the headers of one warp and resolve its visit metadata; InputError naming file and field."""
     path = str(path)
-    for f in [path] if plain is None else [v for v in plain.values() if v]:
-        problem = fits_file_problem(f)
-        if problem:
-            raise InputError(f"{f}: {problem}")
-    info, primary = scan_lsst_layout(path) if plain is None else _scan_plain(plain)
+    if plain is None:  # one file: checked and scanned in one opening
+        hdul, problem = open_checked(path)
+        if hdul is None:
+            raise InputError(f"{path}: {problem}")
+        info, primary = scan_lsst_layout(path, hdul)
+    else:
+        for f in [v for v in plain.values() if v]:
+            problem = fits_file_problem(f)
+            if problem:
+                raise InputError(f"{f}: {problem}")
+        info, primary = _scan_plain(plain)
     info.meta = visit_metadata(primary, path, overrides)
     return info
 
 
-def scan_lsst_layout(path: str) -> tuple[WarpInfo, fits.Header]:
-    """An LSST-layout warp: IMAGE, MASK and VARIANCE of one shape; (info, primary header)."""
-    with fits.open(path, memmap=False) as hdul:
+def scan_lsst_layout(path: str, opened: fits.HDUList | None = None) -> tuple[WarpInfo, fits.Header]:
+    """An LSST-layout warp: IMAGE, MASK and VARIANCE of one shape; (info, primary header).
+    ``opened``: the file already open (closed here)."""
+    with opened if opened is not None else fits.open(path, memmap=False) as hdul:
         primary = hdul[0].header
         index = {ext: _find_hdu(hdul, ext) for ext in ("IMAGE", "MASK", "VARIANCE")}
         if index["IMAGE"] is None:

@@ -373,6 +373,16 @@ def test_update_passes_match_formulas(rng):
     assert np.allclose(got, formula, rtol=1e-5, atol=1e-6)
     plain = regularize.condition_weighted(out, model, 0.7, None, None, out=np.empty_like(model))
     assert np.allclose(plain, (0.7 * out + model) / 1.7, rtol=1e-6)
+    # in place (the solver's call, a loop of its own) gives the same bits as into another array
+    flux = rng.normal(size=(20, 30)).astype(np.float32)
+    for w, s in ((weights, share), (None, None)):
+        for f in (flux, None):
+            separate = regularize.condition_weighted(out, model, 0.7, w, s, out=np.empty_like(model), flux=f)
+            inplace = out.copy()
+            regularize.condition_weighted(inplace, model, 0.7, w, s, out=inplace, flux=f)
+            assert np.array_equal(inplace, separate)
+    with pytest.raises(ValueError, match="overlap"):
+        regularize.condition_weighted(out, model, 0.7, None, None, out=out[::-1])
 
 
 def test_coverage_pass_matches_scipy_shifts(rng):

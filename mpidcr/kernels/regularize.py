@@ -203,17 +203,41 @@ def regularize_frequency(planes: NDArray, factor: float, width: int, noise: floa
 @numba.njit(cache=True, nogil=True, inline="always")
 def _flux_row(new, y, flux, inv, d):  # pragma: no cover - compiled
     """d = (flux[y] − Σ_k new[k, y])·inv, the sum added in the order of k (as numpy's)."""
-    K = new.shape[0]
+    # row by row over the planes, not plane by plane within each pixel: the loops over x then
+    # vectorise (a loop over k inside the pixel loop ran scalar: ~1 ms per 512² pass, now ~0.2);
+    # the same additions in the same order
     f = flux[y]
+    p = new[0, y]
     for x in range(d.shape[0]):
-        t = new[0, y, x]
-        for k in range(1, K):
-            t += new[k, y, x]
-        d[x] = (f[x] - t) * inv
+        d[x] = p[x]
+    for k in range(1, new.shape[0]):
+        p = new[k, y]
+        for x in range(d.shape[0]):
+            d[x] += p[x]
+    for x in range(d.shape[0]):
+        d[x] = (f[x] - d[x]) * inv
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _condition_row(n, o, d, w, s, g, norm, keep, weighted, r):  # pragma: no cover - compiled
+    """r = (g·(n + d) + o)/(1 + g)·w + s, without d unless ``keep``, without w and s unless
+    ``weighted``; r may be n itself (the same view: see :func:`_condition`)."""
+    if keep and weighted:
+        for x in range(r.shape[0]):
+            r[x] = (g * (n[x] + d[x]) + o[x]) * norm * w[x] + s[x]
+    elif keep:
+        for x in range(r.shape[0]):
+            r[x] = (g * (n[x] + d[x]) + o[x]) * norm
+    elif weighted:
+        for x in range(r.shape[0]):
+            r[x] = (g * n[x] + o[x]) * norm * w[x] + s[x]
+    else:
+        for x in range(r.shape[0]):
+            r[x] = (g * n[x] + o[x]) * norm
 
 
 @numba.njit(cache=True, nogil=True)
-def _condition(new, old, gain, weights, static_share, weighted, flux, keep, out):  # pragma: no cover - compiled
+def _condition(new, old, gain, weights, static_share, weighted, flux, keep, out, inplace):  # pragma: no cover - compiled
     K, ny, nx = new.shape
     dt = new.dtype.type
     g = dt(gain)
@@ -225,19 +249,12 @@ def _condition(new, old, gain, weights, static_share, weighted, flux, keep, out)
             _flux_row(new, y, flux, inv, d)
         w, s = weights[y], static_share[y]
         for k in range(K):
-            n, o, r = new[k, y], old[k, y], out[k, y]
-            if keep and weighted:
-                for x in range(nx):
-                    r[x] = (g * (n[x] + d[x]) + o[x]) * norm * w[x] + s[x]
-            elif keep:
-                for x in range(nx):
-                    r[x] = (g * (n[x] + d[x]) + o[x]) * norm
-            elif weighted:
-                for x in range(nx):
-                    r[x] = (g * n[x] + o[x]) * norm * w[x] + s[x]
+            n = new[k, y]
+            if inplace:  # one view read and written: two views of the same row would defeat
+                # LLVM's run-time alias check and run the loop scalar (3x slower)
+                _condition_row(n, old[k, y], d, w, s, g, norm, keep, weighted, n)
             else:
-                for x in range(nx):
-                    r[x] = (g * n[x] + o[x]) * norm
+                _condition_row(n, old[k, y], d, w, s, g, norm, keep, weighted, out[k, y])
 
 
 def condition_weighted(new: NDArray, old: NDArray, gain: float, weights: NDArray | None, static_share: NDArray | None,
@@ -250,7 +267,11 @@ def condition_weighted(new: NDArray, old: NDArray, gain: float, weights: NDArray
     if not weighted:  # unused by the kernel: any (ny, nx) images of the planes' dtype
         weights = static_share = new[0]
     keep = flux is not None
-    _condition(new, old, float(gain), weights, static_share, weighted, new[0] if flux is None else flux, keep, out)
+    inplace = out is new
+    if not inplace and np.may_share_memory(out, new):
+        raise ValueError("out must be new itself or not overlap it")
+    _condition(new, old, float(gain), weights, static_share, weighted, new[0] if flux is None else flux, keep, out,
+               inplace)  # fmt: skip
     return out
 
 

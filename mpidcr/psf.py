@@ -174,13 +174,13 @@ def pad_to(image: NDArray, size: int) -> NDArray:
 def matching_sigma(reference: NDArray, target: NDArray) -> float:
     """σ (pixels) of the Gaussian g minimising ‖reference ⊗ g − target‖² (0 if the target is no
     broader than the reference)."""
-    from scipy.optimize import minimize_scalar
-
     size = max(reference.shape[0], target.shape[0])
     ref, tgt = pad_to(reference, size), pad_to(target, size)
     s_ref, s_tgt = second_moment_sigma(ref), second_moment_sigma(tgt)
-    if s_tgt <= s_ref:
+    if s_tgt <= s_ref:  # (the reference itself, or an equal PSF: no fit, and no scipy.optimize import)
         return 0.0
+    from scipy.optimize import minimize_scalar
+
     guess = math.sqrt(s_tgt**2 - s_ref**2)
 
     def cost(sigma: float) -> float:
@@ -337,11 +337,11 @@ def fit_matching(reference: NDArray, target: NDArray, wing_sigmas: tuple[float, 
     target is no broader than the reference.  For a core variance the wing weights are a
     non-negative linear least-squares fit (their sum at most 1); the variance is a bounded scalar
     search around the single Gaussian's σ (``single``: :func:`matching_sigma`, if already known)."""
-    from scipy.optimize import minimize_scalar, nnls
-
     single = matching_sigma(reference, target) if single is None else single
     if single == 0.0:
         return MatchingKernel(0.0, tuple(0.0 for _ in wing_sigmas))
+    from scipy.optimize import minimize_scalar, nnls
+
     top = 1.5 * single**2 + 0.5  # the core of a fit with wings is narrower than the single Gaussian
     size = max(reference.shape[0], target.shape[0]) + 2 * (len(core_kernel(top)) // 2)
     if wing_sigmas:
@@ -404,18 +404,16 @@ class PsfModel:
         sizes = [p.sigma_pixels for p in psfs]
         reference = psfs[int(np.argmin(sizes))]
         analytic = [p.profile == "gaussian" and reference.profile == "gaussian" for p in psfs]
+        keys = [_image_key(p.image) for p in psfs]  # visits of the same PSF image share one fit
         singles = []
-        fitted_to: dict[bytes, float] = {}  # visits of the same PSF image share one fit
-        for p, size, exact in zip(psfs, sizes, analytic, strict=True):
+        fitted_to: dict[bytes, float] = {}
+        for p, key, size, exact in zip(psfs, keys, sizes, analytic, strict=True):
             if exact:  # pixel-integrated: σ² − σ_ref² exact
                 singles.append(math.sqrt(max(size**2 - reference.sigma_pixels**2, 0.0)))
-            elif p is reference or _same_image(p.image, reference.image):
-                singles.append(0.0)
-            else:
-                key = _image_key(p.image)
-                if key not in fitted_to:
-                    fitted_to[key] = matching_sigma(reference.image, p.image)
-                singles.append(fitted_to[key])
+                continue
+            if key not in fitted_to:
+                fitted_to[key] = matching_sigma(reference.image, p.image)
+            singles.append(fitted_to[key])
         broadest = max(singles)
         if wings not in (0, *WING_MULTIPLES):
             raise ValueError(f"wings must be 0 or one of {sorted(WING_MULTIPLES)}, not {wings}")
@@ -424,11 +422,10 @@ class PsfModel:
         wing_sigmas = tuple(m * broadest for m in WING_MULTIPLES[wings])
         kernels: dict[bytes, MatchingKernel] = {}
         fitted = []
-        for p, s, exact in zip(psfs, singles, analytic, strict=True):
+        for p, key, s, exact in zip(psfs, keys, singles, analytic, strict=True):
             if exact:
                 fitted.append(MatchingKernel(s**2, tuple(0.0 for _ in wing_sigmas)))
                 continue
-            key = _image_key(p.image)
             if key not in kernels:
                 kernels[key] = fit_matching(reference.image, p.image, wing_sigmas, single=s)
             fitted.append(kernels[key])
@@ -439,10 +436,6 @@ def _image_key(image: NDArray) -> bytes:
     """A PSF image as a dictionary key: visits with identical PSF images need one fit."""
     a = np.ascontiguousarray(image, dtype=np.float64)
     return a.shape[0].to_bytes(4, "little") + a.tobytes()
-
-
-def _same_image(a: NDArray, b: NDArray) -> bool:
-    return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
 # ----------------------------------------------------------------------------- the forward model's blurs

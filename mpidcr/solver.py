@@ -700,18 +700,20 @@ class DcrSolver:
         steps = blur.steps[g + 1]
         mixed = self._mixed_group(g)
         c = blur.core_weight(g) if mixed else 1.0
-        weights = np.array(blur.wing_weights[g]) if mixed else np.zeros(len(blur.wing_sigmas))
+        weights = np.array(blur.wing_weights[g]) if mixed else np.zeros(0)
         for k in range(self.K):
             current = running[k]
+            # a group without wings hands them nothing: no wing accumulators, no pass over them
+            wing_acc = self._wing_acc[k] if mixed else self._wing_acc[k, :0]
             for i, variance in enumerate(reversed(steps)):
                 if i == len(steps) - 1:
-                    blur_step_gather(current, group[k], variance, c, self._wing_acc[k], weights, group[k])
+                    blur_step_gather(current, group[k], variance, c, wing_acc, weights, group[k])
                 else:
                     spare = self._free_scratch(current)
                     blur_step(current, variance, spare)
                     current = spare
             if not steps:  # (groups' variances increase, so a later group always has steps)
-                spread_blurs(group[k], c, weights, self._wing_acc[k], running[k], add=True)
+                spread_blurs(group[k], c, weights, wing_acc, running[k], add=True)
                 group[k] = running[k]
         return group
 

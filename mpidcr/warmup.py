@@ -70,8 +70,9 @@ def warm_up(config: DcrConfig, tiled: bool, psf_aware: bool = False) -> float:
     quiet.setLevel(logging.ERROR)  # the tiny field's own warnings (few iterations, few sources) are noise
     try:
         # four groups with a wing (the mixing kernels), the first one blurred too (its own steps)
-        blur = blur_plan(np.linspace(0.2, 1.0, 4), cfg.psfTolerance, (1.5,), np.linspace(0.0, 0.2, 4)[:, None])
-        DcrSolver(tiny_field(cfg), cfg, tile=tile, blur=blur if psf_aware else None).run()
+        blur = (blur_plan(np.linspace(0.2, 1.0, 4), cfg.psfTolerance, (1.5,), np.linspace(0.0, 0.2, 4)[:, None])
+                if psf_aware else None)  # fmt: skip
+        DcrSolver(tiny_field(cfg), cfg, tile=tile, blur=blur).run()
     except Exception as exc:  # a warm-up must never stop a run: the kernels then compile in it
         quiet.setLevel(level)  # so that the debug line below can be seen
         log.debug("kernel warm-up skipped (%s: %s); kernels compile during the run", type(exc).__name__, exc)

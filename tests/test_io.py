@@ -14,7 +14,7 @@ from mpidcr.driver import prepare_inputs
 from mpidcr.io.manifest import WarpEntry, read_manifest
 from mpidcr.io.modelfile import read_model
 from mpidcr.io.warps import READ_STATS, read_window, resolve_geometry, scan_warp
-from mpidcr.io.wcs import image_rotation_angle
+from mpidcr.io.wcs import image_rotation_angle, same_wcs, wcs_problem
 from mpidcr.sim.simulate import simulate, tan_wcs_header
 from mpidcr.solver import DcrSolver, WarpStack
 from mpidcr.tiling import Box
@@ -47,6 +47,35 @@ def test_rotation_from_wcs_matches_simulation():
     for q in (-150.0, -30.0, 0.0, 45.0, 120.0):
         rot = image_rotation_angle(wcs, q)
         assert np.allclose(zenith_direction(q, rot), (np.cos(np.radians(q)), -np.sin(np.radians(q))), atol=1e-6)
+
+
+def test_same_wcs_and_unreadable_wcs():
+    header = tan_wcs_header((64, 64), 0.2)
+    moved = header.copy()
+    moved["CRVAL1"] += 1e-3
+    broken = header.copy()
+    broken["CTYPE1"] = "RA---XYZ"
+    assert same_wcs(header.tostring(), header.copy().tostring())
+    assert not same_wcs(header.tostring(), moved.tostring())
+    assert wcs_problem(header.tostring()) is None
+    assert "XYZ" in wcs_problem(broken.tostring())
+    for a, b in ((header, broken), (broken, header)):
+        with pytest.raises(ValueError, match=r"WCS cannot be read.*XYZ"):
+            same_wcs(a.tostring(), b.tostring())
+
+
+def test_static_model_with_unreadable_wcs():
+    from mpidcr.errors import InputError
+    from mpidcr.io.static import StaticInfo, check_static_grid
+    from mpidcr.io.warps import WarpInfo
+
+    header = tan_wcs_header((64, 64), 0.2)
+    broken = header.copy()
+    broken["CTYPE2"] = "DEC--XYZ"
+    warp = WarpInfo("w.fits", "lsst", (64, 64), {}, header.tostring(), {})
+    check_static_grid(StaticInfo("t.fits", "fits", (64, 64), {}, header.tostring()), warp)
+    with pytest.raises(InputError, match=r"^t\.fits: static model's WCS cannot be read \(.*XYZ"):
+        check_static_grid(StaticInfo("t.fits", "fits", (64, 64), {}, broken.tostring()), warp)
 
 
 def test_window_read(field):
@@ -254,6 +283,22 @@ def test_bad_shape_and_wcs(field, tmp_path):
 
     _copy_warp(info["warps"][0], moved, data_edit=shift_wcs)
     _bad(tmp_path, [*info["warps"][1:], moved], "WCS differs from")
+
+
+@pytest.mark.parametrize("first", [False, True])
+def test_bad_unreadable_wcs(field, tmp_path, first):
+    """A WCS astropy cannot read is one line naming the file and astropy's reason, whether the warp
+    is the grid's reference (first) or compared with it."""
+    _, info = field
+    broken = tmp_path / "broken.fits"
+
+    def break_wcs(hdul):
+        hdul["IMAGE"].header["CTYPE1"] = "RA---XYZ"
+
+    _copy_warp(info["warps"][0], broken, data_edit=break_wcs)
+    warps = [broken, *info["warps"][1:]] if first else [*info["warps"][1:], broken]
+    err = _bad(tmp_path, warps, str(broken))
+    assert "WCS" in err and "XYZ" in err, err
 
 
 def test_bad_truncated_and_unreadable(field, tmp_path):

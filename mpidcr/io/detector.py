@@ -172,7 +172,11 @@ def on_model_grid(model_path: str, science_path: str) -> bool:
         shape = tuple(f["model"].shape[1:])
         wcs_header = f.attrs["wcs_header"]
         xy0 = tuple(int(v) for v in f.attrs.get("xy0", (0, 0)))
-    return info.shape == shape and tuple(info.xy0) == xy0 and same_wcs(info.wcs_header, wcs_header)
+    try:  # (the science warp's WCS was read by its scan: an unreadable one here is the model's)
+        same = same_wcs(info.wcs_header, wcs_header)
+    except ValueError as exc:
+        raise InputError(f"{model_path}: {exc}") from None
+    return info.shape == shape and tuple(info.xy0) == xy0 and same
 
 
 def write_detector_template(model_paths: list[str], science_path: str, output: str,

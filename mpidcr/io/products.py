@@ -185,7 +185,11 @@ def _template_conditions(model: ModelFile, warp_path: str | None, overrides: dic
         info, obs = observation_for_warp(warp_path, overrides, cfg=template_config(model, profile))
         if info.shape != tuple(model.model.shape[1:]):
             raise InputError(f"{warp_path}: shape {info.shape} differs from the model's {model.model.shape[1:]}")
-        if not same_wcs(info.wcs_header, model.attrs["wcs_header"]):
+        try:  # (the warp's WCS was read by its scan: an unreadable one here is the model's)
+            same = same_wcs(info.wcs_header, model.attrs["wcs_header"])
+        except ValueError as exc:
+            raise InputError(f"{model.path}: {exc}") from None
+        if not same:
             raise InputError(
                 f"{warp_path}: WCS differs from the model's ({model.path}); warp it onto the patch grid first"
             )

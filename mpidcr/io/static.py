@@ -24,7 +24,7 @@ from ..masks import add_plane
 from ..tiling import Box
 from .paths import regular_file_problem
 from .warps import WarpInfo, fits_file_problem, read_window, scan_lsst_layout
-from .wcs import same_wcs
+from .wcs import same_wcs, wcs_problem
 
 #: the datasets of an mpidcr model file that make T
 HDF5_DATASETS = {"image": "coadd/static", "variance": "coadd/variance", "mask": "coadd/mask"}
@@ -94,6 +94,9 @@ def check_static_grid(info: StaticInfo, warp: WarpInfo) -> None:
             f"{info.path}: static model is {info.shape[0]}x{info.shape[1]}, the warps ({warp.path}) "
             f"{warp.shape[0]}x{warp.shape[1]}; it must be on the patch grid"
         )
+    problem = wcs_problem(info.wcs_header) if info.wcs_header else None
+    if problem:
+        raise InputError(f"{info.path}: static model's WCS cannot be read ({problem}) (--static-model)")
     if info.wcs_header and not same_wcs(info.wcs_header, warp.wcs_header):
         raise InputError(f"{info.path}: static model's WCS differs from {warp.path}'s; it must be on the patch grid")
 

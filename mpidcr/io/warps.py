@@ -33,7 +33,7 @@ from ..tiling import Box
 from .metadata import KEYWORDS, observation, resolve_pointing, visit_metadata
 from .outputs import write_fits
 from .paths import regular_file_problem
-from .wcs import same_wcs
+from .wcs import same_wcs, wcs_problem
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,9 @@ def scan_warp(
             if problem:
                 raise InputError(f"{f}: {problem}")
         info, primary = _scan_plain(plain)
+    problem = wcs_problem(info.wcs_header)
+    if problem:
+        raise InputError(f"{info.path}: its WCS cannot be read ({problem})")
     info.meta = visit_metadata(primary, path, overrides)
     return info
 

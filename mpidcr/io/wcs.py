@@ -74,15 +74,26 @@ def pixel_scale_arcsec(wcs_header: str) -> float | None:
     return float(np.mean(proj_plane_pixel_scales(parsed[1].celestial)) * 3600.0)
 
 
+def wcs_problem(wcs_header: str) -> str | None:
+    """Why astropy cannot read a header's WCS (the last line of its message), or None if it can."""
+    if _parsed(wcs_header) is not None:
+        return None
+    from astropy.wcs import WCS
+
+    try:
+        WCS(fits.Header.fromstring(wcs_header), naxis=2)
+    except Exception as exc:  # (astropy and wcslib raise many kinds)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return lines[-1].rstrip(".") if lines else type(exc).__name__
+    return "astropy cannot read it"
+
+
 def same_wcs(header_a: str, header_b: str) -> bool:
-    """Whether two headers describe the same WCS (to 1e-9 in every parameter)."""
+    """Whether two headers describe the same WCS (to 1e-9 in every parameter).  ValueError (one
+    line, astropy's reason) if either cannot be read: the callers name the file."""
     if header_a == header_b:
         return True
     a, b = _parsed(header_a), _parsed(header_b)
-    if a is None or b is None:  # (astropy's own error, as before)
-        from astropy.wcs import WCS
-
-        WCS(fits.Header.fromstring(header_a), naxis=2)
-        WCS(fits.Header.fromstring(header_b), naxis=2)
-        return False
+    if a is None or b is None:
+        raise ValueError(f"WCS cannot be read ({wcs_problem(header_a if a is None else header_b)})")
     return bool(a[1].wcs.compare(b[1].wcs, tolerance=1e-9))

@@ -256,6 +256,18 @@ def _step_row(src, y, pad, a, b, o):  # pragma: no cover - compiled
         o[x] = a * row[x] + b * (left[x] + right[x])
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _mix_row(o, cc, wings, ww, y, m):  # pragma: no cover - compiled
+    """m = cc·o + Σ_j ww[j]·wings[j, y] (the arithmetic of :func:`_mix`, on one row)."""
+    for x in range(o.shape[0]):
+        m[x] = cc * o[x]
+    for j in range(wings.shape[0]):
+        wj = o.dtype.type(ww[j])
+        wing = wings[j, y]
+        for x in range(o.shape[0]):
+            m[x] += wj * wing[x]
+
+
 @threadable()
 def _step_mix(src, out, w0, w1, c, wings, ww, mixed, block):  # pragma: no cover - compiled
     """out = the step of src (as :func:`_step`), and mixed = c·out + Σ_j ww[j]·wings[j], row by row
@@ -270,14 +282,7 @@ def _step_mix(src, out, w0, w1, c, wings, ww, mixed, block):  # pragma: no cover
         for y in range(bi * block, min((bi + 1) * block, ny)):
             o = out[y]
             _step_row(src, y, pad, a, b, o)
-            m = mixed[y]
-            for x in range(nx):
-                m[x] = cc * o[x]
-            for j in range(wings.shape[0]):
-                wj = src.dtype.type(ww[j])
-                wing = wings[j, y]
-                for x in range(nx):
-                    m[x] += wj * wing[x]
+            _mix_row(o, cc, wings, ww, y, mixed[y])
 
 
 @threadable()

@@ -285,6 +285,30 @@ def test_bad_shape_and_wcs(field, tmp_path):
     _bad(tmp_path, [*info["warps"][1:], moved], "WCS differs from")
 
 
+@pytest.mark.parametrize("value", ["x", 70, -1, 2.5])
+def test_bad_mask_plane_bit(field, tmp_path, value):
+    _, info = field
+    bad = tmp_path / "bits.fits"
+
+    def edit(hdul):
+        hdul["MASK"].header["MP_BAD"] = value
+
+    _copy_warp(info["warps"][0], bad, data_edit=edit)
+    err = _bad(tmp_path, [*info["warps"][1:], bad], f"{bad}: MASK header keyword MP_BAD = {value!r} is not")
+    assert "0 to 31" in err
+
+
+def test_bad_image_dimensions(field, tmp_path):
+    _, info = field
+    cube = tmp_path / "cube.fits"
+
+    def edit(hdul):
+        hdul["VARIANCE"].data = hdul["VARIANCE"].data[None]
+
+    _copy_warp(info["warps"][0], cube, data_edit=edit)
+    _bad(tmp_path, [*info["warps"][1:], cube], f"{cube}: VARIANCE extension has NAXIS = 3")
+
+
 @pytest.mark.parametrize("first", [False, True])
 def test_bad_unreadable_wcs(field, tmp_path, first):
     """A WCS astropy cannot read is one line naming the file and astropy's reason, whether the warp

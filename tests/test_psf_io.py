@@ -13,6 +13,7 @@ from cli_runner import run_cli
 from mpidcr import psf as P
 from mpidcr.analysis.matching import false_sources, match_known
 from mpidcr.config import DcrConfig
+from mpidcr.errors import InputError
 from mpidcr.io.manifest import read_manifest
 from mpidcr.io.products import honest_variance
 from mpidcr.io.psf import visit_psf
@@ -57,6 +58,18 @@ def test_psf_sources_in_order(field, tmp_path):
     assert seeing.source == "header" and seeing.fwhm == 0.9
     _strip_psf(plain)
     assert visit_psf(resolve_geometry(scan_warp(plain), read_manifest(out / "manifest.toml").site), 0.2) is None
+
+
+def test_psf_image_of_impossible_width_is_refused(field, tmp_path):
+    """A PSF HDU that is flat (or all noise) measures as tens of arcsec: one line naming the file,
+    as for a header's PSF-FWHM, rather than a blur plan too large for memory."""
+    out, info = field
+    flat = tmp_path / "flat.fits"
+    with fits.open(info["warps"][0]) as hdul:
+        hdul["PSF"].data = np.ones((201, 201))
+        hdul.writeto(flat)
+    with pytest.raises(InputError, match=r"flat\.fits: PSF HDU: FWHM = [0-9.]+ arcsec is outside the physical range"):
+        visit_psf(resolve_geometry(scan_warp(flat), read_manifest(out / "manifest.toml").site), 0.2)
 
 
 def test_use_psf_needs_a_psf_for_every_visit(field, tmp_path):

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 from astropy.io import fits
 
+from ..dcr import physical_problem
 from ..errors import InputError
 from ..masks import plane_bits
 from ..psf import Psf, checked_image, fwhm_pixels, measure, profile_image
@@ -49,9 +50,10 @@ def psf_hdu_image(path: str) -> np.ndarray | None:
 
 def visit_psf(info: WarpInfo, pixel_scale: float) -> Psf | None:
     """The visit's PSF from its file, the manifest or the header (None when none says anything)."""
-    image = psf_hdu_image(info.image_path or info.path)
+    path = info.image_path or info.path
+    image = psf_hdu_image(path)
     if image is not None:
-        return Psf(image, fwhm_pixels(image) * pixel_scale, "image", "hdu")
+        return Psf(image, _checked_fwhm(fwhm_pixels(image) * pixel_scale, f"{path}: PSF HDU"), "image", "hdu")
     fwhm = info.meta.get("psfFwhm")
     if fwhm is None:
         return None
@@ -71,4 +73,13 @@ def measured_psf(info: WarpInfo, pixel_scale: float, planes: dict[str, int]) -> 
         psf = measure(image, variance, good, None if guess is None else float(guess) / pixel_scale)
     except ValueError as exc:
         raise InputError(f"{info.path}: cannot measure the PSF ({exc})") from None
-    return Psf(psf, fwhm_pixels(psf) * pixel_scale, "image", "measured")
+    return Psf(psf, _checked_fwhm(fwhm_pixels(psf) * pixel_scale, f"{info.path}: measured PSF"), "image", "measured")
+
+
+def _checked_fwhm(fwhm: float, where: str) -> float:
+    """A PSF image's FWHM (arcsec), within the range a header's PSF-FWHM must be in; else
+    InputError naming ``where`` (a flat or noise-dominated image measures as huge)."""
+    problem = physical_problem("psfFwhm", fwhm)
+    if problem:
+        raise InputError(f"{where}: FWHM = {fwhm:.3g}{problem}")
+    return fwhm

@@ -112,9 +112,21 @@ def open_checked(path: str) -> tuple[fits.HDUList | None, str | None]:
     return hdul, None
 
 
-def mask_planes_from_header(header: fits.Header) -> dict[str, int]:
-    """``MP_<NAME> = bit`` keywords → {NAME: bit}."""
-    return {k[3:]: int(header[k]) for k in header if k.startswith("MP_")}
+def mask_planes_from_header(header: fits.Header, path: str = "") -> dict[str, int]:
+    """``MP_<NAME> = bit`` keywords → {NAME: bit}; InputError naming ``path`` and the keyword if a
+    bit is not an integer the mask's pixels can hold (0 ≤ bit < their width)."""
+    width = abs(int(header.get("ZBITPIX", header.get("BITPIX", 32)) or 32))
+    planes = {}
+    for key in header:
+        if not key.startswith("MP_"):
+            continue
+        value = header[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < width:
+            where = f"{path}: " if path else ""
+            raise InputError(f"{where}MASK header keyword {key} = {value!r} is not a mask plane's bit number "
+                             f"(an integer from 0 to {width - 1} for {width}-bit mask pixels)")  # fmt: skip
+        planes[key[3:]] = int(value)
+    return planes
 
 
 #: afw's HDUs that hold no pixels of the exposure (its archive of WCS, PSF, PhotoCalib, …)
@@ -175,13 +187,16 @@ def scan_lsst_layout(path: str, opened: fits.HDUList | None = None) -> tuple[War
                              "MASK, VARIANCE, or name the files in a manifest)")  # fmt: skip
         img = hdul[index["IMAGE"]]
         shape = (img.header.get("NAXIS2"), img.header.get("NAXIS1"))
-        for ext in ("MASK", "VARIANCE"):
+        for ext in ("IMAGE", "MASK", "VARIANCE"):
             i = index[ext]
             if i is None:
                 raise InputError(f"{path}: no {ext} extension (no HDU with EXTNAME or EXTTYPE {ext})")
+            if hdul[i].header.get("NAXIS") != 2:
+                raise InputError(f"{path}: {ext} extension has NAXIS = {hdul[i].header.get('NAXIS')}; a warp's "
+                                 "image, mask and variance are 2-D")  # fmt: skip
             if (hdul[i].header.get("NAXIS2"), hdul[i].header.get("NAXIS1")) != shape:
                 raise InputError(f"{path}: {ext} extension has a different shape from IMAGE")
-        planes = mask_planes_from_header(hdul[index["MASK"]].header)
+        planes = mask_planes_from_header(hdul[index["MASK"]].header, path)
         hdus = {ext: int(i) for ext, i in index.items() if i is not None}
         info = WarpInfo(path, "lsst", (int(shape[0]), int(shape[1])), planes, img.header.tostring(), {}, hdus=hdus,
                         xy0=pixel_origin(img.header))  # fmt: skip
@@ -209,7 +224,7 @@ def _scan_plain(plain: dict[str, str]) -> tuple[WarpInfo, fits.Header]:
     planes = {}
     if plain.get("mask"):
         with fits.open(plain["mask"], memmap=False) as hdul:
-            planes = mask_planes_from_header(_first_2d(hdul, plain["mask"]).header)
+            planes = mask_planes_from_header(_first_2d(hdul, plain["mask"]).header, plain["mask"])
     info = WarpInfo(image_path, "plain", shape, planes, wcs_header, {}, image_path=image_path, variance_path=variance,
                     variance_is_weight=bool(plain.get("weight")), mask_path=plain.get("mask") or "")  # fmt: skip
     return info, primary

@@ -341,9 +341,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--airmass-min", type=float, default=1.0)
     m.add_argument("--airmass-max", type=float, default=2.0)
     m.add_argument("--seeing", type=float, default=0.6, help="PSF FWHM, arcsec (default 0.6)")
-    m.add_argument("--seeing-max", type=float, default=1.1,
-                   help="galsim engine: each visit's seeing is drawn in [seeing, seeing-max] (default 1.1; "
-                        "= --seeing for constant seeing)")  # fmt: skip
+    m.add_argument("--seeing-max", type=float, default=None,
+                   help="galsim engine: each visit's seeing is drawn in [seeing, seeing-max] (default 1.1, or "
+                        "--seeing if that is larger; = --seeing for constant seeing)")  # fmt: skip
     m.add_argument("--seeing-profile", choices=("kolmogorov", "gaussian"), default="kolmogorov",
                    help="galsim engine: the seeing's shape (default kolmogorov; gaussian makes the PSF-aware "
                         "model's Gaussian matching kernels exact)")  # fmt: skip
@@ -379,7 +379,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         airmass_range=(args.airmass_min, args.airmass_max),
         seed=args.seed,
         seeing_fwhm_arcsec=args.seeing,
-        seeing_max_arcsec=args.seeing_max,
+        seeing_max_arcsec=args.seeing_max if args.seeing_max is not None else max(1.1, args.seeing),
         seeing_profile=args.seeing_profile,
         overwrite=args.overwrite,
         engine=args.engine,

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from ..errors import InputError
 from ..io.modelfile import ModelFile, read_model
 from ..io.products import honest_variance, observation_for_warp, template_at, template_config
 from ..io.psf import visit_psf
@@ -67,6 +68,9 @@ def evaluate_visit(model: ModelFile, warp_path: str, edge: int, psf_match: bool 
     cfg = template_config(model)
     info, obs = observation_for_warp(warp_path, cfg=cfg)
     ny, nx = model.model.shape[1:]
+    if info.shape != (ny, nx):
+        raise InputError(f"{warp_path}: shape {info.shape[0]}x{info.shape[1]} differs from the model's {ny}x{nx} "
+                         f"({model.path}); evaluate needs science warps on the model's patch grid")  # fmt: skip
     planes = dict(info.mask_planes)
     image, variance, mask = read_window(info, Box(0, ny, 0, nx), planes)
     image, variance = image.astype(np.float64), variance.astype(np.float64)
@@ -74,6 +78,8 @@ def evaluate_visit(model: ModelFile, warp_path: str, edge: int, psf_match: bool 
     fitted = matching == "fitted"
     dcr, dcr_psf = template_at(model, obs, psf=None if fitted else science_psf)
     valid = _valid_pixels(model, image, mask, planes, edge)
+    if not valid.any():
+        raise InputError(f"{warp_path}: no usable pixel to difference (all masked, NaN, or where the model has no data)")
     footprint = valid & ((mask & plane_bits(planes, ["DETECTED"])) != 0)
     out: dict[str, Any] = {"visit": info.visit, "file": warp_path, "airmass": obs.airmass}
     templates = (("dcr", dcr, dcr_psf), ("coadd", model.static.astype(np.float64), model.psf_static))
@@ -149,9 +155,34 @@ def star_flux_ratio(template: NDArray, science: NDArray, stars: tuple[NDArray, N
     return float(np.median(ratios)) - 1.0, len(ratios)
 
 
+#: what a truth file must hold (``mpidcr simulate``'s truth.npz)
+TRUTH_KEYS = ("star_y", "star_x", "star_flux", "psf_sigma_pixels")
+
+
+def read_truth(path: str) -> dict[str, NDArray]:
+    """The arrays of a truth file of ``mpidcr simulate``; InputError naming the file if it is
+    missing, not an .npz of arrays, or lacks the stars."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # (an .npz is a zip archive)
+                raise InputError(f"{path}: not a truth file of 'mpidcr simulate' (not an .npz archive)")
+        with np.load(path, allow_pickle=False) as t:
+            arrays = {key: np.asarray(t[key]) for key in t.files}
+    except FileNotFoundError:
+        raise InputError(f"{path}: truth file not found") from None
+    except InputError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a truth file of 'mpidcr simulate' ({str(exc).splitlines()[0]})") from None
+    missing = [key for key in TRUTH_KEYS if key not in arrays]
+    if missing:
+        raise InputError(f"{path}: not a truth file of 'mpidcr simulate' (no {', '.join(missing)})")
+    return arrays
+
+
 def colour_check(model: ModelFile, truth_path: str) -> dict[str, Any] | None:
     """Slope and scatter of model vs true log(F_blue/F_red) for bright, isolated stars."""
-    t = np.load(truth_path)
+    t = read_truth(truth_path)
     K = model.model.shape[0]
     flux = t[f"star_flux_k{K}"] if f"star_flux_k{K}" in t else t["star_flux"]
     if flux.shape[1] != K:
@@ -188,10 +219,10 @@ def evaluate(model_path: str, warps: list[str], truth: str | None = None, edge: 
     stars = None
     clean: dict[str, NDArray] = {}
     if truth:
-        t = np.load(truth)
+        t = read_truth(truth)
         flux = np.asarray(t["star_total"]) if "star_total" in t else np.asarray(t["star_flux"]).sum(axis=1)
         stars = (np.asarray(t["star_y"]), np.asarray(t["star_x"]), flux)
-        clean = {key.removeprefix("noiseless_"): np.asarray(t[key]) for key in t.files if key.startswith("noiseless_")}
+        clean = {key.removeprefix("noiseless_"): t[key] for key in t if key.startswith("noiseless_")}
     visits = [evaluate_visit(model, w, edge, psf_match, stars, matching, clean) for w in warps]
     result: dict[str, Any] = {"model": model_path, "visits": visits, "totals": totals(visits),
                               "colours": colour_check(model, truth) if truth else None}  # fmt: skip

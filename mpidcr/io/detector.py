@@ -163,15 +163,11 @@ def detector_template(model_paths: list[str], science_path: str, overrides: dict
 def on_model_grid(model_path: str, science_path: str) -> bool:
     """Whether the science file lies on the model's patch grid (same shape, WCS and xy0): then the
     template is the patch template itself."""
-    import h5py
-
+    from .modelfile import model_grid
     from .wcs import same_wcs
 
     info = scan_warp(science_path, {"airmass": 1.0, "parallacticAngle": 0.0})  # (only its grid matters here)
-    with h5py.File(model_path, "r") as f:
-        shape = tuple(f["model"].shape[1:])
-        wcs_header = f.attrs["wcs_header"]
-        xy0 = tuple(int(v) for v in f.attrs.get("xy0", (0, 0)))
+    shape, wcs_header, xy0 = model_grid(model_path)
     try:  # (the science warp's WCS was read by its scan: an unreadable one here is the model's)
         same = same_wcs(info.wcs_header, wcs_header)
     except ValueError as exc:

@@ -373,14 +373,42 @@ def model_is_complete(path: str) -> bool:
         return False
 
 
-def read_model(path: str) -> ModelFile:
-    """Read a complete model file; InputError if missing, unreadable or incomplete."""
+#: attributes every product of a model needs (the patch grid)
+REQUIRED_ATTRS = ("wcs_header",)
+
+
+def _open_model(path: str) -> h5py.File:
+    """A complete model file opened for reading; InputError if missing or incomplete (other
+    errors of h5py are turned into one line by the callers)."""
     if not os.path.exists(path):
         raise InputError(f"{path}: model file not found")
+    f = h5py.File(path, "r")
+    missing = [name for name in ("complete", *REQUIRED_ATTRS) if name not in f.attrs]
+    if missing or not f.attrs["complete"]:
+        f.close()
+        what = f"attribute '{missing[0]}' missing" if missing else "attribute 'complete' is false"
+        raise InputError(f"{path}: incomplete model file ({what})")
+    return f
+
+
+def model_grid(path: str) -> tuple[tuple[int, int], str, tuple[int, int]]:
+    """The patch grid of a complete model file without reading its pixels: (shape (ny, nx), WCS
+    header text, xy0); InputError if missing, unreadable or incomplete."""
     try:
-        with h5py.File(path, "r") as f:
-            if not f.attrs.get("complete", False):
-                raise InputError(f"{path}: incomplete model file (attribute 'complete' missing)")
+        with _open_model(path) as f:
+            ny, nx = (int(n) for n in f["model"].shape[1:])
+            x0, y0 = (int(v) for v in f.attrs.get("xy0", (0, 0)))
+            return (ny, nx), str(f.attrs["wcs_header"]), (x0, y0)
+    except InputError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable mpidcr model file ({str(exc).splitlines()[0]})") from None
+
+
+def read_model(path: str) -> ModelFile:
+    """Read a complete model file; InputError if missing, unreadable or incomplete."""
+    try:
+        with _open_model(path) as f:
             mask_ds = f["coadd/mask"]
             planes = {k[3:]: int(v) for k, v in mask_ds.attrs.items() if k.startswith("MP_")}
             return ModelFile(

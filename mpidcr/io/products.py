@@ -8,6 +8,7 @@ open them as they open warps.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ def model_config(model: ModelFile) -> DcrConfig:
 
 
 def _wcs(model: ModelFile) -> fits.Header:
-    return fits.Header.fromstring(model.attrs["wcs_header"])
+    with warnings.catch_warnings():  # (astropy's notes on non-standard cards; the WCS itself is checked)
+        warnings.simplefilter("ignore")
+        return fits.Header.fromstring(model.attrs["wcs_header"])
 
 
 def export_fits(model_path: str, outdir: str, overwrite: bool = False) -> list[str]:
@@ -55,6 +58,8 @@ def export_fits(model_path: str, outdir: str, overwrite: bool = False) -> list[s
     reads back as mpidcr's inputs or static model.  Returns the paths."""
     model = read_model(model_path)
     out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory (--fits names the directory to write into)")
     out.mkdir(parents=True, exist_ok=True)
     K = model.model.shape[0]
     edges = np.asarray(model.attrs["subfilter_edges"])

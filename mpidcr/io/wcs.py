@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,10 @@ def _parsed(wcs_header: str) -> tuple[fits.Header, Any] | None:
     from astropy.wcs import WCS
 
     try:
-        header = fits.Header.fromstring(wcs_header)
-        return header, WCS(header, naxis=2)
+        with warnings.catch_warnings():  # (astropy's notes on cards it fixes; failures are what count)
+            warnings.simplefilter("ignore")
+            header = fits.Header.fromstring(wcs_header)
+            return header, WCS(header, naxis=2)
     except Exception:
         return None
 
@@ -81,7 +84,9 @@ def wcs_problem(wcs_header: str) -> str | None:
     from astropy.wcs import WCS
 
     try:
-        WCS(fits.Header.fromstring(wcs_header), naxis=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            WCS(fits.Header.fromstring(wcs_header), naxis=2)
     except Exception as exc:  # (astropy and wcslib raise many kinds)
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         return lines[-1].rstrip(".") if lines else type(exc).__name__

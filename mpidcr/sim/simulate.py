@@ -10,6 +10,7 @@ noiseless sub-filter images).  The image model is that of
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from astropy.io import fits
 from numpy.typing import NDArray
 
-from ..dcr import Site
+from ..dcr import MIN_ELEVATION_DEG, Site, physical_problem
 from ..errors import InputError
 from ..io.manifest import write_manifest
 from ..io.warps import write_lsst_warp
@@ -59,6 +60,29 @@ def _check_request(manifest: Path, size: int | tuple[int, int], num_visits: int,
     if seeing_profile not in SEEING_PROFILES:
         raise InputError(f"--seeing-profile {seeing_profile}: one of {', '.join(SEEING_PROFILES)}")
     return shape
+
+
+def _check_ranges(airmass_range: tuple[float, float], seeing: float, seeing_max: float | None, counts: dict[str, int],
+                  satellite_fraction: float, angle_spread: float) -> None:  # fmt: skip
+    """InputError naming the option for a value outside what can be observed or drawn."""
+    low, high = airmass_range
+    top = 1.0 / math.sin(math.radians(MIN_ELEVATION_DEG))
+    if not 1.0 <= low <= high <= top:
+        raise InputError(f"--airmass-min {low:g} --airmass-max {high:g}: need 1 <= min <= max <= {top:.2f} "
+                         f"(elevation >= {MIN_ELEVATION_DEG:g} deg)")  # fmt: skip
+    for option, value in (("--seeing", seeing), ("--seeing-max", seeing_max)):
+        problem = None if value is None else physical_problem("psfFwhm", value)
+        if problem:
+            raise InputError(f"{option} {value:g}{problem}")
+    if seeing_max is not None and seeing_max < seeing:
+        raise InputError(f"--seeing-max {seeing_max:g} is below --seeing {seeing:g}")
+    for option, count in counts.items():
+        if count < 0:
+            raise InputError(f"{option} {count}: must not be negative")
+    if not 0.0 <= satellite_fraction <= 1.0:
+        raise InputError(f"--satellites {satellite_fraction:g}: a fraction of the visits, in [0, 1]")
+    if not 0.0 <= angle_spread <= 180.0:
+        raise InputError(f"--angle-spread {angle_spread:g}: degrees in [0, 180]")
 
 
 def _rotation(wcs_text: str) -> Callable[[float], float]:
@@ -202,6 +226,11 @@ def simulate(
     out = Path(outdir)
     manifest = out / "manifest.toml"
     shape = _check_request(manifest, size, num_visits, overwrite, num_galaxies, engine, seeing_profile)
+    _check_ranges(airmass_range, seeing_fwhm_arcsec, seeing_max_arcsec,
+                  {"--science": num_science, "--galaxies": num_galaxies, "--cosmic-rays": cosmic_rays},
+                  satellite_fraction, angle_spread)  # fmt: skip
+    if num_stars is not None and num_stars < 1:
+        raise InputError(f"--stars {num_stars}: at least 1")
     wcs = tan_wcs_header(shape, pixel_scale)
     total = num_visits + num_science
     field = _render(engine, shape=shape, num_visits=total,

@@ -62,6 +62,13 @@ def test_same_wcs_and_unreadable_wcs():
     for a, b in ((header, broken), (broken, header)):
         with pytest.raises(ValueError, match=r"WCS cannot be read.*XYZ"):
             same_wcs(a.tostring(), b.tostring())
+    # no sky WCS, only afw's pixel origin (WCS key A): readable, no celestial WCS, no rotation
+    origin = fits.Header({"NAXIS": 2, "NAXIS1": 64, "NAXIS2": 64, "CTYPE1A": "LINEAR", "CTYPE2A": "LINEAR",
+                          "CRVAL1A": 10.0, "CRVAL2A": 0.0, "CRPIX1A": 1.0, "CRPIX2A": 1.0})  # fmt: skip
+    moved_origin = origin.copy()
+    moved_origin["CRVAL1A"] = 20.0
+    assert wcs_problem(origin.tostring()) is None and image_rotation_angle(origin.tostring(), 30.0) is None
+    assert same_wcs(origin.tostring(), moved_origin.tostring())  # (bboxes are compared as xy0, apart)
 
 
 def test_static_model_with_unreadable_wcs():

@@ -57,6 +57,12 @@ def test_same_wcs_and_unreadable_wcs():
     broken["CTYPE1"] = "RA---XYZ"
     assert same_wcs(header.tostring(), header.copy().tostring())
     assert not same_wcs(header.tostring(), moved.tostring())
+    # another visit on the same grid: its date is no part of the grid
+    later = header.copy()
+    later["MJD-OBS"], later["DATE-OBS"] = 60000.02, "2023-02-25T00:28:48"
+    earlier = header.copy()
+    earlier["MJD-OBS"], earlier["DATE-OBS"] = 60000.0, "2023-02-25T00:00:00"
+    assert same_wcs(earlier.tostring(), later.tostring())
     assert wcs_problem(header.tostring()) is None
     assert "XYZ" in wcs_problem(broken.tostring())
     for a, b in ((header, broken), (broken, header)):
@@ -402,7 +408,11 @@ def test_plain_layout_with_weight_files(field, tmp_path):
     for i, path in enumerate(info["warps"]):
         with fits.open(path) as hdul:
             meta = hdul[0].header
-            wcs = hdul["IMAGE"].header
+            wcs = hdul["IMAGE"].header.copy()
+            # the image's header holds its WCS and, as other pipelines write it, its date: the grid
+            # is the same for all (astropy's WCS comparison counts the date unless told not to)
+            wcs["MJD-OBS"] = 60000.0 + 0.02 * i
+            wcs["DATE-OBS"] = f"2023-02-25T0{i}:00:00"
             img = fits.PrimaryHDU(hdul["IMAGE"].data, header=wcs)
             fits.PrimaryHDU(hdul["IMAGE"].data, header=wcs).writeto(tmp_path / f"img{i}.fits")
             fits.PrimaryHDU(1.0 / hdul["VARIANCE"].data).writeto(tmp_path / f"wht{i}.fits")
@@ -428,6 +438,18 @@ def test_plain_layout_with_weight_files(field, tmp_path):
     # same pixels, same geometry; weather from the site default instead of the headers → tiny DCR change
     assert plain.attrs["iterations"] == lsst.attrs["iterations"]
     assert np.max(np.abs(plain.model - lsst.model)) < 2e-2 * np.max(lsst.model)
+    # a variance and a weight for one image, or a variance of another shape: one line each
+    last = len(info["warps"]) - 1  # (its entry replaced: the last 7 lines)
+    both = [*lines[:-7], "[[warps]]", f'image = "img{last}.fits"', f'variance = "wht{last}.fits"',
+            f'weight = "wht{last}.fits"', ""]  # fmt: skip
+    (tmp_path / "both.toml").write_text("\n".join(both))
+    code, _, err = run_cli("run", tmp_path / "both.toml", "-o", tmp_path / "both.h5")
+    assert code == 2 and len(err) == 1 and "give 'variance' or 'weight' (inverse variance), not both" in err[0], err
+    fits.PrimaryHDU(np.ones((10, 12), np.float32)).writeto(tmp_path / "small.fits")
+    small = [*lines[:-7], "[[warps]]", f'image = "img{last}.fits"', 'variance = "small.fits"', ""]
+    (tmp_path / "small.toml").write_text("\n".join(small))
+    code, _, err = run_cli("run", tmp_path / "small.toml", "-o", tmp_path / "small.h5")
+    assert code == 2 and len(err) == 1 and f"{tmp_path / 'small.fits'}: the variance is 10x12, its image" in err[0], err
 
 
 def test_template_from_command_line_metadata(field, tmp_path):

@@ -134,6 +134,8 @@ def _plain_entry(item: dict[str, Any], base: Path, where: str) -> WarpEntry:
     plain = {key: expand_pattern(_path_field(item, key, where), base, where)[0] for key in _PLAIN_KEYS if key in item}
     if not plain.get("variance") and not plain.get("weight"):
         raise InputError(f"{where}: a plain-layout warp needs 'variance' or 'weight'")
+    if plain.get("variance") and plain.get("weight"):
+        raise InputError(f"{where}: give 'variance' or 'weight' (inverse variance), not both")
     return WarpEntry(path=plain["image"], plain=plain, overrides=item)
 
 

@@ -222,9 +222,17 @@ def _scan_plain(plain: dict[str, str]) -> tuple[WarpInfo, fits.Header]:
         shape = (int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]))
         wcs_header = hdu.header.tostring()
     planes = {}
-    if plain.get("mask"):
-        with fits.open(plain["mask"], memmap=False) as hdul:
-            planes = mask_planes_from_header(_first_2d(hdul, plain["mask"]).header, plain["mask"])
+    for kind in ("variance", "weight", "mask"):
+        if not plain.get(kind):
+            continue
+        with fits.open(plain[kind], memmap=False) as hdul:
+            header = _first_2d(hdul, plain[kind]).header
+            other = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+            if other != shape:
+                raise InputError(f"{plain[kind]}: the {kind} is {other[0]}x{other[1]}, its image {image_path} "
+                                 f"{shape[0]}x{shape[1]}")  # fmt: skip
+            if kind == "mask":
+                planes = mask_planes_from_header(header, plain[kind])
     info = WarpInfo(image_path, "plain", shape, planes, wcs_header, {}, image_path=image_path, variance_path=variance,
                     variance_is_weight=bool(plain.get("weight")), mask_path=plain.get("mask") or "")  # fmt: skip
     return info, primary

@@ -100,11 +100,16 @@ def wcs_problem(wcs_header: str) -> str | None:
 
 
 def same_wcs(header_a: str, header_b: str) -> bool:
-    """Whether two headers describe the same WCS (to 1e-9 in every parameter).  ValueError (one
+    """Whether two headers describe the same WCS (to 1e-9 in every parameter of the transformation;
+    dates and other ancillary cards aside).  ValueError (one
     line, astropy's reason) if either cannot be read: the callers name the file."""
     if header_a == header_b:
         return True
     a, b = _parsed(header_a), _parsed(header_b)
     if a is None or b is None:
         raise ValueError(f"WCS cannot be read ({wcs_problem(header_a if a is None else header_b)})")
-    return bool(a[1].wcs.compare(b[1].wcs, tolerance=1e-9))
+    from astropy.wcs import WCSCOMPARE_ANCILLARY
+
+    # ancillary cards (DATE-OBS, MJD-OBS, ...) differ between visits on one grid: a plain-layout
+    # warp's image header, which holds its WCS, also holds its date
+    return bool(a[1].wcs.compare(b[1].wcs, cmp=WCSCOMPARE_ANCILLARY, tolerance=1e-9))

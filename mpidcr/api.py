@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from .config import DcrConfig
 from .dcr import Observation, Site, Weather, check_elevation, elevation_from_airmass
+from .errors import InputError
 
 if TYPE_CHECKING:
     from astropy.nddata import CCDData
@@ -318,8 +319,20 @@ def solve(images: NDArray, variances: NDArray, *, airmass: Sequence[float], para
     from .masks import DEFAULT_PLANES
     from .solver import DcrSolver, WarpStack
 
-    images = np.ascontiguousarray(images, dtype=np.float32)
+    # copies: the solver sets bad pixels to 0, scales variances and marks masks in its stacks, and
+    # the caller's arrays must come back as they went in
+    images = np.array(images, dtype=np.float32, order="C")
+    if images.ndim != 3:
+        raise InputError(f"images must be (V, ny, nx), not of shape {images.shape}")
     V = images.shape[0]
+    per_visit = {"airmass": airmass, "parallactic_angle": parallactic_angle}
+    if rotation_angle is not None:
+        per_visit["rotation_angle"] = rotation_angle
+    if V < 2:
+        raise InputError(f"at least 2 visits are needed, not {V} (images {images.shape})")
+    for name, given in per_visit.items():
+        if len(given) != V:
+            raise InputError(f"{name} has {len(given)} values for {V} visits (images {images.shape})")
     values = {"effectiveWavelength": effective_wavelength, "bandwidth": bandwidth}
     if isinstance(config, DcrConfig):
         values = {**config.as_dict(), **values}
@@ -332,8 +345,8 @@ def solve(images: NDArray, variances: NDArray, *, airmass: Sequence[float], para
         obs = Observation(elevation_from_airmass(float(a)), float(q), float(r), None, site or Site())
         shifts.append(dcr_shifts(obs, cfg.effectiveWavelength, cfg.bandwidth, cfg.num_subfilters, pixel_scale,
                                  **cfg.shift_options()))  # fmt: skip
-    mask_array = np.zeros(images.shape, np.int32) if masks is None else np.ascontiguousarray(masks, np.int32)
-    stack = WarpStack(images, np.ascontiguousarray(variances, dtype=np.float32), mask_array, dict(DEFAULT_PLANES),
+    mask_array = np.zeros(images.shape, np.int32) if masks is None else np.array(masks, np.int32, order="C")
+    stack = WarpStack(images, np.array(variances, dtype=np.float32, order="C"), mask_array, dict(DEFAULT_PLANES),
                       shifts, np.asarray(airmass, dtype=np.float64), [str(v) for v in range(V)])  # fmt: skip
     result = DcrSolver(stack, cfg).run()
     return SolveResult(result.planes, result.coadd, result.static.image, result.nimage, result.iterations,

@@ -482,9 +482,8 @@ class DcrSolver:
         empty = [w.names[int(v)] for v in np.flatnonzero(weights <= 0)]
         usable = V - len(empty)
         if usable < 2:
-            raise InputError(
-                f"only {usable} visit(s) have usable pixels ({', '.join(empty[:5])} have none); at least 2 are needed"
-            )
+            none = f" ({', '.join(empty[:5])} {'has' if len(empty) == 1 else 'have'} none)" if empty else ""
+            raise InputError(f"only {usable} of {V} visit(s) have usable pixels{none}; at least 2 are needed")
         for name in empty:
             log.warning("%s: no usable pixel (all masked, NaN or without variance): visit left out of the model", name)
         return weights

@@ -17,6 +17,7 @@ from astropy.io import fits
 
 import mpidcr
 from mpidcr.cli import main
+from mpidcr.errors import InputError
 from mpidcr.sim.simulate import simulate
 
 MPIEXEC = shutil.which("mpiexec")
@@ -95,15 +96,31 @@ def test_solve_from_arrays_equals_the_cli(field, tmp_path):
     m = mpidcr.open_model(tmp_path / "plain.h5")
     v = m.visits
     arrays = [fits.open(p.decode() if isinstance(p, bytes) else p) for p in v["file"]]
-    images = np.array([h["IMAGE"].data for h in arrays])
-    variances = np.array([h["VARIANCE"].data for h in arrays])
-    masks = np.array([h["MASK"].data for h in arrays])
+    # native float32 and int32, as a caller holds them (FITS's big-endian arrays were always copied)
+    images = np.array([h["IMAGE"].data for h in arrays]).astype(np.float32)
+    variances = np.array([h["VARIANCE"].data for h in arrays]).astype(np.float32)
+    masks = np.array([h["MASK"].data for h in arrays]).astype(np.int32)
+    given = (images.copy(), variances.copy(), masks.copy())
     result = mpidcr.solve(images, variances, masks=masks, airmass=list(v["airmass"]),
                           parallactic_angle=list(v["parallactic_angle"]), rotation_angle=list(v["rotation_angle"]),
                           effective_wavelength=m.config.effectiveWavelength, bandwidth=m.config.bandwidth,
                           pixel_scale=m.pixel_scale, config={"doRejectArtifacts": False})  # fmt: skip
     assert np.array_equal(result.planes.astype(np.float32), m.planes)
     assert result.iterations == int(m.attrs["iterations"])
+    # the caller's arrays come back as they went in (the solver sets bad pixels to 0, scales the
+    # variances and marks the masks: in copies)
+    for before, after in zip(given, (images, variances, masks), strict=True):
+        assert np.array_equal(before, after, equal_nan=True)
+    # bad shapes and lengths: one line saying which
+    common = {"airmass": list(v["airmass"]), "parallactic_angle": list(v["parallactic_angle"]),
+              "effective_wavelength": m.config.effectiveWavelength, "bandwidth": m.config.bandwidth,
+              "pixel_scale": m.pixel_scale}  # fmt: skip
+    with pytest.raises(InputError, match=r"images must be \(V, ny, nx\), not of shape"):
+        mpidcr.solve(images[0], variances[0], **common)
+    with pytest.raises(InputError, match=r"airmass has 2 values for \d+ visits"):
+        mpidcr.solve(images, variances, **{**common, "airmass": [1.0, 1.1]})
+    with pytest.raises(InputError, match="at least 2 visits are needed, not 1"):
+        mpidcr.solve(images[:1], variances[:1], **{**common, "airmass": [1.0], "parallactic_angle": [0.0]})
 
 
 @pytest.mark.mpi

@@ -360,7 +360,7 @@ def test_bad_too_few_visits(field, tmp_path):
         hdul["MASK"].data[:] = 1 << int(hdul["MASK"].header["MP_NO_DATA"])
 
     _copy_warp(info["warps"][0], dead, data_edit=kill)
-    _bad(tmp_path, [dead, info["warps"][1]], "only 1 of 2 visit(s) have usable pixels (visit_")
+    _bad(tmp_path, [dead, info["warps"][1]], "only 1 of 2 visit(s) have usable pixels (")
 
 
 def test_bad_band(field, tmp_path):

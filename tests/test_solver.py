@@ -251,7 +251,7 @@ def test_too_few_usable_visits():
     f, config, shifts = _setup()
     stack = _stack(f, shifts, [0, 1])
     stack.masks[1] |= 1 << f.mask_planes["NO_DATA"]
-    with pytest.raises(InputError, match="only 1 visit"):
+    with pytest.raises(InputError, match=r"only 1 of 2 visit\(s\) have usable pixels \(visit1 has none\)"):
         S.solve(stack, config)
 
 

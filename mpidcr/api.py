@@ -287,7 +287,8 @@ def solve(images: NDArray, variances: NDArray, *, airmass: Sequence[float], para
           effective_wavelength: float, bandwidth: float, pixel_scale: float, masks: NDArray | None = None,
           rotation_angle: Sequence[float] | None = None, config: DcrConfig | Mapping[str, Any] | None = None,
           site: Site | None = None) -> SolveResult:  # fmt: skip
-    """A DCR model of arrays in this process (no files, no MPI).
+    """A DCR model of arrays in this process (no files, no MPI).  The arrays are copied (the solver
+    works on its own float32 stacks) and left as they were: a solve needs about twice their memory.
 
     Parameters
     ----------

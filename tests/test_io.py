@@ -63,6 +63,23 @@ def test_same_wcs_and_unreadable_wcs():
     earlier = header.copy()
     earlier["MJD-OBS"], earlier["DATE-OBS"] = 60000.0, "2023-02-25T00:00:00"
     assert same_wcs(earlier.tostring(), later.tostring())
+    # and its visit's cards are no part of it either: warps of one grid share one parse
+    from mpidcr.io import wcs as W
+
+    def visit_header(v, crpix1):
+        h = header.copy()
+        h["MJD-OBS"], h["VISIT"], h["PARANGLE"], h["BORE-ALT"] = 60000.0 + v, 1000 + v, 10.0 * v, 40.0 + v
+        h["HIERARCH BORE-AIRMASS"] = 1.1 + v
+        h["CRPIX1"] = crpix1  # a card of the transformation: kept
+        return h.tostring()
+
+    W._parsed_grid.cache_clear()
+    assert all(W._parsed(visit_header(v, 32.0 + v)) is not None for v in range(3))
+    assert W._parsed_grid.cache_info().misses == 3  # three grids
+    W._parsed_grid.cache_clear()
+    same_grid = [visit_header(v, 32.0) for v in range(3)]
+    assert all(same_wcs(same_grid[0], text) for text in same_grid[1:])
+    assert W._parsed_grid.cache_info().misses == 1  # one grid, one parse
     assert wcs_problem(header.tostring()) is None
     assert "XYZ" in wcs_problem(broken.tostring())
     for a, b in ((header, broken), (broken, header)):

@@ -119,3 +119,18 @@ def test_simulate_seeing_above_the_default_maximum(tmp_path):
     code, _, err = run_cli("simulate", tmp_path / "sim", "--engine", "numpy", "--size", "32", "--visits", "2",
                            "--science", "0", "--seeing", "1.3")  # fmt: skip
     assert code == 0, err
+
+
+def test_negative_template_border(made):
+    """--border grows the science exposure's bbox: a negative one is refused (it shrank the grid
+    until numpy failed on a negative shape)."""
+    from mpidcr.errors import InputError
+    from mpidcr.io.detector import output_grid
+    from mpidcr.io.warps import scan_warp
+
+    _, _, science = made
+    info = scan_warp(science, {"airmass": 1.0, "parallacticAngle": 0.0})
+    _, shape, xy0 = output_grid(info, 3)
+    assert shape == (info.shape[0] + 6, info.shape[1] + 6) and xy0 == (info.xy0[0] - 3, info.xy0[1] - 3)
+    with pytest.raises(InputError, match="border -1: the template grows"):
+        output_grid(info, -1)

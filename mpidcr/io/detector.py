@@ -49,7 +49,9 @@ class DetectorTemplate:
 
 def output_grid(info: WarpInfo, border: int) -> tuple[Any, tuple[int, int], tuple[int, int]]:
     """The science exposure's celestial WCS grown by ``border`` pixels on every side: (WCS,
-    shape (ny, nx), xy0 (x0, y0))."""
+    shape (ny, nx), xy0 (x0, y0)); ``border`` ≥ 0."""
+    if border < 0:
+        raise InputError(f"border {border}: the template grows the science exposure's bbox; give 0 or more pixels")
     wcs = celestial_wcs(info.wcs_header)
     if wcs is None:
         raise InputError(f"{info.path}: no celestial WCS to put the template on")

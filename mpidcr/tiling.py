@@ -173,4 +173,6 @@ def parse_tiles(text: str) -> tuple[int, int]:
         py, px = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise DecompositionError(f"--tiles '{text}' is not of the form PYxPX, e.g. 2x2") from None
+    if py < 1 or px < 1:
+        raise DecompositionError(f"--tiles '{text}': at least one tile along each axis")
     return py, px

@@ -101,3 +101,18 @@ def test_halo_exchange_and_reducers_against_a_global_array(ranks):
         assert r["halo_ok"], r
         assert r["sum_err"] < 1e-12 and r["ranks"] == ranks and r["max_ok"], r
         assert r["std_err"] < 1e-12, r
+
+
+@pytest.mark.parametrize("text, message", [("2x3", None), ("2X1", None), ("0x1", "at least one tile along each axis"),
+                                           ("2x-1", "at least one tile"), ("2x2x2", "not of the form PYxPX"),
+                                           ("abc", "not of the form PYxPX")])  # fmt: skip
+def test_parse_tiles(text, message):
+    from mpidcr.errors import DecompositionError
+    from mpidcr.tiling import parse_tiles
+
+    if message is None:
+        py, px = parse_tiles(text)
+        assert f"{py}x{px}" == text.lower()
+    else:
+        with pytest.raises(DecompositionError, match=message):
+            parse_tiles(text)

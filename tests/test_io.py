@@ -546,3 +546,16 @@ def test_template_for_a_warp_off_the_patch_is_refused(field, tmp_path):
     code, _, err = run_cli("template", model_path, moved, "-o", tmp_path / "t.fits")
     assert code == 2 and len(err) == 1 and "none of the 1 models' patches overlaps it" in err[0]
     assert not (tmp_path / "t.fits").exists()
+
+
+def test_manifest_and_configuration_with_a_byte_order_mark(tmp_path):
+    """Some editors start UTF-8 files with a byte-order mark; tomllib calls it an invalid statement."""
+    from mpidcr.io.configfile import read_config_file
+
+    bom = b"\xef\xbb\xbf"
+    manifest = tmp_path / "m.toml"
+    manifest.write_bytes(bom + b'[band]\neffectiveWavelength = 476.31\nbandwidth = 147.0\n[[warps]]\npath = "w.fits"\n')
+    assert read_manifest(manifest).band["effectiveWavelength"] == 476.31
+    config = tmp_path / "c.toml"
+    config.write_bytes(bom + b"maxNumIter = 7\n")
+    assert read_config_file(str(config))["maxNumIter"] == 7

@@ -66,7 +66,7 @@ def read_text_file(path: str | os.PathLike, what: str) -> str:
     if size > MAX_TEXT_FILE_BYTES:
         raise InputError(f"{path}: {what} of {size} bytes is too large to be one (limit {MAX_TEXT_FILE_BYTES})")
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")  # (a byte-order mark, as some editors write, is dropped)
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
 

@@ -25,6 +25,8 @@ def _grid_cards(wcs_header: str) -> str:
     MJD*), the telescope's pointing (BORE-*), the common per-visit keywords above, HIERARCH cards (the standard's WCS keywords have at
     most 8 characters), COMMENT and HISTORY.  Any other card is kept, so the result parses to the
     same transformation; warps of one grid then share one text (and one parse)."""
+    if len(wcs_header) % 80 or "\n" in wcs_header:  # (not a FITS header's 80-character cards: as it is)
+        return wcs_header
     kept = []
     for i in range(0, len(wcs_header), 80):
         card = wcs_header[i : i + 80]

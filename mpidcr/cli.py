@@ -10,10 +10,11 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import MpidcrError
@@ -22,6 +23,23 @@ if TYPE_CHECKING:
     from .parallel.comm import Comm
 
 log = logging.getLogger("mpidcr")
+
+
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """``--json`` output: strict JSON (NaN and infinities, which Python's json writes as bare
+    NaN/Infinity and jq and most parsers refuse, become null), indented."""
+    return json.dumps(_finite_or_none(value), indent=2, allow_nan=False)
 
 
 def _add_config(sub: argparse._SubParsersAction) -> None:
@@ -146,7 +164,7 @@ def _cmd_shifts(args: argparse.Namespace) -> int:
     w = obs.resolved_weather
     if args.json:
         shifts = s.forward.tolist() if args.split else s.mean.tolist()
-        print(json.dumps({
+        print(json_text({
             "shifts": shifts,
             "split": s.split.tolist() if args.split else None,
             "subfilter_edges_nm": edges.tolist(),
@@ -156,7 +174,7 @@ def _cmd_shifts(args: argparse.Namespace) -> int:
             "profile": args.profile,
             "weather": {"temperature_C": w.temperature, "pressure_Pa": w.pressure, "humidity_pct": w.humidity},
             "buffer_pixels": dcr_buffer(s.max_abs),
-        }, indent=2))  # fmt: skip
+        }))  # fmt: skip
         return 0
     print(f"elevation {obs.elevation:.3f} deg, airmass {obs.airmass:.4f}, T {w.temperature:.2f} C, "
           f"P {w.pressure:.0f} Pa, RH {w.humidity:.0f} %")  # fmt: skip
@@ -291,7 +309,7 @@ def _cmd_run(args: argparse.Namespace, comm) -> int:
     summary = run(inputs, options, comm)
     if comm.rank == 0:
         if args.json:
-            print(json.dumps(summary.as_dict(), indent=2))
+            print(json_text(summary.as_dict()))
         else:
             print(
                 f"{summary.output}: {summary.iterations} iterations ({summary.stop_reason}), "
@@ -510,7 +528,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(f"{args.model}: {'complete' if ok else 'missing or incomplete'}")
         return 0 if ok else 1
     s = summary(read_model(args.model))
-    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    print(json_text(s) if args.json else format_summary(s))
     if args.png:
         for path in quicklooks(args.model, args.png):
             print(path)
@@ -544,7 +562,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(args.model, args.warps, truth=args.truth, psf_match=not args.no_psf_match,
                       matching=args.matching)  # fmt: skip
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    print(json_text(result) if args.json else format_table(result))
     if args.png:
         print(residual_plot(result, args.png))
     return 0

@@ -134,3 +134,14 @@ def test_negative_template_border(made):
     assert shape == (info.shape[0] + 6, info.shape[1] + 6) and xy0 == (info.xy0[0] - 3, info.xy0[1] - 3)
     with pytest.raises(InputError, match="border -1: the template grows"):
         output_grid(info, -1)
+
+
+def test_inspect_json_is_strict(made):
+    """A model's history starts with an iteration without a gain: null in --json, not a bare NaN."""
+    import json
+
+    _, model, _ = made
+    code, out, err = run_cli("inspect", model, "--json")
+    assert code == 0, err
+    parsed = json.loads(out, parse_constant=lambda c: pytest.fail(f"bare {c} in --json"))
+    assert parsed

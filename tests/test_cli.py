@@ -137,3 +137,13 @@ def test_kernel_cache_option(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"mpidcr: error: --kernel-cache {blocked / 'sub'}: cannot create it "
                                                 "(Not a directory)"]  # fmt: skip
+
+
+def test_json_outputs_are_strict_json():
+    """--json prints null where a number is undefined (a model's first iteration has no gain):
+    Python's json would write a bare NaN, which jq and most parsers refuse."""
+    from mpidcr.cli import json_text
+
+    value = {"gain": float("nan"), "history": [1.0, float("inf"), -float("inf")], "nested": ({"x": 2.5},), "n": 3}
+    assert json.loads(json_text(value), parse_constant=lambda c: pytest.fail(f"bare {c}")) == {
+        "gain": None, "history": [1.0, None, None], "nested": [{"x": 2.5}], "n": 3}  # fmt: skip

@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..masks import add_plane
 from ..tiling import Box
 from .paths import regular_file_problem
-from .warps import WarpInfo, fits_file_problem, read_window, scan_lsst_layout
+from .warps import WarpInfo, open_checked, read_window, scan_lsst_layout
 from .wcs import same_wcs, wcs_problem
 
 #: the datasets of an mpidcr model file that make T
@@ -54,11 +54,11 @@ def scan_static(path: str) -> StaticInfo:
         raise InputError(f"{path}: {problem} (--static-model)")
     if is_hdf5(path):
         return _scan_hdf5(path)
-    problem = fits_file_problem(path)
-    if problem:
+    hdul, problem = open_checked(path)  # checked and scanned in one opening
+    if hdul is None:
         raise InputError(f"{path}: {problem} (--static-model)")
     try:
-        info, _ = scan_lsst_layout(path)
+        info, _ = scan_lsst_layout(path, hdul)
     except InputError as exc:
         raise InputError(f"{exc} (--static-model: a deepCoadd-layout FITS file or an mpidcr model file)") from None
     return StaticInfo(path, "fits", info.shape, info.mask_planes, info.wcs_header)

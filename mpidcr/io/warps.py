@@ -15,6 +15,7 @@ metadata of the headers is :mod:`mpidcr.io.metadata`'s, the WCS helpers :mod:`mp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -77,14 +78,6 @@ class WarpInfo:
     def observation(self, site_defaults: Site, notices: set[str] | None = None) -> Observation:
         """Observation of this visit (after :func:`resolve_geometry`); see :func:`metadata.observation`."""
         return observation(self.meta, self.path, site_defaults, notices)
-
-
-def fits_file_problem(path: str) -> str | None:
-    """A one-line description of why ``path`` cannot be read as FITS, or None."""
-    hdul, problem = open_checked(path)
-    if hdul is not None:
-        hdul.close()
-    return problem
 
 
 def open_checked(path: str) -> tuple[fits.HDUList | None, str | None]:
@@ -163,12 +156,17 @@ def scan_warp(
         if hdul is None:
             raise InputError(f"{path}: {problem}")
         info, primary = scan_lsst_layout(path, hdul)
-    else:
-        for f in [v for v in plain.values() if v]:
-            problem = fits_file_problem(f)
-            if problem:
-                raise InputError(f"{f}: {problem}")
-        info, primary = _scan_plain(plain)
+    else:  # each file checked and scanned in one opening
+        with contextlib.ExitStack() as files:
+            opened = {}
+            for kind, f in plain.items():
+                if not f:
+                    continue
+                hdul, problem = open_checked(f)
+                if hdul is None:
+                    raise InputError(f"{f}: {problem}")
+                opened[kind] = files.enter_context(hdul)
+            info, primary = _scan_plain(plain, opened)
     problem = wcs_problem(info.wcs_header)
     if problem:
         raise InputError(f"{info.path}: its WCS cannot be read ({problem})")
@@ -210,29 +208,29 @@ def _first_2d(hdul: fits.HDUList, path: str) -> fits.ImageHDU:
     return hdu
 
 
-def _scan_plain(plain: dict[str, str]) -> tuple[WarpInfo, fits.Header]:
-    """A plain-layout warp: image, variance or weight, optional mask files; (info, primary header)."""
+def _scan_plain(plain: dict[str, str], opened: dict[str, fits.HDUList]) -> tuple[WarpInfo, fits.Header]:
+    """A plain-layout warp: image, variance or weight, optional mask files, each already ``opened``
+    (by kind; the caller closes them); (info, primary header)."""
     image_path = plain["image"]
     variance = plain.get("variance") or plain.get("weight") or ""
     if not variance:
         raise InputError(f"{image_path}: the manifest names no variance or weight file for this image")
-    with fits.open(image_path, memmap=False) as hdul:
-        hdu = _first_2d(hdul, image_path)
-        primary = hdul[0].header if hdul[0].header.get("NAXIS", 0) == 0 else hdu.header
-        shape = (int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]))
-        wcs_header = hdu.header.tostring()
+    hdul = opened["image"]
+    hdu = _first_2d(hdul, image_path)
+    primary = hdul[0].header if hdul[0].header.get("NAXIS", 0) == 0 else hdu.header
+    shape = (int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]))
+    wcs_header = hdu.header.tostring()
     planes = {}
     for kind in ("variance", "weight", "mask"):
-        if not plain.get(kind):
+        if kind not in opened:
             continue
-        with fits.open(plain[kind], memmap=False) as hdul:
-            header = _first_2d(hdul, plain[kind]).header
-            other = (int(header["NAXIS2"]), int(header["NAXIS1"]))
-            if other != shape:
-                raise InputError(f"{plain[kind]}: the {kind} is {other[0]}x{other[1]}, its image {image_path} "
-                                 f"{shape[0]}x{shape[1]}")  # fmt: skip
-            if kind == "mask":
-                planes = mask_planes_from_header(header, plain[kind])
+        header = _first_2d(opened[kind], plain[kind]).header
+        other = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+        if other != shape:
+            raise InputError(f"{plain[kind]}: the {kind} is {other[0]}x{other[1]}, its image {image_path} "
+                             f"{shape[0]}x{shape[1]}")  # fmt: skip
+        if kind == "mask":
+            planes = mask_planes_from_header(header, plain[kind])
     info = WarpInfo(image_path, "plain", shape, planes, wcs_header, {}, image_path=image_path, variance_path=variance,
                     variance_is_weight=bool(plain.get("weight")), mask_path=plain.get("mask") or "")  # fmt: skip
     return info, primary

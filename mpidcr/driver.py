@@ -456,7 +456,7 @@ def decompose(inputs: RunInputs, options: RunOptions, comm: Comm) -> Layout:
         if dims[0] * dims[1] != comm.size:
             raise InputError(f"--tiles {dims[0]}x{dims[1]} needs {dims[0] * dims[1]} ranks, not {comm.size}")
         plan = Plan(inputs.shape, dims, halo if comm.size > 1 else 0).validate()
-        need = memory_per_rank(plan, len(inputs.infos), cfg.num_subfilters, *_psf_sizes(blur))
+        need = memory_per_rank(plan, len(inputs.infos), cfg.num_subfilters, *_psf_sizes(blur, cfg))
         _check_memory_limit(inputs, plan, need, options.max_memory)
     except MpidcrError as exc:
         raise _collective(exc) from None
@@ -504,14 +504,17 @@ def ranks_within(inputs: RunInputs, plan: Plan, limit: int) -> int:
     V, K = len(inputs.infos), inputs.config.num_subfilters
     ranks = plan.size
     while ranks < 4096 and memory_per_rank(Plan(inputs.shape, choose_dims(ranks, inputs.shape), plan.halo), V, K,
-                                           *_psf_sizes(inputs.blur)) > limit:  # fmt: skip
+                                           *_psf_sizes(inputs.blur, inputs.config)) > limit:  # fmt: skip
         ranks *= 2
     return ranks
 
 
-def _psf_sizes(blur: BlurPlan | None) -> tuple[int, int]:
-    """(blur groups, wings) of the PSF-aware model for the memory rule ((0, 0): the constant-PSF model)."""
-    return (len(blur.variances), len(blur.wing_sigmas)) if blur is not None else (0, 0)
+def _psf_sizes(blur: BlurPlan | None, config: DcrConfig) -> tuple[int, int, int, bool]:
+    """(blur groups, wings, the blurs' reach in pixels, streamed sweep) of the PSF-aware model for the
+    memory rule ((0, 0, 0, True): the constant-PSF model)."""
+    if blur is None:
+        return 0, 0, 0, True
+    return len(blur.variances), len(blur.wing_sigmas), blur.support, int(config.imageInterpOrder) == 1
 
 
 # ----------------------------------------------------------------------------- phase: read

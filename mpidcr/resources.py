@@ -29,17 +29,33 @@ BASELINE_BYTES = 400 * 2**20
 
 
 def memory_per_rank(plan: Plan, num_visits: int, num_subfilters: int, psf_groups: int = 0,
-                    psf_wings: int = 0) -> int:  # fmt: skip
-    """Peak bytes a rank of ``plan`` needs (largest outer box), by the rule of docs/performance.md;
-    the PSF-aware model adds each blur group's planes (float32), one set of accumulators and two
-    scratch images, and with wings each wing's planes and accumulators."""
+                    psf_wings: int = 0, psf_support: int = 0, psf_streamed: bool = True) -> int:  # fmt: skip
+    """Peak bytes a rank of ``plan`` needs (largest outer box), by the rule of docs/performance.md.
+
+    The PSF-aware model (``psf_groups`` blur groups, ``psf_wings`` wing Gaussians, blurs reaching
+    ``psf_support`` pixels) adds two scratch images, each wing's planes and accumulators, and
+    either the streamed sweep's rings (``psf_streamed``: :func:`stream_ring_rows` rows of the
+    tile's width) or, group by group (interpolation order 3), each group's blurred planes and one
+    set of accumulators."""
     pixels = max(plan.tile(r).outer.size for r in range(plan.size))
+    width = max(plan.tile(r).outer.shape[1] for r in range(plan.size))
     per_pixel = num_visits * BYTES_PER_PIXEL_VISIT + num_subfilters * BYTES_PER_PIXEL_SUBFILTER
+    rings = 0
     if psf_groups:
-        per_pixel += 4 * num_subfilters * (psf_groups + 1) + 8
-        if psf_wings:
-            per_pixel += 4 * num_subfilters * 2 * psf_wings
-    return BASELINE_BYTES + pixels * per_pixel
+        per_pixel += 8 + 4 * num_subfilters * 2 * psf_wings
+        if psf_streamed:
+            rings = 4 * width * stream_ring_rows(num_visits, num_subfilters, psf_groups, psf_support)
+        else:
+            per_pixel += 4 * num_subfilters * (psf_groups + 1)
+    return BASELINE_BYTES + pixels * per_pixel + rings
+
+
+def stream_ring_rows(num_visits: int, num_subfilters: int, groups: int, support: int) -> int:
+    """A bound on the rows of the streamed PSF-aware sweep's rings (kernels.stream), one thread:
+    K planes for each group's blur step, planes and accumulators and a residual row per visit,
+    each holding up to twice the blur's reach and a step of rows (measured: 2 200 rows for 16
+    groups reaching 15 px, where this gives 5 300)."""
+    return (num_subfilters * (2 * groups + 1) + num_visits) * (2 * support + 16)
 
 
 def parse_bytes(text: str) -> int:

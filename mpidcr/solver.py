@@ -37,6 +37,7 @@ from .halo import HaloExchanger, NoExchange
 from .kernels import fused, moments, regularize
 from .kernels.fused import SweepPlan, VisitPass
 from .kernels.gaussian import blur_step, blur_step_gather, blur_step_mix, gaussian_filter, mix_blurs, spread_blurs
+from .kernels.stream import StreamPlan
 from .masks import add_plane, plane_bits
 from .psf import WING_TRUNCATE, BlurPlan
 from .reduction import Reducer, SerialReducer, clipped_std, merged_std
@@ -324,6 +325,10 @@ class DcrSolver:
         self.region = region
         # the PSF-aware forward model: each visit's template blurred from the reference PSF to its own
         self.blur = blur
+        #: the PSF-aware sweep streamed by rows (kernels.stream); False: group by group over whole
+        #: planes (the same bits; the tests' reference)
+        self.stream_blur = True
+        self._stream: tuple[bytes, StreamPlan] | None = None
         if blur is not None and len(blur.group_of) != warps.num_visits:
             raise SolverError(f"the blur plan has {len(blur.group_of)} visits, the warps {warps.num_visits}")
         if self.blur is not None and region is not None:
@@ -382,9 +387,9 @@ class DcrSolver:
         self._amplified = np.empty((self.K, *shape), MODEL_DTYPE)
         self._significance = np.empty(shape, MODEL_DTYPE)
         self._work = regularize.FrequencyWork(shape, MODEL_DTYPE)
-        if self.blur is not None:  # the planes each group sees; one group's accumulators; two scratch images
-            self._blurred = np.empty((len(self.blur.variances), self.K, *shape), MODEL_DTYPE)
-            self._group_acc = np.empty((self.K, *shape), MODEL_DTYPE)
+        if self.blur is not None:  # two scratch images (the group-by-group path's planes: on first use)
+            self._blurred: NDArray | None = None
+            self._group_acc: NDArray | None = None
             self._blur_scratch = np.empty((2, *shape), MODEL_DTYPE)
             self._scratch_pair = (self._blur_scratch[0], self._blur_scratch[1])  # (views compared by identity)
             # the wing Gaussians of the planes and their accumulators, (K, J, ny, nx): plane k's wings
@@ -653,12 +658,12 @@ class DcrSolver:
             return self._sweep_fused(planes, significance, acc, region, active)
         return self._sweep_per_shift(planes, significance, acc, region, active)
 
-    def _blur_forward(self, planes: NDArray) -> None:
-        """Every group's view of the planes into ``self._blurred``: group g's core B_g p (the steps
+    def _blur_forward(self, planes: NDArray, stack: NDArray) -> None:
+        """Every group's view of the planes into ``stack`` (G, K, ny, nx): group g's core B_g p (the steps
         of groups 0..g applied in turn, each group's from the previous group's core) and, with
         wings, c_g·B_g p + Σ_j w_gj·W_j p, mixed in the pass of the group's last step.  Plane by
         plane, so the chain of cores needs two scratch images only."""
-        blur, stack = self.blur, self._blurred
+        blur = self.blur
         assert blur is not None
         for k in range(self.K):
             current = planes[k]
@@ -722,14 +727,35 @@ class DcrSolver:
         (B_g = the steps of groups 0..g; with wings, c_g·B_g + Σ_j w_gj·W_j, W_j the wing
         Gaussians), and their reverse-shifted residuals are blurred back with the adjoint:
         acc = Σ_g c_g·B_gᵀ acc_g, accumulated from the broadest group down (Horner), so each step
-        is applied once each way, plus Σ_j W_jᵀ (Σ_g w_gj·acc_g)."""
+        is applied once each way, plus Σ_j W_jᵀ (Σ_g w_gj·acc_g).  Streamed by rows
+        (:mod:`mpidcr.kernels.stream`) where it can be, else group by group over whole planes
+        (the same bits)."""
         blur = self.blur
         assert blur is not None
         for k in range(self.K):
             for j, sigma in enumerate(blur.wing_sigmas):
                 gaussian_filter(planes[k], sigma, out=self._wing_planes[k, j], truncate=WING_TRUNCATE)
         self._wing_acc.fill(0)
-        self._blur_forward(planes)
+        stream = self._stream_plan()
+        if stream is None:
+            return self._sweep_by_group(planes, significance, acc, region)
+        ys, xs = region
+        sums = stream.run(planes, self._wing_planes, self.warps.images, self.good, self.converge_pixels,
+                          significance, (ys.start, ys.stop, xs.start, xs.stop), self._wing_acc, acc)  # fmt: skip
+        if blur.wing_sigmas:
+            self._add_wings(acc, acc)
+        return np.concatenate([sums[:, 0], sums[:, 1]])
+
+    def _sweep_by_group(self, planes: NDArray, significance: NDArray, acc: NDArray,
+                        region: tuple[slice, slice]) -> NDArray:  # fmt: skip
+        """The PSF-aware sweep group by group over whole planes: every group's planes into
+        ``_blurred``, a fused sweep of each group's visits, the adjoint steps between them."""
+        blur = self.blur
+        assert blur is not None
+        if self._blurred is None or self._group_acc is None:  # the planes each group sees; one group's accumulators
+            self._blurred = np.empty((len(blur.variances), *planes.shape), MODEL_DTYPE)
+            self._group_acc = np.empty(planes.shape, MODEL_DTYPE)
+        self._blur_forward(planes, self._blurred)
         sums = np.zeros(2 * self.warps.num_visits)
         active = self.visit_weights > 0
         last = len(blur.steps) - 1
@@ -763,11 +789,34 @@ class DcrSolver:
                 if blur.steps[0] or running is not acc:
                     acc[k] = current
                 continue
+            self._add_wings(current, acc, k)
+
+    def _add_wings(self, current: NDArray, acc: NDArray, k: int | None = None) -> None:
+        """acc[k] = current + Σ_j W_jᵀ wing_acc[k, j] (every k if ``k`` is None; ``current`` is
+        then (K, ny, nx), else plane k's image)."""
+        blur = self.blur
+        assert blur is not None
+        for kk in range(self.K) if k is None else (k,):
+            now = current[kk] if k is None else current
             for j, sigma in enumerate(blur.wing_sigmas):
-                wing = gaussian_filter(self._wing_acc[k, j], sigma, out=self._free_scratch(current),
+                wing = gaussian_filter(self._wing_acc[kk, j], sigma, out=self._free_scratch(now),
                                        truncate=WING_TRUNCATE)  # fmt: skip
-                np.add(current, wing, out=acc[k])
-                current = acc[k]
+                np.add(now, wing, out=acc[kk])
+                now = acc[kk]
+
+    def _stream_plan(self) -> StreamPlan | None:
+        """The streamed PSF-aware sweep's plan for the active visits (made on first use); None where
+        the group-by-group path is used: order 3 (no fused sweep), ``stream_blur`` off, or a group
+        after the first without blur steps of its own (blur_plan never makes one)."""
+        blur = self.blur
+        assert blur is not None
+        if not (self.fused and self.stream_blur) or any(not steps for steps in blur.steps[1:]):
+            return None
+        active = self.visit_weights > 0
+        if self._stream is None or self._stream[0] != active.tobytes():
+            plan = StreamPlan(self.sweep_plan, blur, self.K, self.warps.images.shape[1:], active)
+            self._stream = (active.tobytes(), plan)
+        return self._stream[1]
 
     def _free_scratch(self, current: NDArray) -> NDArray:
         """The scratch image that ``current`` is not."""

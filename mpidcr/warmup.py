@@ -21,7 +21,7 @@ from .config import DcrConfig
 from .dcr import Observation, dcr_shifts
 from .kernels.fused import SweepPlan, VisitPass
 from .masks import DEFAULT_PLANES
-from .psf import blur_plan
+from .psf import BlurPlan, blur_plan
 from .solver import DcrSolver, WarpStack
 from .tiling import Box, Tile
 
@@ -69,9 +69,7 @@ def warm_up(config: DcrConfig, tiled: bool, psf_aware: bool = False) -> float:
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the tiny field's own warnings (few iterations, few sources) are noise
     try:
-        # four groups with a wing (the mixing kernels), the first one blurred too (its own steps)
-        blur = (blur_plan(np.linspace(0.2, 1.0, 4), cfg.psfTolerance, (1.5,), np.linspace(0.0, 0.2, 4)[:, None])
-                if psf_aware else None)  # fmt: skip
+        blur = _tiny_blur(cfg) if psf_aware else None
         DcrSolver(tiny_field(cfg), cfg, tile=tile, blur=blur).run()
     except Exception as exc:  # a warm-up must never stop a run: the kernels then compile in it
         quiet.setLevel(level)  # so that the debug line below can be seen
@@ -157,6 +155,26 @@ def _part_update(config: DcrConfig) -> None:
     regularize.amplify(model, 3.0, np.empty_like(model), np.empty(model.shape[1:], model.dtype), 1.0)
 
 
+def _part_stream(config: DcrConfig) -> None:
+    """The PSF-aware sweep streamed by rows (the solve's; kernels.stream)."""
+    from .kernels.stream import StreamPlan
+
+    w, good, plan = _tiny_plan(config)
+    K = config.num_subfilters
+    blur = _tiny_blur(config)
+    planes = np.repeat(w.images[:1], K, axis=0)
+    J = len(blur.wing_sigmas)
+    wing_planes = np.repeat(planes[:, None], J, axis=1)
+    stream = StreamPlan(plan, blur, K, w.images.shape[1:], np.ones(w.num_visits, np.bool_))
+    stream.run(planes, wing_planes, w.images, good, good, np.ones(planes.shape[1:], planes.dtype), (0, _SIZE, 0, _SIZE),
+               np.zeros_like(wing_planes), np.empty_like(planes))  # fmt: skip
+
+
+def _tiny_blur(config: DcrConfig) -> BlurPlan:
+    """Four blur groups with a wing (the mixing kernels), the first one blurred too (its own steps)."""
+    return blur_plan(np.linspace(0.2, 1.0, 4), config.psfTolerance, (1.5,), np.linspace(0.0, 0.2, 4)[:, None])
+
+
 def _part_psf(config: DcrConfig) -> None:
     """The PSF-aware model's blur steps and wing mixing, the artifact rejection's PSF matching, and
     the templates' shifts at orders 1 and 3."""
@@ -187,7 +205,8 @@ def _part_psf(config: DcrConfig) -> None:
 
 #: The kernels in groups that share no kernel, so that several processes can compile them side
 #: by side (largest first); a solve afterwards compiles nothing more (tests/test_solver.py)
-PARTS: tuple[Callable[[DcrConfig], None], ...] = (_part_sweep, _part_static, _part_coverage, _part_update, _part_psf)
+PARTS: tuple[Callable[[DcrConfig], None], ...] = (_part_sweep, _part_stream, _part_static, _part_coverage, _part_update,
+                                                  _part_psf)
 
 
 def warm_part(config: DcrConfig, index: int) -> float:

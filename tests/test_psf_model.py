@@ -283,27 +283,36 @@ def test_wing_kernel_is_the_solvers_gaussian():
 
 def test_memory_rule_counts_the_psf_aware_buffers():
     """What the memory rule adds for the PSF-aware model (blur groups, then wings) is what the
-    solver allocates for it, to within the 8 bytes per pixel of per-pixel work images."""
-    from mpidcr.resources import memory_per_rank
+    solver allocates for it: streamed, its scratch images, wings and rings (the rule's bound on the
+    rings at most 3× theirs); group by group, also each group's planes and one set of
+    accumulators, to within the 8 bytes per pixel of per-pixel work images."""
+    from mpidcr.resources import memory_per_rank, stream_ring_rows
     from mpidcr.tiling import Plan
 
-    def psf_bytes(solver):
-        names = ("_blurred", "_group_acc", "_blur_scratch", "_wing_planes", "_wing_acc")
-        return sum(getattr(solver, n).nbytes for n in names)
+    def psf_bytes(solver, streamed):
+        solver.stream_blur = streamed
+        solver.sweep(solver.it.model)
+        names = ("_blur_scratch", "_wing_planes", "_wing_acc") + (() if streamed else ("_blurred", "_group_acc"))
+        rings = solver._stream[1].schedule(1).pool.nbytes if streamed else 0
+        return sum(getattr(solver, n).nbytes for n in names), rings
 
     variances = [0.0, 0.3, 1.1, 1.12, 2.4]
     plain, _ = _setup(variances)
     winged, _ = _setup(variances, *WING_CASES["two wings"])
     shape = plain.warps.images.shape[1:]
+    pixels = shape[0] * shape[1]
     plan = Plan(shape, (1, 1), 0)
     groups = len(plain.blur.variances)
     constant = memory_per_rank(plan, 5, 3)
-    rule_groups = memory_per_rank(plan, 5, 3, psf_groups=groups) - constant
-    rule_wings = memory_per_rank(plan, 5, 3, psf_groups=groups, psf_wings=2) - constant
-    pixels = shape[0] * shape[1]
-    assert 0 <= rule_groups - psf_bytes(plain) <= 8 * pixels
-    assert 0 <= rule_wings - psf_bytes(winged) <= 8 * pixels
-    assert psf_bytes(winged) - psf_bytes(plain) == pixels * 4 * 3 * 2 * 2  # planes and accumulators per wing
+    for streamed in (False, True):
+        for solver, wings in ((plain, 0), (winged, 2)):
+            images, rings = psf_bytes(solver, streamed)
+            support = solver.blur.support
+            rule = memory_per_rank(plan, 5, 3, groups, wings, support, streamed) - constant
+            ring_rule = 4 * shape[1] * stream_ring_rows(5, 3, groups, support) if streamed else 0
+            assert 0 <= rule - ring_rule - images <= 8 * pixels
+            assert rings <= ring_rule <= 3 * rings
+        assert psf_bytes(winged, streamed)[0] - psf_bytes(plain, streamed)[0] == pixels * 4 * 3 * 2 * 2
 
 
 @pytest.mark.parametrize("variance", [0.0, 0.2, 0.5])

@@ -241,10 +241,10 @@ def _metric_row(srow, trow, good, converge, significance, rrow):  # pragma: no c
 
 
 @numba.njit(cache=True, nogil=True)
-def _reverse_row(y, residual, rtab, acc):  # pragma: no cover
-    """acc[k, y] += reverse shift k of the residual for every sub-filter k; residual row ``i`` is
-    ``residual[i % len(residual)]`` (a ring of rows, or the whole residual image);
-    ``rtab`` like ``ftab``."""
+def _reverse_row(y, residual, rtab, acc, ay):  # pragma: no cover
+    """acc[k, ay] += reverse shift k of the residual at row ``y`` for every sub-filter k (``ay``:
+    where row y lies in ``acc``, y itself or its slot in a ring of rows); residual row ``i`` is
+    ``residual[i % len(residual)]`` (a ring of rows, or the whole residual image); ``rtab`` like ``ftab``."""
     riy, rwy, rix, rwx, rxa, rxb, roff, rva, rvb = rtab
     n = residual.shape[0]
     for k in range(acc.shape[0]):
@@ -252,13 +252,14 @@ def _reverse_row(y, residual, rtab, acc):  # pragma: no cover
         w1 = rwy[k, y, 1]
         if w0 == 0.0 and w1 == 0.0:
             continue
-        _row_add(acc[k, y], residual[riy[k, y, 0] % n], residual[riy[k, y, 1] % n], w0, w1, rix[k],
+        _row_add(acc[k, ay], residual[riy[k, y, 0] % n], residual[riy[k, y, 1] % n], w0, w1, rix[k],
                  rwx[k], rxa[k], rxb[k], roff[k], rva[k], rvb[k])
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _reverse_rows(y, residual, rtab, rpair, acc):  # pragma: no cover
-    """Rows ``y`` and ``y + 1`` of :func:`_reverse_row`, a sub-filter with ``rpair[k, y]`` in one pass."""
+def _reverse_rows(y, residual, rtab, rpair, acc, ay0, ay1):  # pragma: no cover
+    """Rows ``y`` and ``y + 1`` of :func:`_reverse_row` (into acc rows ``ay0`` and ``ay1``), a
+    sub-filter with ``rpair[k, y]`` in one pass."""
     riy, rwy, rix, rwx, rxa, rxb, roff, rva, rvb = rtab
     n = residual.shape[0]
     for k in range(acc.shape[0]):
@@ -266,17 +267,17 @@ def _reverse_rows(y, residual, rtab, rpair, acc):  # pragma: no cover
         w1 = rwy[k, y, 1]
         if rpair[k, y]:
             if w0 != 0.0 or w1 != 0.0:
-                _rows_add(acc[k, y], acc[k, y + 1], residual[riy[k, y, 0] % n],
+                _rows_add(acc[k, ay0], acc[k, ay1], residual[riy[k, y, 0] % n],
                           residual[riy[k, y, 1] % n], residual[riy[k, y + 1, 1] % n], w0, w1, rix[k],
                           rwx[k], rxa[k], rxb[k], roff[k], rva[k], rvb[k])
             continue
         if w0 != 0.0 or w1 != 0.0:
-            _row_add(acc[k, y], residual[riy[k, y, 0] % n], residual[riy[k, y, 1] % n], w0, w1,
+            _row_add(acc[k, ay0], residual[riy[k, y, 0] % n], residual[riy[k, y, 1] % n], w0, w1,
                      rix[k], rwx[k], rxa[k], rxb[k], roff[k], rva[k], rvb[k])
         u0 = rwy[k, y + 1, 0]
         u1 = rwy[k, y + 1, 1]
         if u0 != 0.0 or u1 != 0.0:
-            _row_add(acc[k, y + 1], residual[riy[k, y + 1, 0] % n], residual[riy[k, y + 1, 1] % n],
+            _row_add(acc[k, ay1], residual[riy[k, y + 1, 0] % n], residual[riy[k, y + 1, 1] % n],
                      u0, u1, rix[k], rwx[k], rxa[k], rxb[k], roff[k], rva[k], rvb[k])
 
 
@@ -321,9 +322,9 @@ def _reverse_span(b0, b1, ring, rtab, rpair, acc):  # pragma: no cover
     """Accumulator rows [b0, b1) of one visit from its residual ring (see :func:`_reverse_row`)."""
     for y in range(b0, b1, 2):
         if y + 1 < b1:
-            _reverse_rows(y, ring, rtab, rpair, acc)
+            _reverse_rows(y, ring, rtab, rpair, acc, y, y + 1)
         else:
-            _reverse_row(y, ring, rtab, acc)
+            _reverse_row(y, ring, rtab, acc, y)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -343,7 +344,7 @@ def _visit_pass(planes, image, good, converge, significance, inner, ftab, rtab, 
         # accumulator rows whose residual rows (≤ y + lag) are all computed
         ready = ny if b1 >= ny else max(b1 - lag, 0)
         for y in range(done, ready):
-            _reverse_row(y, residual, rtab, acc)
+            _reverse_row(y, residual, rtab, acc, y)
         done = max(done, ready)
         if done >= ny:
             break

@@ -241,10 +241,15 @@ def _step(src, out, w0, w1, block):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True, inline="always")
 def _step_row(src, y, pad, a, b, o):  # pragma: no cover - compiled
     """o = row ``y`` of the 3-tap step of ``src`` (``pad``: a work row of nx + 2); o must not be a row of src."""
-    ny, nx = src.shape
-    up = src[y - 1] if y > 0 else src[0]
-    down = src[y + 1] if y < ny - 1 else src[ny - 1]
-    s = src[y]
+    ny = src.shape[0]
+    step_rows(src[y - 1] if y > 0 else src[0], src[y], src[y + 1] if y < ny - 1 else src[ny - 1], pad, a, b, o)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def step_rows(up, s, down, pad, a, b, o):  # pragma: no cover - compiled
+    """o = the 3-tap step (b, a, b) along y of rows (up, s, down), then along x, the row's ends
+    mirrored (``pad``: a work row of nx + 2; o not one of the rows)."""
+    nx = s.shape[0]
     row = pad[1 : nx + 1]
     for x in range(nx):
         row[x] = a * s[x] + b * (up[x] + down[x])

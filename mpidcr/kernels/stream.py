@@ -44,6 +44,16 @@ if TYPE_CHECKING:
 LOAD, STEP, MIX, RESIDUAL, ACCUMULATE, GATHER, STORE = range(7)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_wing_share(rows, weights, d):  # pragma: no cover - compiled
+    """rows[j] += weights[j]·d for each wing j (``rows``: one image row of each wing's accumulators)."""
+    for j in range(rows.shape[0]):
+        wj = rows.dtype.type(weights[j])
+        w_row = rows[j]
+        for x in range(d.shape[0]):
+            w_row[x] += wj * d[x]
+
+
 # fmt: off
 @threadable()
 def _stream(planes, wing_planes, images, goods, converges, significance, inner, ftabs, rtabs, fpairs, rpairs,
@@ -56,7 +66,6 @@ def _stream(planes, wing_planes, images, goods, converges, significance, inner, 
     fiy, fwy, fix, fwx, fxa, fxb, foff, fva, fvb, fscale = ftabs
     riy, rwy, rix, rwx, rxa, rxb, roff, rva, rvb = rtabs
     real = pool.dtype.type
-    J = wing_weights.shape[1]
     for c in numba.prange(starts.shape[0]):
         mem = pool[c]
         t0 = work[c, 0, :nx]
@@ -95,11 +104,7 @@ def _stream(planes, wing_planes, images, goods, converges, significance, inner, 
                             if kind == GATHER:  # the arithmetic of gaussian._step_gather
                                 d = mem[offsets[adds[o]] + k * sizes[adds[o]] + y % sizes[adds[o]]]
                                 if wings_on[o] and mine0 <= y < mine1:
-                                    for j in range(J):
-                                        wj = real(wing_weights[g, j])
-                                        w_row = wing_acc[k, j, y]
-                                        for x in range(nx):
-                                            w_row[x] += wj * d[x]
+                                    _add_wing_share(wing_acc[k, :, y], wing_weights[g], d)
                                 for x in range(nx):
                                     scaled[x] = cc * d[x]
                             up = mem[base + max(y - 1, 0) % m]
@@ -150,11 +155,7 @@ def _stream(planes, wing_planes, images, goods, converges, significance, inner, 
                             for y in range(a, t + 1):
                                 row = view[k, y % n]
                                 if mine0 <= y < mine1:
-                                    for j in range(J):
-                                        wj = real(wing_weights[g, j])
-                                        w_row = wing_acc[k, j, y]
-                                        for x in range(nx):
-                                            w_row[x] += wj * row[x]
+                                    _add_wing_share(wing_acc[k, :, y], wing_weights[g], row)
                                 for x in range(nx):
                                     row[x] = cc * row[x]
                 else:  # STORE
@@ -170,12 +171,31 @@ def _stream(planes, wing_planes, images, goods, converges, significance, inner, 
 # fmt: on
 
 
+@dataclass(frozen=True)
+class _Op:
+    """One op: ``kind`` makes rows of buffer ``out`` from rows of ``src`` (and ``add``, a GATHER's
+    group accumulators; -1: none); a STEP's or GATHER's 3-tap weights (a, b, a); the core weight
+    and group of a MIX, ACCUMULATE or GATHER, and whether it adds to the wing accumulators
+    (``wings``); a RESIDUAL's visit."""
+
+    kind: int
+    out: int
+    src: int = -1
+    add: int = -1
+    a: float = 0.0
+    b: float = 0.0
+    core: float = 1.0
+    group: int = -1
+    visit: int = -1
+    wings: bool = False
+
+
 class _Graph:
     """The ops and buffers of one streamed sweep, in an order where every op comes after the ops
     whose buffers it reads."""
 
     def __init__(self) -> None:
-        self.ops: list[dict] = []
+        self.ops: list[_Op] = []
         self.planes: list[int] = []  # per buffer: rows per row of the image (K, or 1 for a residual)
 
     def buffer(self, planes: int) -> int:
@@ -185,8 +205,7 @@ class _Graph:
     def op(self, kind: int, out: int, src: int = -1, add: int = -1, *, step: float | None = None, core: float = 1.0,
            group: int = -1, visit: int = -1, wings: bool = False) -> None:  # fmt: skip
         a, b = _step_weights(step) if step is not None else (0.0, 0.0)
-        self.ops.append({"kind": kind, "out": out, "in": src, "add": add, "a": a, "b": b, "core": core,
-                         "group": group, "visit": visit, "wings": wings})  # fmt: skip
+        self.ops.append(_Op(kind, out, src, add, a, b, core, group, visit, wings))
 
 
 def _read_bounds(index: NDArray, weight: NDArray, ny: int) -> tuple[NDArray, NDArray]:
@@ -287,26 +306,27 @@ class StreamPlan:
         self._read_tables(sweep, ny)
         self._schedules: dict[int, _Schedule] = {}
         ops = graph.ops
-        self.kinds = np.array([p["kind"] for p in ops], dtype=np.int64)
-        self.outs, self.ins, self.adds = (np.array([p[key] for p in ops], dtype=np.int64) for key in ("out", "in", "add"))
-        self.step_a, self.step_b, self.cores = (np.array([p[key] for p in ops], dtype=np.float64) for key in ("a", "b", "core"))
-        self.groups, self.visits = (np.array([p[key] for p in ops], dtype=np.int64) for key in ("group", "visit"))
-        self.wings_on = np.array([p["wings"] for p in ops], dtype=np.bool_)
+        # the ops as arrays, for the kernel
+        self.kinds, self.outs, self.ins, self.adds, self.groups, self.visits = (
+            np.array([getattr(p, key) for p in ops], dtype=np.int64) for key in ("kind", "out", "src", "add", "group", "visit")
+        )
+        self.step_a, self.step_b, self.cores = (np.array([getattr(p, key) for p in ops]) for key in ("a", "b", "core"))
+        self.wings_on = np.array([p.wings for p in ops], dtype=np.bool_)
 
     # -- the schedule -------------------------------------------------------------
     def _window(self, o: int, src: int, a: int, b: int) -> tuple[int, int]:
         """Rows of buffer ``src`` op ``o`` reads to make its rows [a, b] (lo > hi: none)."""
         p = self.graph.ops[o]
         ny = self.shape[0]
-        if p["kind"] in (STEP, GATHER) and src == p["in"]:
+        if p.kind in (STEP, GATHER) and src == p.src:
             return max(a - 1, 0), min(b + 1, ny - 1)
         if b < 0:  # rows above the image (the schedule's warm-up): as far above row 0's reach
             hi = self._window(o, src, 0, 0)[1] + b
             return min(a, hi), hi
-        if p["kind"] == RESIDUAL:
-            v = p["visit"]
+        if p.kind == RESIDUAL:
+            v = p.visit
             return int(self._f_lo[v][a]), int(self._f_hi[v][b])
-        if p["kind"] == ACCUMULATE:  # every residual row of its own rows too: they carry the metric
+        if p.kind == ACCUMULATE:  # every residual row of its own rows too: they carry the metric
             v = self._visit_of_buffer[src]
             return min(a, int(self._r_lo[v][a])), max(b, int(self._r_hi[v][b]))
         return a, b
@@ -314,20 +334,20 @@ class StreamPlan:
     def _reach(self, o: int, made: int) -> int:
         """The last row eager op ``o`` can make once its input has rows up to ``made``."""
         p = self.graph.ops[o]
-        if p["kind"] == RESIDUAL:  # the rows whose template taps all lie at or below ``made``
-            return int(np.searchsorted(self._f_hi[p["visit"]], made, side="right")) - 1
+        if p.kind == RESIDUAL:  # the rows whose template taps all lie at or below ``made``
+            return int(np.searchsorted(self._f_hi[p.visit], made, side="right")) - 1
         return made
 
     def _readers(self) -> list[list[int]]:
         """Per buffer, the ops that read it."""
         readers: list[list[int]] = [[] for _ in self.graph.planes]
         for o, p in enumerate(self.graph.ops):
-            if p["in"] >= 0:
-                readers[p["in"]].append(o)
-            if p["add"] >= 0:
-                readers[p["add"]].append(o)
-            if p["kind"] == ACCUMULATE:
-                g = p["group"]
+            if p.src >= 0:
+                readers[p.src].append(o)
+            if p.add >= 0:
+                readers[p.add].append(o)
+            if p.kind == ACCUMULATE:
+                g = p.group
                 for v in self.members[self.member_start[g] : self.member_start[g + 1]]:
                     readers[int(self.residual_of[v])].append(o)
         return readers
@@ -354,7 +374,7 @@ class StreamPlan:
         ny = self.shape[0]
         rows_per_step = self.rows_per_step
         ops, nops = self.graph.ops, len(self.graph.ops)
-        producer = {p["out"]: o for o, p in enumerate(ops)}
+        producer = {p.out: o for o, p in enumerate(ops)}
         readers = self._readers()
         nblocks = -(-ny // self.block)
         chunks = max(1, min(int(threads), nblocks))
@@ -367,8 +387,8 @@ class StreamPlan:
             start = np.full(nops, ny, dtype=np.int64)
             start[nops - 1] = c0
             for o in range(nops - 2, -1, -1):
-                for r in readers[ops[o]["out"]]:
-                    lo, hi = self._window(r, ops[o]["out"], int(start[r]), int(start[r]))
+                for r in readers[ops[o].out]:
+                    lo, hi = self._window(r, ops[o].out, int(start[r]), int(start[r]))
                     if lo <= hi:
                         start[o] = min(start[o], lo)
 
@@ -377,8 +397,8 @@ class StreamPlan:
                 want = np.full(nops, np.iinfo(np.int64).min // 2, dtype=np.int64)
                 want[nops - 1] = last
                 for o in range(nops - 2, -1, -1):
-                    for r in readers[ops[o]["out"]]:
-                        want[o] = max(want[o], self._window(r, ops[o]["out"], int(want[r]), int(want[r]))[1])
+                    for r in readers[ops[o].out]:
+                        want[o] = max(want[o], self._window(r, ops[o].out, int(want[r]), int(want[r]))[1])
                 return want
 
             # a warm-up: the output's schedule starts early (making nothing) so that every op reaches its
@@ -393,7 +413,7 @@ class StreamPlan:
                 last = min(last + step, c1 - 1)
                 target = np.maximum(previous, np.minimum(wanted(last), ny - 1))
                 for o in self.eager:  # as far as their input allows (topological order: inputs already set)
-                    target[o] = max(target[o], min(int(total[o]), self._reach(o, int(target[producer[ops[o]["in"]]]))))
+                    target[o] = max(target[o], min(int(total[o]), self._reach(o, int(target[producer[ops[o].src]]))))
                 target = np.where(target >= start, target, start - 1)
                 # ring sizes: what a reader reads this step must still be in its source's ring
                 for o in range(nops):
@@ -427,9 +447,9 @@ class StreamPlan:
 
     def _sources(self, o: int) -> list[int]:
         p = self.graph.ops[o]
-        out = [b for b in (p["in"], p["add"]) if b >= 0]
-        if p["kind"] == ACCUMULATE:
-            g = p["group"]
+        out = [b for b in (p.src, p.add) if b >= 0]
+        if p.kind == ACCUMULATE:
+            g = p.group
             out += [int(self.residual_of[v]) for v in self.members[self.member_start[g] : self.member_start[g + 1]]]
         return out
 

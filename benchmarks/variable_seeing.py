@@ -39,6 +39,7 @@ VARIANTS = {
     "defaults (PSF-aware: one wing, 45 iterations)": [],
     "constant PSF (usePsf=false)": CONSTANT,
     "constant PSF, 30 iterations": [*CONSTANT, *THIRTY],
+    "constant PSF, 45 iterations": [*CONSTANT, "--set", "maxNumIter=45", "--set", "useConvergence=false"],
     "PSF-aware, one Gaussian kernel (psfWings=0)": [*AWARE, "--set", "psfWings=0"],
     "PSF-aware, two wings (psfWings=2)": [*AWARE, "--set", "psfWings=2"],
     "PSF-aware, 30 iterations": [*AWARE, "--set", "maxNumIter=30"],

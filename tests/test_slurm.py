@@ -94,6 +94,15 @@ def patches(tmp_path_factory):
     return base
 
 
+@pytest.fixture(scope="module")
+def long_patch(tmp_path_factory):
+    """A patch whose 1000 iterations take seconds on two ranks (384² × 12 visits): long enough to be
+    still running when a signal sent after its second iteration arrives."""
+    base = tmp_path_factory.mktemp("slurm_long")
+    simulate(base, size=384, num_visits=12, num_science=0, seed=3)
+    return base / "manifest.toml"
+
+
 def test_patch_template(patches):
     ref = direct(patches / "p1" / "manifest.toml", patches / "direct1.h5")
     out = patches / "slurm1.h5"
@@ -148,13 +157,15 @@ def test_resume_template(patches):
 
 
 @pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
-def test_preempted_job_exits_75_with_a_checkpoint(patches, tmp_path, launcher):
+def test_preempted_job_exits_75_with_a_checkpoint(long_patch, tmp_path, launcher):
     """The time-limit signal (--signal=B:TERM, here sent by scancel --batch) ends the job with exit
     code 75 and a checkpoint, whichever launcher; a resume then completes the model."""
     out = tmp_path / "pre.h5"
-    env = {**os.environ, "MPIDCR": MPIDCR, "MANIFEST": str(patches / "p1" / "manifest.toml"), "OUTPUT": str(out),
-           "LAUNCHER": launcher, "CHECKPOINT_EVERY": "0",
-           "SETTINGS": "useConvergence=false maxNumIter=400 regularizeModelFrequency=0"}  # fmt: skip
+    # a run long enough to be still running when the signal comes (400 iterations of a 128² patch
+    # took 0.5 s, and one CI run finished before scancel reached it)
+    settings = "useConvergence=false maxNumIter=1000 regularizeModelFrequency=0"
+    env = {**os.environ, "MPIDCR": MPIDCR, "MANIFEST": str(long_patch), "OUTPUT": str(out),
+           "LAUNCHER": launcher, "CHECKPOINT_EVERY": "0", "SETTINGS": settings}  # fmt: skip
     proc = subprocess.Popen(["sbatch", "--parsable", "--wait", "-O", "--ntasks=2", f"--chdir={tmp_path}",
                              f"--output={tmp_path}/slurm-%j.out", str(JOBS / "dcr_patch.sbatch")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
@@ -168,5 +179,6 @@ def test_preempted_job_exits_75_with_a_checkpoint(patches, tmp_path, launcher):
     subprocess.run(["scancel", "--batch", "--signal=TERM", job], check=True)
     code = proc.wait(timeout=300)
     logs = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+    assert "1000/1000" not in logs, "the run ended before the signal reached it"
     assert code == 75, logs
     assert Path(f"{out}.ckpt").exists() and not out.exists(), logs

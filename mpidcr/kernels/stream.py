@@ -384,15 +384,8 @@ class StreamPlan:
         sizes = np.ones(len(self.graph.planes), dtype=np.int64)
         all_starts, all_targets = [], []
         for c0, c1 in bounds:
-            start = np.full(nops, ny, dtype=np.int64)
-            start[nops - 1] = c0
-            for o in range(nops - 2, -1, -1):
-                for r in readers[ops[o].out]:
-                    lo, hi = self._window(r, ops[o].out, int(start[r]), int(start[r]))
-                    if lo <= hi:
-                        start[o] = min(start[o], lo)
 
-            def wanted(last: int, start: NDArray = start) -> NDArray:
+            def wanted(last: int) -> NDArray:
                 """The last row each op must have made for the output rows up to ``last``."""
                 want = np.full(nops, np.iinfo(np.int64).min // 2, dtype=np.int64)
                 want[nops - 1] = last
@@ -401,20 +394,32 @@ class StreamPlan:
                         want[o] = max(want[o], self._window(r, ops[o].out, int(want[r]), int(want[r]))[1])
                 return want
 
+            total = wanted(c1 - 1)
+            # each op's first row: the lowest any reader reads over all of its rows (a reader's first
+            # rows may read nothing, e.g. a visit whose shifts all sample above row 0)
+            start = np.full(nops, ny, dtype=np.int64)
+            start[nops - 1] = c0
+            for o in range(nops - 2, -1, -1):
+                for r in readers[ops[o].out]:
+                    if total[r] >= start[r]:
+                        lo, hi = self._window(r, ops[o].out, int(start[r]), int(total[r]))
+                        if lo <= hi:
+                            start[o] = min(start[o], lo)
+
             # a warm-up: the output's schedule starts early (making nothing) so that every op reaches its
             # lead over the output a step of rows at a time; starting them all at once would fill each
             # ring with an op's whole lead
             lead = int(np.max(wanted(c0) - start)) + step
-            total = wanted(c1 - 1)
             previous = start - 1
             targets = []
             last = c0 - lead
             while previous[nops - 1] < c1 - 1:
                 last = min(last + step, c1 - 1)
                 target = np.maximum(previous, np.minimum(wanted(last), ny - 1))
-                for o in self.eager:  # as far as their input allows (topological order: inputs already set)
-                    target[o] = max(target[o], min(int(total[o]), self._reach(o, int(target[producer[ops[o].src]]))))
                 target = np.where(target >= start, target, start - 1)
+                for o in self.eager:  # as far as their input allows (topological order: inputs already set)
+                    if start[o] <= total[o]:
+                        target[o] = max(target[o], min(int(total[o]), self._reach(o, int(target[producer[ops[o].src]]))))
                 # ring sizes: what a reader reads this step must still be in its source's ring
                 for o in range(nops):
                     if target[o] <= previous[o]:
@@ -423,8 +428,8 @@ class StreamPlan:
                         lo, hi = self._window(o, src, int(previous[o]) + 1, int(target[o]))
                         if lo <= hi:
                             made = int(target[producer[src]])
-                            if hi > made:
-                                raise AssertionError("internal error: the streamed sweep's schedule reads ahead")
+                            if hi > made or lo < start[producer[src]]:
+                                raise AssertionError("internal error: the streamed sweep's schedule reads rows not made")
                             sizes[src] = max(sizes[src], made - lo + 1)
                 targets.append(target)
                 previous = target

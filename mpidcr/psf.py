@@ -474,6 +474,10 @@ class BlurPlan:
         """The weight of group ``group``'s core blur (1 without wings)."""
         return 1.0 - sum(self.wing_weights[group]) if self.wing_sigmas else 1.0
 
+    def has_wings(self, group: int) -> bool:
+        """Whether group ``group``'s kernel has wings (else it is its core blur alone)."""
+        return bool(self.wing_sigmas) and any(self.wing_weights[group])
+
     def members(self, group: int) -> NDArray[np.bool_]:
         return np.array([g == group for g in self.group_of], dtype=np.bool_)
 

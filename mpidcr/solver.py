@@ -668,7 +668,7 @@ class DcrSolver:
         for k in range(self.K):
             current = planes[k]
             for g, steps in enumerate(blur.steps):
-                mixed = self._mixed_group(g)
+                mixed = blur.has_wings(g)
                 weights = np.array(blur.wing_weights[g]) if mixed else None
                 for i, variance in enumerate(steps):
                     last = i == len(steps) - 1
@@ -688,12 +688,6 @@ class DcrSolver:
                     else:
                         stack[g, k] = current
 
-    def _mixed_group(self, g: int) -> bool:
-        """Whether group g's kernel has wings (else it is its core alone)."""
-        blur = self.blur
-        assert blur is not None
-        return bool(len(blur.wing_sigmas)) and any(blur.wing_weights[g])
-
     def _blur_back(self, running: NDArray, group: NDArray, g: int) -> NDArray:
         """One Horner step of the adjoint at group g < last: ``group = S_{g+1}ᵀ running + c_g·group``
         (S_{g+1} the steps of group g + 1, applied in reverse order; the last of them in the pass
@@ -702,8 +696,8 @@ class DcrSolver:
         blur = self.blur
         assert blur is not None
         steps = blur.steps[g + 1]
-        mixed = self._mixed_group(g)
-        c = blur.core_weight(g) if mixed else 1.0
+        mixed = blur.has_wings(g)
+        c = blur.core_weight(g)
         weights = np.array(blur.wing_weights[g]) if mixed else np.zeros(0)
         for k in range(self.K):
             current = running[k]
@@ -742,8 +736,8 @@ class DcrSolver:
         ys, xs = region
         sums = stream.run(planes, self._wing_planes, self.warps.images, self.good, self.converge_pixels,
                           significance, (ys.start, ys.stop, xs.start, xs.stop), self._wing_acc, acc)  # fmt: skip
-        if blur.wing_sigmas:
-            self._add_wings(acc, acc)
+        for k in range(self.K):
+            self._add_wings(acc[k], acc, k)
         return np.concatenate([sums[:, 0], sums[:, 1]])
 
     def _sweep_by_group(self, planes: NDArray, significance: NDArray, acc: NDArray,
@@ -766,7 +760,7 @@ class DcrSolver:
             target = running if g == last else spare
             sums += self._sweep_visits(self._blurred[g], significance, target, region, active & blur.members(g))
             if g == last:
-                if self._mixed_group(g):  # running = c_g·acc_g, the wings' accumulators w_g·acc_g
+                if blur.has_wings(g):  # running = c_g·acc_g, the wings' accumulators w_g·acc_g
                     for k in range(self.K):
                         spread_blurs(target[k], blur.core_weight(g), np.array(blur.wing_weights[g]),
                                      self._wing_acc[k], target[k], add=False)  # fmt: skip
@@ -791,18 +785,14 @@ class DcrSolver:
                 continue
             self._add_wings(current, acc, k)
 
-    def _add_wings(self, current: NDArray, acc: NDArray, k: int | None = None) -> None:
-        """acc[k] = current + Σ_j W_jᵀ wing_acc[k, j] (every k if ``k`` is None; ``current`` is
-        then (K, ny, nx), else plane k's image)."""
+    def _add_wings(self, current: NDArray, acc: NDArray, k: int) -> None:
+        """acc[k] = current + Σ_j W_jᵀ wing_acc[k, j] (``current``: plane k's image, may be acc[k])."""
         blur = self.blur
         assert blur is not None
-        for kk in range(self.K) if k is None else (k,):
-            now = current[kk] if k is None else current
-            for j, sigma in enumerate(blur.wing_sigmas):
-                wing = gaussian_filter(self._wing_acc[kk, j], sigma, out=self._free_scratch(now),
-                                       truncate=WING_TRUNCATE)  # fmt: skip
-                np.add(now, wing, out=acc[kk])
-                now = acc[kk]
+        for j, sigma in enumerate(blur.wing_sigmas):
+            wing = gaussian_filter(self._wing_acc[k, j], sigma, out=self._free_scratch(current), truncate=WING_TRUNCATE)
+            np.add(current, wing, out=acc[k])
+            current = acc[k]
 
     def _stream_plan(self) -> StreamPlan | None:
         """The streamed PSF-aware sweep's plan for the active visits (made on first use); None where

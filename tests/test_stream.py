@@ -71,7 +71,8 @@ def test_inactive_visits_and_runs_of_rows_change_nothing():
         solver.sweep(model)  # (sets the amplified planes and wing Gaussians the plan reads)
         sums = plan.run(planes, solver._wing_planes, solver.warps.images, solver.good, solver.converge_pixels,
                         solver._significance, (ys.start, ys.stop, xs.start, xs.stop), wing_acc, acc, runs=runs)
-        solver._add_wings(acc, acc)
+        for k in range(acc.shape[0]):
+            solver._add_wings(acc[k], acc, k)
         assert plan.schedule(runs).owned.shape[0] == runs
         assert np.array_equal(acc, streamed[2])
         assert np.array_equal(wing_acc, streamed[3])

@@ -221,7 +221,7 @@ class StreamPlan:
     """The ops, ring buffers and schedule of the streamed PSF-aware sweep of one solver (its
     shifts, blur plan and active visits are fixed); :meth:`run` does one sweep.
 
-    ``blur`` is the :class:`mpidcr.psf.BlurPlan`; ``mixed[g]``: group g's kernel has wings.
+    ``blur`` is the :class:`mpidcr.psf.BlurPlan`; ``active``: the visits the sweep runs.
     ``rows_per_step``: output rows each step of the schedule makes (the rings hold a few more).
     """
 
@@ -233,7 +233,7 @@ class StreamPlan:
         self.sweep = sweep
         G = len(blur.variances)
         J = len(blur.wing_sigmas)
-        mixed = [bool(J) and any(blur.wing_weights[g]) for g in range(G)]
+        mixed = [blur.has_wings(g) for g in range(G)]
         group_of = np.asarray(blur.group_of)
         active = np.asarray(active, dtype=bool)
         graph = _Graph()
@@ -261,8 +261,9 @@ class StreamPlan:
         # blur still to come): in its residual rings (one row per visit, made as soon as its planes
         # are) when it has fewer visits than planes, else in its planes' ring (K rows, made on demand)
         self.eager: list[int] = []
+        visits_of = [list(map(int, np.flatnonzero(active & (group_of == g)))) for g in range(G)]
         for g in range(G - 1, -1, -1):
-            visits_g = list(map(int, np.flatnonzero(active & (group_of == g))))
+            visits_g = visits_of[g]
             early = len(visits_g) < K
             if early and mixed[g]:
                 self.eager.append(mix_op[g])
@@ -273,7 +274,7 @@ class StreamPlan:
                 graph.op(RESIDUAL, int(residual_of[v]), stacks[g], visit=v)
             group_acc = graph.buffer(K)
             last = g == G - 1
-            graph.op(ACCUMULATE, group_acc, group=g, core=blur.core_weight(g) if mixed[g] else 1.0,
+            graph.op(ACCUMULATE, group_acc, group=g, core=blur.core_weight(g),
                      wings=last and mixed[g])  # fmt: skip
             if last:
                 running = group_acc
@@ -285,7 +286,7 @@ class StreamPlan:
                     graph.op(STEP, out, running, step=variance)
                 else:  # the last step adds the group's accumulators and gathers its wings' share
                     graph.op(GATHER, out, running, group_acc, step=variance, group=g,
-                             core=blur.core_weight(g) if mixed[g] else 1.0, wings=mixed[g])  # fmt: skip
+                             core=blur.core_weight(g), wings=mixed[g])  # fmt: skip
                 running = out
         for variance in blur.steps[0][::-1]:
             out = graph.buffer(K)
@@ -296,10 +297,9 @@ class StreamPlan:
         self.graph = graph
         self.group_of = group_of
         self.residual_of = residual_of
-        members = [v for g in range(G) for v in map(int, np.flatnonzero(active & (group_of == g)))]
-        self.members = np.array(members, dtype=np.int64)
-        self.member_start = np.zeros(G + 1, dtype=np.int64)
-        self.member_start[1:] = np.cumsum([int(np.sum(active & (group_of == g))) for g in range(G)])
+        # the active visits group after group, group g's at [member_start[g], member_start[g + 1])
+        self.members = np.array([v for visits in visits_of for v in visits], dtype=np.int64)
+        self.member_start = np.cumsum([0, *map(len, visits_of)], dtype=np.int64)
         self.wing_weights = np.array(blur.wing_weights if J else np.zeros((G, 0)), dtype=np.float64).reshape(G, J)
         self.stacks = stacks
         self.rows_per_step = max(1, int(rows_per_step))
@@ -339,17 +339,11 @@ class StreamPlan:
         return made
 
     def _readers(self) -> list[list[int]]:
-        """Per buffer, the ops that read it."""
+        """Per buffer, the ops that read it (:meth:`_sources` turned around)."""
         readers: list[list[int]] = [[] for _ in self.graph.planes]
-        for o, p in enumerate(self.graph.ops):
-            if p.src >= 0:
-                readers[p.src].append(o)
-            if p.add >= 0:
-                readers[p.add].append(o)
-            if p.kind == ACCUMULATE:
-                g = p.group
-                for v in self.members[self.member_start[g] : self.member_start[g + 1]]:
-                    readers[int(self.residual_of[v])].append(o)
+        for o in range(len(self.graph.ops)):
+            for src in self._sources(o):
+                readers[src].append(o)
         return readers
 
     def _read_tables(self, sweep: SweepPlan, ny: int) -> None:
@@ -372,7 +366,6 @@ class StreamPlan:
 
     def _schedule(self, threads: int) -> _Schedule:
         ny = self.shape[0]
-        rows_per_step = self.rows_per_step
         ops, nops = self.graph.ops, len(self.graph.ops)
         producer = {p.out: o for o, p in enumerate(ops)}
         readers = self._readers()
@@ -380,7 +373,7 @@ class StreamPlan:
         chunks = max(1, min(int(threads), nblocks))
         bounds = [(c * nblocks // chunks * self.block, min((c + 1) * nblocks // chunks * self.block, ny))
                   for c in range(chunks)]  # fmt: skip
-        step = max(1, int(rows_per_step))
+        step = self.rows_per_step
         sizes = np.ones(len(self.graph.planes), dtype=np.int64)
         all_starts, all_targets = [], []
         for c0, c1 in bounds:
@@ -451,6 +444,7 @@ class StreamPlan:
                          (fiy, *self.sweep.ftabs[1:]))  # fmt: skip
 
     def _sources(self, o: int) -> list[int]:
+        """The buffers op ``o`` reads."""
         p = self.graph.ops[o]
         out = [b for b in (p.src, p.add) if b >= 0]
         if p.kind == ACCUMULATE:
